@@ -1,0 +1,94 @@
+"""puzzlekit: Puzzle-style architecture search that makes LLMs cheaper to serve.
+
+The core (data model, block library, accounting, search front end) is pure
+Python + numpy and imports no torch, so ``inspect`` and ``search`` start fast.
+Names that need torch (the model, BLD, scoring, fusion, distillation) are
+loaded lazily on first access.
+
+Typical calls::
+
+    import puzzlekit as pk
+    arch = pk.Architecture.from_config("config.json")        # Llama / Qwen2 / Mistral / Nemotron-NAS
+    lib = pk.import_nvlabs("puzzle-llama-3.3-70b-block-library/")
+    sol = pk.search(lib, objective="kl_div", budgets={"memory_mib": (None, 80000)})
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .accounting import (
+    ModelCounts,
+    block_kv_bytes_per_token,
+    block_params,
+    count,
+    kv_bytes_per_token,
+    model_params,
+    weight_bytes,
+)
+from .architecture import Architecture, ParentSpec, Scenario
+from .blocks import AttentionConfig, BlockConfig, FFNConfig
+from .errors import (
+    ConfigError,
+    InfeasibleError,
+    LibraryError,
+    PuzzlekitError,
+    SolverError,
+    SolverUnavailableError,
+    UnsafeInputError,
+)
+from .formats.nvlabs import export_nvlabs, import_nvlabs
+from .library import BlockLibrary, Candidate
+from .nas import ffn_mult_to_intermediate_size, intermediate_size_to_ffn_mult
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; imported on first attribute access (PEP 562)
+_LAZY: dict[str, str] = {
+    # Each subsystem adds its public names here as it lands, e.g.
+    # "search": "puzzlekit.search",  "PuzzleForCausalLM": "puzzlekit.model".
+}
+
+__all__ = [
+    "AttentionConfig",
+    "FFNConfig",
+    "BlockConfig",
+    "ParentSpec",
+    "Architecture",
+    "Scenario",
+    "BlockLibrary",
+    "Candidate",
+    "import_nvlabs",
+    "export_nvlabs",
+    "ffn_mult_to_intermediate_size",
+    "intermediate_size_to_ffn_mult",
+    "ModelCounts",
+    "count",
+    "model_params",
+    "block_params",
+    "weight_bytes",
+    "kv_bytes_per_token",
+    "block_kv_bytes_per_token",
+    "PuzzlekitError",
+    "ConfigError",
+    "LibraryError",
+    "InfeasibleError",
+    "SolverError",
+    "SolverUnavailableError",
+    "UnsafeInputError",
+    *_LAZY,
+]
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module 'puzzlekit' has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

@@ -1,0 +1,5 @@
+"""Importers and exporters for other block-library formats."""
+
+from .nvlabs import export_nvlabs, import_nvlabs
+
+__all__ = ["import_nvlabs", "export_nvlabs"]

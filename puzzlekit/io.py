@@ -1,0 +1,164 @@
+"""Durable, safe file I/O shared by every stage.
+
+* Documents are replaced atomically: write a temporary file in the same folder,
+  flush, fsync, rename, fsync the folder.  A reader never sees half a document.
+* JSON inputs above a size limit are refused before parsing.
+* Paths stored inside a folder's documents must stay inside that folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from .errors import PuzzlekitError, UnsafeInputError
+
+__all__ = [
+    "MAX_JSON_BYTES",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "atomic_path",
+    "read_json",
+    "resolve_inside",
+    "fsync_dir",
+]
+
+#: Largest JSON document read without an explicit ``max_bytes`` (64 MiB).
+MAX_JSON_BYTES = 64 * 1024 * 1024
+
+
+def fsync_dir(path: str | os.PathLike) -> None:
+    """fsync a directory so a rename inside it is durable (no-op where unsupported)."""
+    try:
+        fd = os.open(os.fspath(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _writable_parent(path: Path) -> None:
+    parent = path.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PuzzlekitError(f"{parent}: cannot create the folder ({e.strerror}); choose a writable location") from e
+
+
+@contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success rename it onto ``path``.
+
+    Use it for writers that want a filename (``safetensors.torch.save_file``).
+    On any exception the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    _writable_parent(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+    except OSError as e:
+        raise PuzzlekitError(f"{path}: cannot write here ({e.strerror}); check the folder's permissions and free space") from e
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        try:
+            tmp_path.unlink()
+        except OSError:
+            pass
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Replace ``path`` with ``data`` atomically (temp file, fsync, rename)."""
+    path = Path(path)
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+    except OSError as e:
+        raise PuzzlekitError(
+            f"{path}: writing failed ({e.strerror}); the previous version, if any, is intact. "
+            "Free some disk space or choose another location"
+        ) from e
+
+
+def _finite(obj: Any, where: str) -> None:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise PuzzlekitError(f"refusing to write a non-finite number ({obj}) at {where}; fix or drop it first")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _finite(v, f"{where}.{k}")
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            _finite(v, f"{where}[{i}]")
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any, *, indent: int | None = 1) -> None:
+    """Write ``obj`` as strict JSON (no NaN/inf) and replace ``path`` atomically."""
+    _finite(obj, "$")
+    text = json.dumps(obj, indent=indent, allow_nan=False, sort_keys=False)
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def read_json(path: str | os.PathLike, *, max_bytes: int = MAX_JSON_BYTES, what: str = "JSON document") -> Any:
+    """Read a JSON file, refusing files over ``max_bytes`` before parsing them."""
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise PuzzlekitError(f"{path}: no such file; check the path") from None
+    except OSError as e:
+        raise PuzzlekitError(f"{path}: cannot read ({e.strerror})") from e
+    if path.is_dir():
+        raise PuzzlekitError(f"{path}: is a folder, expected a {what} file")
+    if size > max_bytes:
+        raise UnsafeInputError(
+            f"{path}: {size} bytes is over the {max_bytes}-byte limit for a {what}; "
+            "pass a larger max_bytes if you trust this file"
+        )
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(max_bytes + 1)
+        return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except UnicodeDecodeError as e:
+        raise PuzzlekitError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); expected a {what}") from None
+    except json.JSONDecodeError as e:
+        raise PuzzlekitError(f"{path}: invalid JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except ValueError as e:
+        raise PuzzlekitError(f"{path}: invalid JSON: {e}") from None
+    except OSError as e:
+        raise PuzzlekitError(f"{path}: cannot read ({e.strerror})") from e
+
+
+def resolve_inside(root: str | os.PathLike, relative: str, *, what: str = "path") -> Path:
+    """Resolve ``relative`` under ``root``, refusing absolute paths and escapes (``..``, symlinks)."""
+    if not isinstance(relative, str) or not relative:
+        raise UnsafeInputError(f"{what} must be a non-empty relative path, got {relative!r}")
+    if os.path.isabs(relative) or relative.startswith(("/", "\\")) or (len(relative) > 1 and relative[1] == ":"):
+        raise UnsafeInputError(f"{what} {relative!r} is absolute; paths must be relative to {root}")
+    root_resolved = Path(root).resolve()
+    candidate = (root_resolved / relative).resolve()
+    if candidate != root_resolved and root_resolved not in candidate.parents:
+        raise UnsafeInputError(f"{what} {relative!r} points outside {root}; keep files inside the library's folder")
+    return candidate
