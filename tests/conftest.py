@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("PUZZLEKIT_SHARED", ROOT.parent / "shared"))
 NVLABS_LIB = SHARED / "data" / "puzzle-llama-3.3-70b-block-library"
-PUBLISHED = ROOT / "puzzlekit" / "data"
+PUBLISHED = ROOT / "puzzlekit" / "configs"
 SUPER_49B = PUBLISHED / "llama-3.3-nemotron-super-49b-v1.config.json"
 ULTRA_253B = PUBLISHED / "llama-3.1-nemotron-ultra-253b-v1.config.json"
 

@@ -19,7 +19,7 @@ BUILTIN_CONFIGS = {
 
 def builtin_config_path(name: str) -> Path:
     """The path of a shipped config by its short name."""
-    return Path(str(resources.files("puzzlekit") / "data" / BUILTIN_CONFIGS[name]))
+    return Path(str(resources.files("puzzlekit") / "configs" / BUILTIN_CONFIGS[name]))
 
 
 def resolve_config(arg: str) -> Path:
