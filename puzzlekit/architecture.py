@@ -86,6 +86,22 @@ class ParentSpec:
                 f"parent.num_key_value_heads={self.num_key_value_heads} must divide "
                 f"num_attention_heads={self.num_attention_heads}"
             )
+        for name, kinds in (("tie_word_embeddings", bool), ("qkv_bias", bool), ("o_bias", bool), ("mlp_bias", bool),
+                            ("model_type", str), ("hidden_act", str)):
+            if not isinstance(getattr(self, name), kinds):
+                raise ConfigError(f"parent.{name} must be a {kinds.__name__}, got {getattr(self, name)!r}")
+        for name in ("rms_norm_eps", "rope_theta"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < float("inf")):
+                raise ConfigError(f"parent.{name} must be a positive number, got {v!r}")
+        mpe = self.max_position_embeddings
+        if isinstance(mpe, bool) or not isinstance(mpe, int) or mpe <= 0:
+            raise ConfigError(f"parent.max_position_embeddings must be a positive integer, got {mpe!r}")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, Mapping):
+            raise ConfigError(f"parent.rope_scaling must be an object or null, got {self.rope_scaling!r}")
+        sw = self.sliding_window
+        if sw is not None and (isinstance(sw, bool) or not isinstance(sw, int) or sw <= 0):
+            raise ConfigError(f"parent.sliding_window must be a positive integer or null, got {sw!r}")
         if self.hidden_act != "silu":
             raise ConfigError(f"parent.hidden_act must be 'silu' (SwiGLU FFNs), got {self.hidden_act!r}")
 
@@ -109,6 +125,8 @@ class ParentSpec:
         hidden = _req(d, "hidden_size", src)
         heads = _req(d, "num_attention_heads", src)
         head_dim = d.get("head_dim") or hidden // heads
+        if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0:
+            raise ConfigError(f"{src}: 'head_dim' must be a positive integer, got {head_dim!r}")
         if mt in ("nemotron-nas", "deci", "puzzle"):
             from .nas import nas_block_dims
 
@@ -120,25 +138,26 @@ class ParentSpec:
         if mt == "qwen2":
             qkv_bias, o_bias = True, False
         else:
-            qkv_bias = o_bias = bool(d.get("attention_bias", False))
+            qkv_bias = o_bias = d.get("attention_bias", False)
         sliding = d.get("sliding_window") if d.get("use_sliding_window", mt == "mistral") else None
+        rope_params = d.get("rope_parameters") if isinstance(d.get("rope_parameters"), Mapping) else {}
         try:
             return cls(
                 hidden_size=hidden,
                 num_attention_heads=heads,
                 num_key_value_heads=kv,
-                head_dim=int(head_dim),
+                head_dim=head_dim,
                 intermediate_size=inter,
                 vocab_size=_req(d, "vocab_size", src),
                 num_hidden_layers=_req(d, "num_hidden_layers", src),
-                tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-                rms_norm_eps=float(d.get("rms_norm_eps", 1e-5)),
-                rope_theta=float(d.get("rope_theta", (d.get("rope_parameters") or {}).get("rope_theta", 10000.0))),
+                tie_word_embeddings=d.get("tie_word_embeddings", False),
+                rms_norm_eps=d.get("rms_norm_eps", 1e-5),
+                rope_theta=d.get("rope_theta", rope_params.get("rope_theta", 10000.0)),
                 rope_scaling=d.get("rope_scaling"),
-                max_position_embeddings=int(d.get("max_position_embeddings", 4096)),
+                max_position_embeddings=d.get("max_position_embeddings", 4096),
                 qkv_bias=qkv_bias,
                 o_bias=o_bias,
-                mlp_bias=bool(d.get("mlp_bias", False)),
+                mlp_bias=d.get("mlp_bias", False),
                 hidden_act=act,
                 model_type=mt,
                 sliding_window=sliding,

@@ -86,8 +86,11 @@ class Candidate:
         weights = d.get("weights")
         if weights is not None and not isinstance(weights, str):
             raise LibraryError(f"{where}.weights must be a relative path string, got {weights!r}")
+        name = d.get("name")
+        if name is not None and not isinstance(name, str):
+            raise LibraryError(f"{where}.name must be a string, got {name!r}")
         return cls(int(layers[0]), int(layers[1]), block, {k: float(v) for k, v in metrics.items()},
-                   weights, d.get("name"))
+                   weights, name)
 
 
 class BlockLibrary:
@@ -335,7 +338,10 @@ class BlockLibrary:
                    if ver is None and any(str(k).startswith("layer_") for k in d) else "")
             )
         try:
-            lib = cls(d.get("num_layers"), root=root, meta=d.get("meta") or {})
+            meta = d.get("meta") or {}
+            if not isinstance(meta, Mapping):
+                raise LibraryError(f"'meta' must be an object, got {type(meta).__name__}")
+            lib = cls(d.get("num_layers"), root=root, meta=meta)
             if d.get("parent") is not None:
                 lib.parent = ParentSpec.from_dict(d["parent"])
             scen = d.get("scenarios") or {}
@@ -346,7 +352,10 @@ class BlockLibrary:
                 if s.name != name:
                     raise LibraryError(f"scenario key {name!r} does not match its fields (expected {s.name!r})")
                 lib.scenarios[name] = s
-            lib.default_scenario = d.get("default_scenario")
+            ds = d.get("default_scenario")
+            if ds is not None and not isinstance(ds, str):
+                raise LibraryError(f"'default_scenario' must be a scenario name or null, got {ds!r}")
+            lib.default_scenario = ds
             costs = d.get("costs") or {}
             if not isinstance(costs, Mapping):
                 raise LibraryError("'costs' must be an object of scenario -> block key -> cost -> number")
