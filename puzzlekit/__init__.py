@@ -48,6 +48,9 @@ __version__ = "0.1.0"
 _LAZY: dict[str, str] = {
     # Each subsystem adds its public names here as it lands, e.g.
     # "search": "puzzlekit.search",  "PuzzleForCausalLM": "puzzlekit.model".
+    "PuzzleConfig": "puzzlekit.model",
+    "PuzzleForCausalLM": "puzzlekit.model",
+    "load_parent": "puzzlekit.model",
 }
 
 __all__ = [
