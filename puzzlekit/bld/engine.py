@@ -1,0 +1,680 @@
+"""Blockwise local distillation (BLD): train every candidate sub-block from one parent pass per batch.
+
+Call sequence (:func:`run_bld`)::
+
+    plan units   (decoupled: one per attention variant and one per FFN variant per layer;
+                  coupled: one per (attention, FFN) pair; hybrid: decoupled, keep the best
+                  ``hybrid_keep`` of each per layer, then coupled on those pairs)
+    shard units  over processes (``WORLD_SIZE`` / ``RANK`` from ``accelerate launch`` or torchrun; gloo)
+    group layers so the activations and optimiser states fit ``max_memory_gb`` (the plan is logged)
+    for each group, for each step:
+        one parent pass (no grad) captures, per layer of the group, its input ``x``, the
+        attention output ``h = x + attn(x)`` and the layer output ``y = h + ffn(h)``
+        every unit of the group takes one AdamW step on normalized MSE against ``y``
+    save each unit's weights (safetensors, atomic) and journal it COMPLETE
+    rank 0 composes the library (``run/library.json``, weights under ``run/blocks/``)
+
+Loss: ``MSE(out, y) / MSE(0, y)`` on the layer output (FACTS.md), where ``out`` is
+``x + attn_c(x)`` followed by the parent FFN (attention units), ``h + ffn_c(h)``
+(FFN units) or the candidate layer itself (pairs).  No gradient reaches the parent.
+
+Determinism and resumption: a unit's whole computation depends only on its own
+initial weights (seeded from ``(seed, unit id)``), the batch of each step (a pure
+function of ``(seed, step)``, see :func:`puzzlekit.data.batch_indices`) and its own
+optimiser; the learning rate is a pure function of the step.  Units checkpoint
+their weights and optimiser state every ``checkpoint_every`` steps (safetensors,
+atomic), so a run killed at any point and started again with the same command
+ends with bit-identical weights and metrics; so does a run sharded over any
+number of processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import re
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ..blocks import AttentionConfig, BlockConfig, FFNConfig
+from ..data import TokenData, batch_indices
+from ..errors import PuzzlekitError
+from ..io import atomic_path
+from ..library import BlockLibrary
+from ..rundir import RunDir, State
+from .space import SearchSpace, default_search_space
+
+__all__ = ["BLDConfig", "Unit", "run_bld", "parent_activations", "plan_units", "plan_groups", "normalized_mse"]
+
+logger = logging.getLogger(__name__)
+
+STAGE = "bld"
+KIND = "bld-unit"
+_NO_ATT = AttentionConfig.make_no_op()
+_NO_FFN = FFNConfig.make_no_op()
+
+
+class BLDError(PuzzlekitError):
+    """BLD was given inputs it cannot use (or a run directory made with other settings)."""
+
+
+@dataclass(frozen=True)
+class BLDConfig:
+    """BLD settings.  Optimiser defaults are NVIDIA's (FACTS.md): AdamW lr 1e-4, betas (0.9, 0.95),
+    weight decay 0.1, gradient clipping 1.0; linear warm-up then cosine decay to ``min_lr_fraction``."""
+
+    mode: str = "decoupled"
+    tokens: int = 1_000_000
+    batch_size: int = 8
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = 0.1
+    clip: float = 1.0
+    warmup_fraction: float = 0.05
+    min_lr_fraction: float = 0.1
+    hybrid_keep: int = 2
+    eval_sequences: int = 8
+    checkpoint_every: int = 25
+    seed: int = 0
+    ffn_init: str = "contribution"
+    kv_init: str = "mean_pool"
+    max_memory_gb: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("decoupled", "coupled", "hybrid"):
+            raise BLDError(f"mode must be 'decoupled', 'coupled' or 'hybrid', got {self.mode!r}")
+        for name in ("tokens", "batch_size", "eval_sequences", "checkpoint_every", "hybrid_keep"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise BLDError(f"BLD {name} must be a positive integer, got {v!r}")
+        if not (self.lr > 0 and 0 <= self.warmup_fraction < 1 and 0 <= self.min_lr_fraction <= 1):
+            raise BLDError("BLD lr must be > 0, warmup_fraction in [0, 1), min_lr_fraction in [0, 1]")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+
+    def steps(self, seq_len: int) -> int:
+        """Optimiser steps per unit for the token budget."""
+        return max(1, math.ceil(self.tokens / (self.batch_size * seq_len)))
+
+    def lr_at(self, step: int, total: int) -> float:
+        """Warm-up + cosine learning rate of ``step`` (a pure function, so resumption is exact)."""
+        warm = int(self.warmup_fraction * total)
+        if step < warm:
+            return self.lr * (step + 1) / warm
+        t = (step - warm) / max(1, total - warm)
+        lo = self.min_lr_fraction
+        return self.lr * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One training job: a sub-block (or pair) of one layer.
+
+    ``kind`` is ``"attn"`` (block = variant + no-op FFN), ``"ffn"`` (no-op attention + variant)
+    or ``"pair"`` (the whole candidate layer).
+    """
+
+    kind: str
+    layer: int
+    block: BlockConfig
+
+    @property
+    def id(self) -> str:
+        return f"L{self.layer:03d}/{self.kind}/{self.variant_key}"
+
+    @property
+    def variant_key(self) -> str:
+        if self.kind == "attn":
+            return f"attn={self.block.attention.short()}"
+        if self.kind == "ffn":
+            return f"ffn={self.block.ffn.short()}"
+        return self.block.key
+
+    @property
+    def short(self) -> str:
+        """A compact label for progress bars (``3a:gqa1``, ``3f:ffn64``)."""
+        v = self.variant_key.replace("attn=", "a:").replace("ffn=ffn:", "f").replace("ffn=", "f:").replace("|", "")
+        return f"{self.layer}{v.replace('gqa:', 'gqa')}"
+
+    @property
+    def filename(self) -> str:
+        return _safe_name(f"L{self.layer:03d}-{self.kind}-{self.variant_key}") + ".safetensors"
+
+    def seed(self, base: int) -> int:
+        return (zlib.crc32(self.id.encode()) ^ (int(base) * 0x9E3779B1)) & 0x7FFFFFFF
+
+
+def _safe_name(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s.replace("|", "__").replace("=", "-").replace(":", ""))
+
+
+def normalized_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """``MSE(out, target) / MSE(0, target)`` (FACTS.md)."""
+    return (out - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)
+
+
+# ---- the parent pass ---------------------------------------------------------------------------
+@torch.no_grad()
+def parent_activations(parent: Any, input_ids: torch.Tensor, layers: Sequence[int]) -> tuple[Any, dict[int, tuple]]:
+    """Run the parent up to ``max(layers)`` once; for each layer in ``layers`` return
+    ``(x, h, y)``: its input, ``x + attn(x)`` and its output.  Also returns the rotary
+    ``position_embeddings`` every layer of the pass used."""
+    inner = parent.model
+    x = inner.embed_tokens(input_ids)
+    pos = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
+    pe = inner.rotary_emb(x, pos)
+    want = set(layers)
+    out: dict[int, tuple] = {}
+    for i in range(max(want) + 1):
+        layer = inner.layers[i]
+        h = x + layer.attn_delta(x, pe)
+        y = h + layer.ffn_delta(h)
+        if i in want:
+            out[i] = (x, h, y)
+        x = y
+    return pe, out
+
+
+# ---- planning -----------------------------------------------------------------------------------
+def _parent_block(parent: Any) -> BlockConfig:
+    return parent.model.layers[0].spec.parent_block()
+
+
+def plan_units(space: SearchSpace, parent_block: BlockConfig, mode: str, layers: Sequence[int]) -> list[Unit]:
+    """The phase-1 units of ``mode`` (hybrid: its decoupled phase)."""
+    units: list[Unit] = []
+    for i in layers:
+        if mode in ("decoupled", "hybrid"):
+            units += [Unit("attn", i, BlockConfig(a, _NO_FFN)) for a in space.attention]
+            units += [Unit("ffn", i, BlockConfig(_NO_ATT, f)) for f in space.ffn]
+        else:
+            units += [Unit("pair", i, b) for b in space.blocks()]
+    return units
+
+
+def _unit_params(unit: Unit, spec: Any) -> int:
+    from ..accounting import attention_params, ffn_params
+
+    return attention_params(spec, unit.block.attention) + ffn_params(spec, unit.block.ffn)
+
+
+def plan_groups(units: Sequence[Unit], spec: Any, cfg: BLDConfig, seq_len: int) -> list[list[int]]:
+    """Layers trained together, so that activations + unit states fit ``cfg.max_memory_gb``.
+
+    Per layer: the parent's ``x, h, y`` for a training batch and the held-out set, and per
+    unit its weights, gradients and two AdamW moments plus its backward activations.
+    """
+    layers = sorted({u.layer for u in units})
+    if cfg.max_memory_gb is None:
+        return [layers] if layers else []
+    H = spec.hidden_size
+    tok = cfg.batch_size * seq_len
+    per_layer: dict[int, float] = {}
+    for i in layers:
+        b = 3 * (tok + cfg.eval_sequences * seq_len) * H * 4
+        for u in units:
+            if u.layer == i:
+                width = (u.block.ffn.intermediate_size or H) + H * 4
+                b += 16 * _unit_params(u, spec) + tok * width * 4 * 3
+        per_layer[i] = b
+    budget = cfg.max_memory_gb * 2**30
+    groups: list[list[int]] = []
+    cur: list[int] = []
+    used = 0.0
+    for i in layers:
+        if cur and used + per_layer[i] > budget:
+            groups.append(cur)
+            cur, used = [], 0.0
+        cur.append(i)
+        used += per_layer[i]
+    if cur:
+        groups.append(cur)
+    return groups
+
+
+# ---- a unit's training state ---------------------------------------------------------------------
+class _Job:
+    def __init__(self, unit: Unit, module: torch.nn.Module | None, trainable: bool, cfg: BLDConfig,
+                 is_parent: bool = False):
+        self.unit = unit
+        self.is_parent = is_parent
+        self.module = module
+        self.trainable = trainable
+        self.step = 0
+        self.nmse_init: float | None = None
+        self.recent: list[float] = []
+        self.opt: torch.optim.Optimizer | None = None
+        if trainable and module is not None:
+            decay = [p for _, p in module.named_parameters() if p.ndim >= 2]
+            other = [p for _, p in module.named_parameters() if p.ndim < 2]
+            self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                          {"params": other, "weight_decay": 0.0}],
+                                         lr=cfg.lr, betas=cfg.betas, foreach=False)
+
+    def forward(self, parent_layer: Any, acts: tuple, pe: Any) -> torch.Tensor:
+        x, h, _ = acts
+        m, kind = self.module, self.unit.kind
+        if m is None:  # the parent's own variant, or a no-op without weights
+            m = parent_layer if self.is_parent else None
+        if kind == "attn":
+            o = x + m.attn_delta(x, pe) if m is not None else x
+            return o + parent_layer.ffn_delta(o)
+        if kind == "ffn":
+            return h + m.ffn_delta(h) if m is not None else h
+        return m(x, pe) if m is not None else x
+
+    # checkpoint: module weights + AdamW moments in one safetensors file, progress in its metadata
+    def save_ckpt(self, path: Path) -> None:
+        tensors = {f"param.{k}": v.detach().contiguous() for k, v in self.module.state_dict().items()}
+        sd = self.opt.state_dict()
+        for pid, st in sd["state"].items():
+            for k, v in st.items():
+                tensors[f"opt.{pid}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous()
+        meta = {"step": self.step, "nmse_init": self.nmse_init, "recent": self.recent, "unit": self.unit.id}
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"puzzlekit": json.dumps(meta)})
+
+    def load_ckpt(self, path: Path) -> None:
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["puzzlekit"])
+        tensors = load_file(str(path))
+        self.module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("opt."):
+                _, pid, name = k.split(".", 2)
+                state.setdefault(int(pid), {})[name] = v
+        sd = self.opt.state_dict()
+        self.opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+        self.step, self.nmse_init, self.recent = int(meta["step"]), meta["nmse_init"], list(meta["recent"])
+
+
+def _init_child_layer() -> Any:
+    from .. import model
+
+    fn = getattr(model, "init_child_layer", None)
+    if fn is None:  # the model module has not landed it yet: local stand-in (see _compat.py)
+        from ._compat import init_child_layer as fn
+    return fn
+
+
+def _sub_state(layer: Any, kind: str) -> dict[str, torch.Tensor]:
+    """The attention (``kind='attn'``) or FFN part of a layer's state dict."""
+    prefixes = ("input_layernorm.", "self_attn.") if kind == "attn" else ("post_attention_layernorm.", "mlp.")
+    return {k: v.detach().clone().contiguous() for k, v in layer.state_dict().items() if k.startswith(prefixes)}
+
+
+def _is_parent_variant(unit: Unit, pblock: BlockConfig) -> bool:
+    if unit.kind == "attn":
+        return unit.block.attention == pblock.attention
+    if unit.kind == "ffn":
+        return unit.block.ffn == pblock.ffn
+    return unit.block == pblock
+
+
+def _has_params(block: BlockConfig) -> bool:
+    return not (block.attention.no_op and block.ffn.no_op)
+
+
+# ---- the run -------------------------------------------------------------------------------------
+class _Runner:
+    def __init__(self, parent: Any, data: TokenData, run: RunDir, space: SearchSpace, cfg: BLDConfig,
+                 rank: int, world: int, progress: bool):
+        self.parent, self.data, self.run, self.space, self.cfg = parent, data, run, space, cfg
+        self.rank, self.world, self.progress = rank, world, progress
+        self.spec = parent.model.layers[0].spec
+        self.pblock = _parent_block(parent)
+        self.train = data.torch("train")
+        self.heldout = data.torch("heldout")[: cfg.eval_sequences]
+        if len(self.heldout) == 0:
+            raise BLDError("the token data has no held-out sequences; build it with heldout_fraction > 0")
+        self.total = cfg.steps(data.seq_len)
+        self.units_dir = run.file("blocks/units")
+        self.ckpt_dir = run.file("bld/ckpt")
+
+    # -- helpers
+    def unit_path(self, u: Unit) -> Path:
+        return self.units_dir / u.filename
+
+    def _init_module(self, u: Unit, calib: tuple | None) -> torch.nn.Module | None:
+        init_child_layer = _init_child_layer()
+
+        if not _has_params(u.block):
+            return None
+        torch.manual_seed(u.seed(self.cfg.seed))
+        players = self.parent.model.layers
+        if u.kind == "pair" and self.cfg.mode == "hybrid":
+            m = init_child_layer(players[u.layer], u.block, ffn_method="truncate", kv_method="first")
+            attn = self.unit_path(Unit("attn", u.layer, BlockConfig(u.block.attention, _NO_FFN)))
+            ffn = self.unit_path(Unit("ffn", u.layer, BlockConfig(_NO_ATT, u.block.ffn)))
+            sd = {}
+            for p in (attn, ffn):
+                if p.exists():
+                    sd.update(load_file(str(p)))
+            m.load_state_dict(sd, strict=True)
+            return m
+        x, pe = calib if calib is not None else (None, None)
+        return init_child_layer(players[u.layer], u.block, ffn_method=self.cfg.ffn_init,
+                                kv_method=self.cfg.kv_init, calib_inputs=x, position_embeddings=pe)
+
+    def _make_job(self, u: Unit, calib: tuple) -> _Job:
+        is_parent = _is_parent_variant(u, self.pblock)
+        trivial = is_parent or not _has_params(u.block)
+        module = None if is_parent else self._init_module(u, calib)
+        job = _Job(u, module, trainable=not trivial and module is not None, cfg=self.cfg, is_parent=is_parent)
+        ck = self.ckpt_dir / u.filename
+        if job.trainable and ck.exists():
+            try:
+                job.load_ckpt(ck)
+            except Exception as e:  # a torn or foreign checkpoint: start the unit again
+                logger.warning("%s: unreadable checkpoint (%s); restarting this unit", ck, e)
+                job = _Job(u, self._init_module(u, calib), True, self.cfg)
+        return job
+
+    @torch.no_grad()
+    def _eval(self, job: _Job, eval_acts: list) -> float:
+        num = den = 0.0
+        for pe, acts in eval_acts:
+            a = acts[job.unit.layer]
+            out = job.forward(self.parent.model.layers[job.unit.layer], a, pe)
+            y = a[2]
+            num += float((out - y).double().pow(2).sum())
+            den += float(y.double().pow(2).sum())
+        return num / max(den, 1e-300)
+
+    def _save_final(self, job: _Job) -> str | None:
+        u = job.unit
+        if not _has_params(u.block):
+            return None
+        if job.module is None:
+            player = self.parent.model.layers[u.layer]
+            sd = {} if u.kind == "pair" else _sub_state(player, u.kind)
+            if u.kind == "pair":
+                sd = {k: v.detach().clone().contiguous() for k, v in player.state_dict().items()}
+        else:
+            sd = {k: v.detach().clone().contiguous() for k, v in job.module.state_dict().items()}
+        if not sd:
+            return None
+        path = self.unit_path(u)
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            save_file(sd, str(tmp), metadata={"unit": u.id})
+        return str(path.relative_to(self.run.path))
+
+    # -- one group of layers
+    def train_group(self, units: list[Unit], gi: int, ng: int) -> None:
+        from tqdm.auto import tqdm
+
+        layers = sorted({u.layer for u in units})
+        cfg = self.cfg
+        eval_acts = [parent_activations(self.parent, self.heldout[i:i + cfg.batch_size], layers)
+                     for i in range(0, len(self.heldout), cfg.batch_size)]
+        calib_ids = self.train[torch.from_numpy(batch_indices(len(self.train), cfg.batch_size, 0, cfg.seed))]
+        cpe, cacts = parent_activations(self.parent, calib_ids, layers)
+        jobs = []
+        for u in units:
+            self.run.journal.set_state(KIND, u.id, State.RUNNING, rank=self.rank)
+            job = self._make_job(u, (cacts[u.layer][0], cpe))
+            if job.nmse_init is None:
+                job.nmse_init = self._eval(job, eval_acts)
+            jobs.append(job)
+        del cacts
+        live = [j for j in jobs if j.trainable and j.step < self.total]
+        start = min((j.step for j in live), default=self.total)
+        bar = tqdm(total=self.total, initial=start, disable=not self.progress, unit="step",
+                   desc=f"BLD {cfg.mode} group {gi + 1}/{ng} (layers {layers[0]}-{layers[-1]}, {len(live)} units)")
+        t0, tokens = time.perf_counter(), 0
+        last_ckpt = time.monotonic()
+        players = self.parent.model.layers
+        for step in range(start, self.total):
+            ids = self.train[torch.from_numpy(batch_indices(len(self.train), cfg.batch_size, step, cfg.seed))]
+            pe, acts = parent_activations(self.parent, ids, layers)
+            lr = cfg.lr_at(step, self.total)
+            for j in live:
+                if j.step != step:
+                    continue
+                for g in j.opt.param_groups:
+                    g["lr"] = lr
+                a = acts[j.unit.layer]
+                loss = normalized_mse(j.forward(players[j.unit.layer], a, pe), a[2])
+                j.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(j.module.parameters(), cfg.clip, foreach=False)
+                j.opt.step()
+                j.step += 1
+                j.recent = (j.recent + [float(loss.detach())])[-10:]
+            tokens += ids.numel()
+            bar.update(1)
+            if self.progress:
+                post = {"tok/s": f"{tokens / max(time.perf_counter() - t0, 1e-9):.0f}"}
+                for j in live[:8]:
+                    post[j.unit.short] = f"{j.recent[-1]:.4f}" if j.recent else "-"
+                if len(live) > 8:
+                    post["mean"] = f"{sum(j.recent[-1] for j in live if j.recent) / len(live):.4f}"
+                bar.set_postfix(post, refresh=False)
+            if (step + 1) % cfg.checkpoint_every == 0 or time.monotonic() - last_ckpt > 120:
+                for j in live:
+                    if j.step < self.total:
+                        j.save_ckpt(self.ckpt_dir / j.unit.filename)
+                last_ckpt = time.monotonic()
+        bar.close()
+        for j in jobs:
+            nmse = self._eval(j, eval_acts)
+            rel = self._save_final(j)
+            metrics = {"bld_nmse": nmse, "bld_nmse_init": j.nmse_init,
+                       "bld_train_nmse": (sum(j.recent) / len(j.recent)) if j.recent else nmse,
+                       "bld_steps": j.step, "bld_tokens": j.step * cfg.batch_size * self.data.seq_len}
+            self.run.journal.set_state(KIND, j.unit.id, State.COMPLETE, metrics=metrics, weights=rel,
+                                       rank=self.rank)
+            ck = self.ckpt_dir / j.unit.filename
+            if ck.exists():
+                ck.unlink()
+            logger.info("BLD %s: nmse %.5f (init %.5f)", j.unit.id, nmse, j.nmse_init)
+
+    def train_units(self, units: list[Unit]) -> None:
+        done = {k for k, r in self.run.journal.states(KIND).items() if r.get("state") == State.COMPLETE.value}
+        mine = [u for i, u in enumerate(units) if i % self.world == self.rank and u.id not in done]
+        if not mine:
+            return
+        groups = plan_groups(mine, self.spec, self.cfg, self.data.seq_len)
+        logger.info("BLD plan (rank %d/%d): %d units, %d steps each, %d group(s): %s", self.rank, self.world,
+                    len(mine), self.total, len(groups), "; ".join(f"layers {g[0]}-{g[-1]}" for g in groups))
+        for gi, g in enumerate(groups):
+            gs = set(g)
+            try:
+                self.train_group([u for u in mine if u.layer in gs], gi, len(groups))
+            except Exception as e:
+                for u in mine:
+                    if u.layer in gs:
+                        self.run.journal.set_state(KIND, u.id, State.FAILED, error=f"{type(e).__name__}: {e}")
+                raise
+
+
+def _dist_setup() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")
+    return rank, world
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def _hybrid_pairs(run: RunDir, layers: list[int], space: SearchSpace, keep: int) -> list[Unit]:
+    st = run.journal.states(KIND)
+    pairs: list[Unit] = []
+    for i in layers:
+        def best(kind: str, variants: Sequence[Any], key: Any, i: int = i) -> list[Any]:
+            scored = []
+            for v in variants:
+                u = Unit(kind, i, key(v))
+                rec = st.get(u.id, {})
+                scored.append((float(rec.get("metrics", {}).get("bld_nmse", math.inf)), str(v), v))
+            return [v for _, _, v in sorted(scored)[:keep]]
+
+        atts = best("attn", space.attention, lambda a: BlockConfig(a, _NO_FFN))
+        ffns = best("ffn", space.ffn, lambda f: BlockConfig(_NO_ATT, f))
+        pairs += [Unit("pair", i, BlockConfig(a, f)) for a in atts for f in ffns]
+    return pairs
+
+
+def _compose_library(run: RunDir, parent: Any, space: SearchSpace, cfg: BLDConfig,
+                     pair_units: list[Unit] | None, meta: dict[str, Any]) -> BlockLibrary:
+    spec = parent.model.layers[0].spec
+    pblock = spec.parent_block()
+    st = run.journal.states(KIND)
+    layers = space.layer_list(spec)
+    lib = BlockLibrary(spec.num_hidden_layers, parent=spec, root=run.path, meta=meta)
+
+    def rec(u: Unit) -> dict[str, Any]:
+        r = st.get(u.id)
+        if r is None or r.get("state") != State.COMPLETE.value:
+            raise BLDError(f"{run.path}: unit {u.id} is not complete; re-run build-library to finish it")
+        return r
+
+    for i in range(spec.num_hidden_layers):
+        if i not in layers:
+            rel = f"blocks/L{i:03d}/{_safe_name(pblock.key)}.safetensors"
+            _write_state(run.path / rel, {k: v.detach().clone().contiguous()
+                                          for k, v in parent.model.layers[i].state_dict().items()})
+            lib.add(i, pblock, {"bld_nmse": 0.0}, weights=rel)
+            continue
+        if pair_units is None:
+            for a in space.attention:
+                ra = rec(Unit("attn", i, BlockConfig(a, _NO_FFN)))
+                for f in space.ffn:
+                    rf = rec(Unit("ffn", i, BlockConfig(_NO_ATT, f)))
+                    block = BlockConfig(a, f)
+                    sd: dict[str, torch.Tensor] = {}
+                    for r in (ra, rf):
+                        if r.get("weights"):
+                            sd.update(load_file(str(run.file(r["weights"]))))
+                    rel = None
+                    if sd:
+                        rel = f"blocks/L{i:03d}/{_safe_name(block.key)}.safetensors"
+                        _write_state(run.path / rel, sd)
+                    lib.add(i, block, {"bld_nmse_attn": ra["metrics"]["bld_nmse"],
+                                       "bld_nmse_ffn": rf["metrics"]["bld_nmse"],
+                                       "bld_nmse_attn_init": ra["metrics"]["bld_nmse_init"],
+                                       "bld_nmse_ffn_init": rf["metrics"]["bld_nmse_init"]}, weights=rel)
+        else:
+            for u in pair_units:
+                if u.layer != i:
+                    continue
+                r = rec(u)
+                m = r["metrics"]
+                lib.add(i, u.block, {"bld_nmse": m["bld_nmse"], "bld_nmse_init": m["bld_nmse_init"]},
+                        weights=r.get("weights"))
+    return lib
+
+
+def _write_state(path: Path, sd: dict[str, torch.Tensor]) -> None:
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(sd, str(tmp))
+
+
+def _fingerprint_parent(parent: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(parent.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().float().contiguous().numpy().tobytes()[:4096])
+        h.update(str(tuple(v.shape)).encode())
+    return h.hexdigest()[:16]
+
+
+def run_bld(
+    parent: Any,
+    data: TokenData,
+    run_dir: str | os.PathLike | RunDir,
+    space: SearchSpace | None = None,
+    config: BLDConfig | None = None,
+    *,
+    progress: bool = True,
+) -> BlockLibrary:
+    """Build a block library by blockwise local distillation; resumable, shardable, deterministic.
+
+    ``parent``: a ``PuzzleForCausalLM`` or anything :func:`puzzlekit.model.load_parent` reads.
+    ``space``: the variants (default :func:`default_search_space`).  Writes ``run/library.json``
+    and ``run/blocks/``; a finished run with the same settings returns the saved library.
+    Under ``accelerate launch`` / torchrun (``WORLD_SIZE > 1``) units are sharded over the
+    processes and rank 0 writes the library; every rank returns it.
+    """
+    from ..model import load_parent
+
+    cfg = config or BLDConfig()
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir)
+    if not hasattr(parent, "model") or not hasattr(getattr(parent, "model", None), "layers"):
+        parent = load_parent(parent)
+    elif type(parent).__name__ != "PuzzleForCausalLM":
+        parent = load_parent(parent)
+    parent.eval()
+    parent.requires_grad_(False)
+    spec = parent.model.layers[0].spec
+    space = space or default_search_space(spec)
+    space.check(spec)
+    if len(data.train) < cfg.batch_size:
+        raise BLDError(f"batch_size={cfg.batch_size} is larger than the {len(data.train)} training sequences")
+    settings = {"bld": cfg.to_dict(), "space": space.to_dict(), "data": data.fingerprint,
+                "seq_len": data.seq_len, "parent": _fingerprint_parent(parent)}
+    info = run.stage_info(STAGE)
+    lib_path = run.path / "library.json"
+    if info.get("state") == State.COMPLETE.value and info.get("config") == settings and lib_path.exists():
+        logger.info("BLD already complete in %s; reusing the library", run.path)
+        return BlockLibrary.load(lib_path)
+    if info.get("config") not in (None, settings):
+        raise BLDError(f"{run.path}: this run directory holds a BLD run made with other settings (parent, data, "
+                       "space or BLD options); use a new run directory or delete its bld/ and journal.jsonl")
+    rank, world = _dist_setup()
+    if rank == 0:
+        run.set_stage(STAGE, State.RUNNING, config=settings)
+    runner = _Runner(parent, data, run, space, cfg, rank, world, progress)
+    layers = space.layer_list(spec)
+    units = plan_units(space, runner.pblock, cfg.mode, layers)
+    runner.train_units(units)
+    _barrier(world)
+    pairs: list[Unit] | None = None
+    if cfg.mode == "hybrid":
+        pairs = _hybrid_pairs(run, layers, space, cfg.hybrid_keep)
+        runner.train_units(pairs)
+        _barrier(world)
+    elif cfg.mode == "coupled":
+        pairs = units
+    if rank == 0:
+        meta = {"bld": settings, "stage": "bld"}
+        lib = _compose_library(run, parent, space, cfg, pairs, meta)
+        lib.save(lib_path)
+        run.set_stage(STAGE, State.COMPLETE, config=settings, num_units=len(units) + len(pairs or []) * (
+            cfg.mode == "hybrid"), world_size=world)
+    _barrier(world)
+    return BlockLibrary.load(lib_path)
+
+
+def unit_results(run_dir: str | os.PathLike | RunDir) -> dict[str, dict[str, Any]]:
+    """The journaled result of every finished unit: ``{unit id: metrics}``."""
+    run = run_dir if isinstance(run_dir, RunDir) else RunDir(run_dir, create=False)
+    return {k: dict(r.get("metrics", {})) for k, r in run.journal.states(KIND).items()
+            if r.get("state") == State.COMPLETE.value}
