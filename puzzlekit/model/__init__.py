@@ -1,6 +1,7 @@
 """The heterogeneous model: ``PuzzleForCausalLM`` (Nemotron-NAS compatible), parent loading,
 child initialisation, assembly and block weights.  See ``docs/model-api.md``."""
 
+from .init import FFN_METHODS, KV_METHODS, ffn_channel_scores, init_child_layer, normalized_mse
 from .modeling import (
     PuzzleConfig,
     PuzzleDecoderLayer,
@@ -20,6 +21,11 @@ __all__ = [
     "PuzzleDecoderLayer",
     "make_layer",
     "load_parent",
+    "init_child_layer",
+    "ffn_channel_scores",
+    "normalized_mse",
+    "FFN_METHODS",
+    "KV_METHODS",
     "causal_mask",
     "num_params",
     "flops_per_token",
