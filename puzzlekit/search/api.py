@@ -1,0 +1,448 @@
+"""The search front end: ``search``, ``search_diverse``, ``sweep``, ``pareto_front``.
+
+Each call builds a :class:`Problem`, reduces it exactly (:mod:`.presolve`),
+hands the reduced problem to a backend (``puzzlekit.solvers``), maps the
+answer back and re-verifies it against the original float problem.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from ..errors import ConfigError, InfeasibleError, SolverError
+from .constraints import parse_bound, translate
+from .presolve import Paths, _improve, dominance_mask, dp_one_budget, lagrangian_1d, least_values, presolve
+from .problem import Problem
+from .solution import Solution, Status
+
+__all__ = ["build_problem", "search", "search_diverse", "solve_problem", "sweep", "pareto_front",
+           "SweepResult", "infeasible_error"]
+
+DP_SOLVER = "puzzlekit-dp"
+
+
+def build_problem(
+    source: Any,
+    objective: str | None = None,
+    budgets: Mapping[str, Any] | None = None,
+    *,
+    maximize: bool = False,
+    scenario: Any = None,
+    constraints: Iterable[Any] = (),
+    constants: Mapping[str, float] | None = None,
+) -> Problem:
+    """A :class:`Problem` from a library (or a Problem, whose budgets are then updated)."""
+    if isinstance(source, Problem):
+        p = source.with_budgets(budgets) if budgets else source
+        if maximize != p.maximize and maximize:
+            p = replace(p, maximize=True)
+        return p
+    if isinstance(source, (str, os.PathLike)):
+        from ..library import BlockLibrary
+
+        source = BlockLibrary.load(source)
+    if objective is None:
+        raise ConfigError("search: name the objective metric (e.g. objective='kl_div')")
+    tr = translate(source, constraints, scenario)
+    all_budgets: dict[str, Any] = dict(tr.budgets)
+    for k, v in (budgets or {}).items():
+        lo, hi = parse_bound(v, k)
+        if k in all_budgets:
+            lo0, hi0 = all_budgets[k]
+            lo, hi = max(lo, lo0), min(hi, hi0)
+        all_budgets[k] = (lo, hi)
+    consts = dict(tr.constants)
+    consts.update(constants or {})
+    return Problem.from_library(source, objective, all_budgets, maximize=maximize, scenario=scenario,
+                                constants=consts, extra_costs=tr.extra_costs, allowed=tr.allowed)
+
+
+def infeasible_error(problem: Problem) -> InfeasibleError:
+    """The error for an infeasible problem: each budget and the least (or greatest) value it could reach."""
+    reach = least_values(problem)
+    parts, least = [], {}
+    for i in problem.budget_rows:
+        name = problem.cost_names[i]
+        lo_r, hi_r = reach[name]
+        if math.isfinite(problem.upper[i]):
+            least[name] = lo_r
+            ok = "reachable" if lo_r <= problem.upper[i] * (1 + 1e-12) + 1e-12 else "UNREACHABLE"
+            parts.append(f"{name} <= {problem.upper[i]:.10g} (least reachable {lo_r:.10g}: {ok} alone)")
+        if math.isfinite(problem.lower[i]):
+            least.setdefault(name, lo_r)
+            ok = "reachable" if hi_r >= problem.lower[i] * (1 - 1e-12) - 1e-12 else "UNREACHABLE"
+            parts.append(f"{name} >= {problem.lower[i]:.10g} (greatest reachable {hi_r:.10g}: {ok} alone)")
+    extra = f"; with {len(problem.cuts)} diversity cuts" if problem.cuts else ""
+    msg = ("no architecture satisfies the budgets: " + "; ".join(parts) + extra
+           + ". Relax the budgets marked UNREACHABLE"
+           + ("" if any("UNREACHABLE" in p for p in parts) else " (none is: they conflict together; relax one)"))
+    return InfeasibleError(msg, least)
+
+
+def _options(time_limit: float | None, mip_gap: float, threads: int | None, warm: np.ndarray | None,
+             extra: Mapping[str, Any] | None, verbose: bool = False) -> Any:
+    from ..solvers import SolveOptions
+
+    if time_limit is not None and not time_limit > 0:
+        raise ConfigError(f"time_limit must be > 0 seconds, got {time_limit}")
+    if not (0.0 <= mip_gap < 1.0):
+        raise ConfigError(f"mip_gap must be in [0, 1), got {mip_gap}")
+    return SolveOptions(time_limit=time_limit, mip_gap=float(mip_gap), threads=threads, warm_start=warm,
+                        extra=dict(extra or {}), verbose=verbose)
+
+
+def solve_problem(
+    problem: Problem,
+    solver: str | None = None,
+    *,
+    time_limit: float | None = None,
+    mip_gap: float = 0.0,
+    threads: int | None = None,
+    presolve_: bool = True,
+    incumbent: Sequence[int] | None = None,
+    solver_options: Mapping[str, Any] | None = None,
+    verbose: bool = False,
+) -> Solution:
+    """Solve one problem; returns a Solution of any status (never raises for infeasibility)."""
+    from ..solvers import get_solver
+
+    backend = get_solver(solver)
+    t0 = time.perf_counter()
+    info: dict[str, Any] = {}
+    sub, warm = problem, None
+    red = None
+    if presolve_:
+        inc = None if incumbent is None else np.asarray(incumbent, dtype=np.int64)
+        red = presolve(problem, inc)
+        info.update(red.info())
+        if red.infeasible:
+            return problem.make_solution(None, Status.INFEASIBLE, solver=backend.name,
+                                         seconds=time.perf_counter() - t0, info=info)
+        sub, warm = red.problem, red.incumbent
+    elif incumbent is not None:
+        warm = np.asarray(incumbent, dtype=np.int64)
+    if warm is not None and "warm_start" not in backend.capabilities:
+        warm = None
+    left = None if time_limit is None else max(1e-3, time_limit - (time.perf_counter() - t0))
+    opts = _options(left, mip_gap, threads, warm, solver_options, verbose)
+    try:
+        raw = backend.solve(sub, opts)
+    except SolverError:
+        raise
+    except Exception as e:
+        raise SolverError(f"solver {backend.name!r} failed: {type(e).__name__}: {e}") from e
+    info.update(raw.info)
+    seconds = time.perf_counter() - t0
+    lb = -math.inf if red is None else red.lower_bound
+    status, chosen, bound = raw.status, None, None
+    if raw.bound is not None:
+        b = -raw.bound if problem.maximize else raw.bound
+        lb = max(lb, b)
+    if raw.status.has_solution:
+        chosen = problem.origin_to_local(raw.candidates)
+        if chosen is None:
+            raise SolverError(f"solver {backend.name!r} returned candidates that are not in the problem")
+    elif red is not None and red.incumbent is not None:
+        if raw.status is Status.INFEASIBLE:
+            raise SolverError(f"solver {backend.name!r} claims infeasible, but presolve found a feasible architecture")
+        chosen = problem.origin_to_local(sub.origin[red.incumbent])
+        status = Status.FEASIBLE
+        info["from"] = "presolve incumbent (the solver stopped without a solution)"
+    if chosen is not None and status is not Status.OPTIMAL and math.isfinite(lb):
+        bound = lb
+    elif status is Status.OPTIMAL:
+        bound = lb if math.isfinite(lb) else None
+    return problem.make_solution(chosen, status, solver=backend.name, seconds=seconds, bound=bound,
+                                 message=raw.message, info=info)
+
+
+def search(
+    source: Any,
+    objective: str | None = None,
+    budgets: Mapping[str, Any] | None = None,
+    *,
+    maximize: bool = False,
+    scenario: Any = None,
+    constraints: Iterable[Any] = (),
+    constants: Mapping[str, float] | None = None,
+    solver: str | None = None,
+    time_limit: float | None = None,
+    mip_gap: float = 0.0,
+    threads: int | None = None,
+    presolve: bool = True,
+    solver_options: Mapping[str, Any] | None = None,
+) -> Solution:
+    """The best architecture: one candidate per layer, optimising ``objective`` under ``budgets``.
+
+    ``source`` is a :class:`~puzzlekit.BlockLibrary`, a path to one, or a
+    :class:`Problem`.  ``budgets`` maps cost names to an upper bound, a
+    ``(lower, upper)`` pair or ``"<=X"``; ``constraints`` are human ones
+    (:class:`~puzzlekit.search.MemoryLimit`, ...).  Raises
+    :class:`~puzzlekit.errors.InfeasibleError` (naming each budget and the
+    least value it could reach) when nothing fits.  A time limit returns the
+    best verified solution found with ``status=FEASIBLE`` and its ``gap``.
+    """
+    t0 = time.perf_counter()
+    problem = build_problem(source, objective, budgets, maximize=maximize, scenario=scenario,
+                            constraints=constraints, constants=constants)
+    left = None if time_limit is None else max(1e-3, time_limit - (time.perf_counter() - t0))
+    sol = solve_problem(problem, solver, time_limit=left, mip_gap=mip_gap, threads=threads, presolve_=presolve,
+                        solver_options=solver_options)
+    sol.solve_seconds = time.perf_counter() - t0
+    if sol.status is Status.INFEASIBLE:
+        raise infeasible_error(problem)
+    if sol.status is Status.ERROR:
+        raise SolverError(f"solver {sol.solver!r} failed: {sol.message or 'no solution'}")
+    return sol
+
+
+def search_diverse(
+    source: Any,
+    objective: str | None = None,
+    budgets: Mapping[str, Any] | None = None,
+    *,
+    num_solutions: int = 3,
+    min_diversity: int = 1,
+    **kw: Any,
+) -> list[Solution]:
+    """Diverse top-k: up to ``num_solutions`` answers in objective order, each differing from every
+    earlier one in at least ``min_diversity`` layers.  Fewer are returned when no more exist."""
+    if isinstance(num_solutions, bool) or not isinstance(num_solutions, int) or num_solutions < 1:
+        raise ConfigError(f"num_solutions must be a positive integer, got {num_solutions!r}")
+    t0 = time.perf_counter()
+    build_kw = {k: kw.pop(k) for k in ("maximize", "scenario", "constraints", "constants") if k in kw}
+    problem = build_problem(source, objective, budgets, **build_kw)
+    if isinstance(min_diversity, bool) or not isinstance(min_diversity, int) or not (
+            1 <= min_diversity <= problem.num_layers):
+        raise ConfigError(f"min_diversity must be an integer in 1..{problem.num_layers}, got {min_diversity!r}")
+    pres = kw.pop("presolve", True)
+    out: list[Solution] = []
+    for k in range(num_solutions):
+        t1 = time.perf_counter()
+        sol = solve_problem(problem, presolve_=pres, **kw)
+        sol.solve_seconds = time.perf_counter() - (t0 if k == 0 else t1)
+        if sol.status is Status.INFEASIBLE:
+            if k == 0:
+                raise infeasible_error(problem)
+            break
+        if sol.status is Status.ERROR:
+            raise SolverError(f"solver {sol.solver!r} failed on solution {k + 1}: {sol.message or 'no solution'}")
+        out.append(sol)
+        problem = problem.with_cut(problem.origin_to_local(sol.candidates), min_diversity)
+    return out
+
+
+# ---- sweeps -------------------------------------------------------------------------------------
+@dataclass
+class SweepResult:
+    """The optimum at each value of one budget (``points``: ``(value, Solution)`` in the given order)."""
+
+    vary: str
+    objective: str
+    points: list[tuple[float, Solution]]
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        pts = []
+        for v, s in self.points:
+            pts.append({"value": float(v), "status": s.status.value,
+                        "objective": None if s.objective is None else float(s.objective),
+                        "costs": {k: float(x) for k, x in s.costs.items()}, "solver": s.solver})
+        return {"vary": self.vary, "objective": self.objective, "seconds": self.seconds, "points": pts}
+
+    def to_csv(self, path: str | os.PathLike) -> None:
+        """Write one row per point (value, status, objective, every cost) atomically."""
+        from ..io import atomic_path
+
+        names = sorted({k for _, s in self.points for k in s.costs})
+        with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow([self.vary, "status", self.objective, *names])
+            for v, s in self.points:
+                w.writerow([repr(float(v)), s.status.value, "" if s.objective is None else repr(s.objective),
+                            *[repr(s.costs[n]) if n in s.costs else "" for n in names]])
+
+    def plot(self, path: str | os.PathLike) -> None:
+        """Objective against the varied budget, saved as an image (needs matplotlib)."""
+        try:
+            import matplotlib
+
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except ImportError:
+            raise ConfigError("plotting needs matplotlib: pip install 'puzzlekit[plot]'") from None
+        from ..io import atomic_path
+
+        xs = [v for v, s in self.points if s.objective is not None]
+        ys = [s.objective for _, s in self.points if s.objective is not None]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot(xs, ys, marker=".", drawstyle="steps-post")
+        ax.set_xlabel(f"{self.vary} budget")
+        ax.set_ylabel(self.objective)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        suffix = os.path.splitext(str(path))[1] or ".png"
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=suffix.lstrip("."))
+        plt.close(fig)
+
+
+def _one_budget_dp_ready(problem: Problem, i: int) -> bool:
+    others = [r for r in problem.budget_rows if r != i]
+    return not others and not problem.cuts and not math.isfinite(problem.lower[i])
+
+
+def sweep(
+    source: Any,
+    objective: str | None = None,
+    vary: str = "memory_mib",
+    values: Sequence[float] = (),
+    budgets: Mapping[str, Any] | None = None,
+    *,
+    maximize: bool = False,
+    scenario: Any = None,
+    constraints: Iterable[Any] = (),
+    constants: Mapping[str, float] | None = None,
+    solver: str | None = None,
+    method: str = "auto",
+    time_limit: float | None = None,
+) -> SweepResult:
+    """The exact optimum at each value of the ``vary`` upper budget (other budgets fixed).
+
+    ``method="auto"`` uses the exact one-budget dynamic programme when
+    ``vary`` is the only budget, and otherwise the backend with warm starts
+    from the previous point (values are solved in increasing order, so the
+    previous optimum stays feasible); ``"solver"`` always uses the backend.
+    Infeasible points are kept with status ``INFEASIBLE``.
+    """
+    t0 = time.perf_counter()
+    vals = [float(v) for v in values]
+    if not vals:
+        raise ConfigError("sweep: give at least one value")
+    if any(math.isnan(v) for v in vals):
+        raise ConfigError("sweep: values must be numbers, got NaN")
+    if method not in ("auto", "solver", "dp"):
+        raise ConfigError(f"sweep: method must be 'auto', 'solver' or 'dp', got {method!r}")
+    b = dict(budgets or {})
+    if vary in b:
+        raise ConfigError(f"sweep: {vary!r} is varied; do not also give it in budgets")
+    b[vary] = (None, vals[0])
+    problem = build_problem(source, objective, b, maximize=maximize, scenario=scenario, constraints=constraints,
+                            constants=constants)
+    i = problem.cost_names.index(vary)
+    lo_i = problem.lower[i]
+    use_dp = method == "dp" or (method == "auto" and _one_budget_dp_ready(problem, i))
+    if method == "dp" and not _one_budget_dp_ready(problem, i):
+        raise ConfigError("sweep: method='dp' needs the varied budget to be the only one (an upper bound)")
+    results: dict[int, Solution] = {}
+    prev: np.ndarray | None = None
+    order = sorted(range(len(vals)), key=lambda k: vals[k])
+    if use_dp:
+        keep = dominance_mask(problem, problem.costs[:, [i]].T)
+        sub0 = problem.subset(keep)
+        paths = Paths(sub0)
+        c, g = sub0.c, sub0.costs[:, i]
+        const = sub0.constants[i]
+        tmin = paths.best(g)[0]
+        for k in order:
+            t1 = time.perf_counter()
+            H = vals[k] - const
+            tol = 1e-9 * max(1.0, abs(H))
+            p = sub0.with_budgets({vary: (lo_i, vals[k])})
+            if tmin > H + tol:
+                results[k] = problem.make_solution(None, Status.INFEASIBLE, solver=DP_SOLVER,
+                                                   seconds=time.perf_counter() - t1)
+                continue
+            lb, lam, feas = lagrangian_1d(paths, c, g, H, tol)
+            if prev is not None:
+                feas.append(prev)
+            ub, G1, h1 = math.inf, g[None, :], np.array([H])
+            for x in feas:
+                x = _improve(p, G1, h1, x, np.array([tol]))
+                if g[x].sum() <= H + tol:
+                    ub = min(ub, float(c[x].sum()))
+            x, v = dp_one_budget(p, ub, lam, paths)
+            if x is None:
+                raise SolverError(f"sweep: the dynamic programme found nothing at {vary} = {vals[k]} although "
+                                  "a cover meets the budget (please report this)")
+            prev = x
+            chosen = problem.origin_to_local(sub0.origin[x])
+            results[k] = problem.with_budgets({vary: (lo_i, vals[k])}).make_solution(
+                chosen, Status.OPTIMAL, solver=DP_SOLVER, seconds=time.perf_counter() - t1, bound=v,
+                info={"lagrangian_bound": lb})
+    else:
+        for k in order:
+            p = problem.with_budgets({vary: (lo_i, vals[k])})
+            inc = prev if prev is not None and not p.violations(prev) else None
+            s = solve_problem(p, solver, incumbent=inc, time_limit=time_limit)
+            if s.status.has_solution:
+                prev = p.origin_to_local(s.candidates)
+            results[k] = s
+    return SweepResult(vary, problem.objective_name, [(vals[k], results[k]) for k in range(len(vals))],
+                       time.perf_counter() - t0)
+
+
+def pareto_front(
+    source: Any,
+    objective: str | None = None,
+    cost: str = "memory_mib",
+    budgets: Mapping[str, Any] | None = None,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    maximize: bool = False,
+    scenario: Any = None,
+    constraints: Iterable[Any] = (),
+    solver: str | None = None,
+    max_points: int = 100_000,
+) -> list[Solution]:
+    """The exact Pareto frontier of ``objective`` against ``cost`` (from ``high`` down to ``low``).
+
+    Each point is an optimum at a budget just below the previous point's cost
+    (by a relative 1e-9), so no frontier point is skipped unless two costs are
+    closer than that.  Points are returned in decreasing cost.
+    """
+    b = dict(budgets or {})
+    b[cost] = (None, high)
+    problem = build_problem(source, objective, b, maximize=maximize, scenario=scenario, constraints=constraints)
+    i = problem.cost_names.index(cost)
+    if high is None:
+        problem = problem.with_budgets({cost: (None, least_values(problem)[cost][1])})
+    use_dp = _one_budget_dp_ready(problem, i)
+    front: list[Solution] = []
+    cur = problem
+    if use_dp:
+        keep = dominance_mask(problem, problem.costs[:, [i]].T)
+        sub0 = problem.subset(keep)
+        paths = Paths(sub0)
+    for _ in range(max_points):
+        if use_dp:
+            t1 = time.perf_counter()
+            p = sub0.with_budgets({cost: (None, cur.upper[i])})
+            x, v = dp_one_budget(p, paths=paths)
+            if x is None:
+                break
+            s = problem.make_solution(problem.origin_to_local(sub0.origin[x]), Status.OPTIMAL, solver=DP_SOLVER,
+                                      seconds=time.perf_counter() - t1, bound=v)
+        else:
+            s = solve_problem(cur, solver)
+            if not s.status.has_solution:
+                break
+        if front and abs(front[-1].objective - s.objective) <= 1e-12 * max(1.0, abs(s.objective)):
+            front[-1] = s
+        else:
+            front.append(s)
+        c = s.costs[cost]
+        if low is not None and c <= low:
+            break
+        nxt = c - 1e-9 * max(1.0, abs(c))
+        cur = cur.with_budgets({cost: (None, nxt)})
+    return front
