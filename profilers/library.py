@@ -1,0 +1,174 @@
+"""Write analytic costs into a :class:`~puzzlekit.BlockLibrary` under a scenario.
+
+``profile_library(lib, scenario)`` adds, for every distinct block of the
+library, the costs of :func:`~puzzlekit.profilers.analytic.block_costs`
+(``runtime_ms``, ``memory_mib``, ``num_params`` and their attention / FFN parts,
+prefill / decode split, KV bytes per token, FLOPs, bytes moved) under
+``scenario.name``, and records the non-block costs (embeddings, LM head) in
+``lib.meta["non_block_costs"][scenario.name]`` so the search can subtract them
+from whole-model budgets.
+
+Given a search space instead of a library, it builds the library first: one
+candidate per layer per block, no metrics yet (BLD and scoring add them).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from puzzlekit.architecture import Architecture, ParentSpec, Scenario
+from puzzlekit.blocks import AttentionConfig, BlockConfig, FFNConfig
+from puzzlekit.errors import ConfigError, LibraryError
+from puzzlekit.io import read_json
+from puzzlekit.library import BlockLibrary
+
+from .analytic import PLAIN_MEMORY, MemoryConvention, block_costs, non_block_costs
+from .hardware import Hardware, resolve_hardware
+
+__all__ = ["profile_library", "default_space", "parse_space", "library_from_space", "FFN_FRACTIONS"]
+
+#: Puzzle's FFN widths as fractions of the parent's intermediate size (FACTS.md).
+FFN_FRACTIONS = (1.0, 0.875, 0.75, 0.5, 0.25, 0.2, 0.1)
+
+
+def _round256(x: float) -> int:
+    return max(256, int(round(x / 256.0)) * 256)
+
+
+def default_space(spec: ParentSpec) -> list[BlockConfig]:
+    """Puzzle's decoupled space: attention {parent KV heads, /2, /4, /8, linear, no-op} × FFN {100 … 10 %, linear, no-op}."""
+    kvs = []
+    k = spec.num_key_value_heads
+    while k >= 1 and len(kvs) < 4:
+        if spec.num_attention_heads % k == 0:
+            kvs.append(k)
+        if k % 2:
+            break
+        k //= 2
+    atts = [AttentionConfig.gqa(k) for k in kvs] + [AttentionConfig.make_linear(), AttentionConfig.make_no_op()]
+    sizes = sorted({_round256(f * spec.intermediate_size) for f in FFN_FRACTIONS}, reverse=True)
+    ffns = [FFNConfig.swiglu(i) for i in sizes] + [FFNConfig.make_linear(), FFNConfig.make_no_op()]
+    return [BlockConfig(a, f) for a in atts for f in ffns]
+
+
+def _parse_sub(kind: str, item: Any, spec: ParentSpec, where: str) -> AttentionConfig | FFNConfig:
+    if isinstance(item, Mapping):
+        return AttentionConfig.from_dict(item) if kind == "attention" else FFNConfig.from_dict(item)
+    s = str(item).strip().lower()
+    if s in ("linear", "no_op", "noop", "no-op"):
+        lin = s == "linear"
+        cls = AttentionConfig if kind == "attention" else FFNConfig
+        return cls.make_linear() if lin else cls.make_no_op()
+    try:
+        if kind == "attention":
+            return AttentionConfig.gqa(int(s.removeprefix("gqa:")))
+        if s.endswith("%"):
+            return FFNConfig.swiglu(_round256(float(s[:-1]) / 100 * spec.intermediate_size))
+        return FFNConfig.swiglu(int(s.removeprefix("ffn:")))
+    except ValueError:
+        raise ConfigError(
+            f"{where}: {kind} entry {item!r} is not understood; use e.g. "
+            + ("'gqa:4', 'linear', 'no_op'" if kind == "attention" else "'ffn:14336', '50%', 'linear', 'no_op'")
+        ) from None
+
+
+def parse_space(space: Any, spec: ParentSpec, where: str = "space") -> list[BlockConfig]:
+    """Blocks from a space description.
+
+    Accepted: a list of :class:`BlockConfig` or block keys (``"attn=gqa:4|ffn=ffn:14336"``);
+    a mapping ``{"attention": [...], "ffn": [...]}`` (the product; entries such as
+    ``"gqa:4"``, ``"ffn:14336"``, ``"50%"``, ``"linear"``, ``"no_op"``); a path to a
+    JSON file holding either; ``None`` or ``"default"`` for :func:`default_space`.
+    """
+    if space is None or space == "default":
+        return default_space(spec)
+    if isinstance(space, (str, os.PathLike)):
+        path = Path(space)
+        if not path.exists():
+            raise ConfigError(f"{space}: no such space file; give a JSON file with "
+                              "{\"attention\": [...], \"ffn\": [...]} or a list of block keys, or 'default'")
+        return parse_space(read_json(path, what="search space"), spec, str(path))
+    if isinstance(space, Mapping):
+        if set(space) - {"attention", "ffn"} or not space:
+            raise ConfigError(f"{where}: a space object has exactly the keys 'attention' and 'ffn', got {sorted(space)}")
+        atts = [_parse_sub("attention", x, spec, where) for x in space.get("attention", [])]
+        ffns = [_parse_sub("ffn", x, spec, where) for x in space.get("ffn", [])]
+        if not atts or not ffns:
+            raise ConfigError(f"{where}: both 'attention' and 'ffn' need at least one entry")
+        blocks = [BlockConfig(a, f) for a in atts for f in ffns]
+    elif isinstance(space, Iterable):
+        blocks = [b if isinstance(b, BlockConfig) else BlockConfig.from_key(str(b)) for b in space]
+    else:
+        raise ConfigError(f"{where}: expected a list of blocks or an object with 'attention' and 'ffn'")
+    for b in blocks:
+        kv = b.attention.num_kv_heads
+        if kv is not None and (kv > spec.num_attention_heads or spec.num_attention_heads % kv):
+            raise ConfigError(f"{where}: {b.key}: num_kv_heads={kv} must divide num_attention_heads="
+                              f"{spec.num_attention_heads}; allowed: {spec.kv_head_options}")
+    return list(dict.fromkeys(blocks))
+
+
+def library_from_space(spec: ParentSpec, blocks: Iterable[BlockConfig], num_layers: int | None = None) -> BlockLibrary:
+    """A library with every block as a candidate for every layer (no metrics yet)."""
+    n = num_layers or spec.num_hidden_layers
+    lib = BlockLibrary(n, spec, meta={"created_by": "puzzlekit profile"})
+    blocks = list(blocks)
+    for layer in range(n):
+        for b in blocks:
+            lib.add(layer, b)
+    return lib
+
+
+def profile_library(
+    library_or_space: BlockLibrary | Architecture | ParentSpec | Iterable[BlockConfig] | Mapping[str, Any] | str | None,
+    scenario: Scenario,
+    hardware: Hardware | str | None = None,
+    *,
+    parent: ParentSpec | None = None,
+    memory: MemoryConvention = PLAIN_MEMORY,
+    default: bool | None = None,
+) -> BlockLibrary:
+    """Write analytic costs of every block into a library under ``scenario`` (returns the library).
+
+    ``library_or_space``: a :class:`BlockLibrary` (costs are added to it, in place);
+    a parent :class:`ParentSpec` or :class:`Architecture` (the default Puzzle space
+    over its layers); or a space (see :func:`parse_space`) together with ``parent``.
+    ``hardware`` defaults to ``scenario.hardware`` (a catalogue name or a
+    hardware-profile JSON path).  ``memory`` chooses what ``memory_mib`` includes
+    (:data:`~puzzlekit.profilers.analytic.NVLABS_MEMORY` for NVIDIA's convention).
+    """
+    hw = resolve_hardware(hardware if hardware is not None else scenario.hardware)
+    if isinstance(library_or_space, BlockLibrary):
+        lib = library_or_space
+        spec = parent or lib.parent
+        if spec is None:
+            raise LibraryError("the library records no parent; pass parent=ParentSpec (CLI: the PARENT_CONFIG argument)")
+        if lib.parent is None:
+            lib.parent = spec
+    elif isinstance(library_or_space, Architecture):
+        spec = library_or_space.parent
+        lib = library_from_space(spec, default_space(spec), library_or_space.num_layers)
+    elif isinstance(library_or_space, ParentSpec):
+        spec = library_or_space
+        lib = library_from_space(spec, default_space(spec))
+    else:
+        if parent is None:
+            raise ConfigError("profile_library: a space needs parent=ParentSpec")
+        spec = parent
+        lib = library_from_space(spec, parse_space(library_or_space, spec))
+    name = lib.add_scenario(scenario, default=default)
+    for b in lib.blocks:
+        kv = b.attention.num_kv_heads
+        if kv is not None and spec.num_attention_heads % kv:
+            raise LibraryError(f"block {b.key}: num_kv_heads={kv} does not divide the parent's "
+                               f"{spec.num_attention_heads} query heads")
+        lib.set_costs(name, b, block_costs(spec, b, scenario, hw, memory=memory))
+    nb = lib.meta.setdefault("non_block_costs", {})
+    nb[name] = non_block_costs(spec, scenario, hw)
+    prof = lib.meta.setdefault("profiles", {})
+    prof[name] = {"profiler": "analytic-roofline", "hardware": hw.to_dict(),
+                  "memory_convention": {"prefill_queue": memory.prefill_queue, "prefill_query": memory.prefill_query}}
+    return lib

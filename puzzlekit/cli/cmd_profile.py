@@ -1,0 +1,134 @@
+"""``puzzlekit profile``: analytic block costs for a scenario, and ``profile calibrate``.
+
+::
+
+    puzzlekit profile PARENT_CONFIG --hardware h100-sxm --dtype fp8 --batch 256 \\
+        --prefill 1000 --decode 200 [--tp 1] [--space SPACE | --library LIB.json] -o LIB.json
+    puzzlekit profile calibrate NVLABS_FOLDER|MEASUREMENTS.json [--hardware h100-sxm] [-o PROFILE.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..architecture import ParentSpec, Scenario
+from ..errors import ConfigError
+from .common import fmt_bytes, print_json, resolve_config
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "profile",
+        help="write analytic block costs (latency, memory, params) for a scenario into a library; or calibrate",
+        description="`profile PARENT_CONFIG ... -o LIB.json`: cost every block of a search space (or of --library) "
+        "under a scenario with the roofline model and write a block library. "
+        "`profile calibrate SOURCE`: fit the roofline's factors to measured runtimes (an NVlabs block library "
+        "folder, or a measurements JSON from benchmarks/profile_hardware.py) and report the error.",
+    )
+    p.add_argument("targets", nargs="+", metavar="PARENT_CONFIG | calibrate SOURCE",
+                   help="a parent config.json / model folder / built-in name; or 'calibrate' and its source")
+    p.add_argument("--hardware", help="catalogue name (h100-sxm, h100-pcie, h200, a100-sxm-80gb, l40s, b200, "
+                   "local-cpu) or a hardware-profile JSON (default for calibrate: the source's hardware)")
+    p.add_argument("--dtype", choices=["bf16", "fp8", "fp16", "fp32"], default="bf16")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--prefill", type=int, default=1024, help="prompt tokens per sequence")
+    p.add_argument("--decode", type=int, default=128, help="generated tokens per sequence")
+    p.add_argument("--tp", type=int, default=1, help="tensor-parallel degree")
+    p.add_argument("--space", help="search space: JSON file ({'attention': [...], 'ffn': [...]} or block keys) "
+                   "or 'default' (Puzzle's space)")
+    p.add_argument("--library", metavar="LIB.json", help="add the costs to this existing library instead")
+    p.add_argument("--memory-convention", choices=["plain", "nvlabs"], default="plain",
+                   help="memory_mib = weights + KV cache of the batch (plain), or NVIDIA's Puzzle convention")
+    p.add_argument("--parent", metavar="CONFIG", help="calibrate: the parent's config (default: Llama-3.3-70B dims)")
+    p.add_argument("--fit", default="compute_efficiency,attention_efficiency,kernel_overhead",
+                   help="calibrate: comma-separated factors to fit (at most three recommended)")
+    p.add_argument("-o", "--output", help="profile: the library to write; calibrate: the hardware profile to write")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.targets[0] == "calibrate":
+        return run_calibrate(args)
+    if len(args.targets) != 1:
+        raise ConfigError(f"profile takes one PARENT_CONFIG, got {args.targets}; for calibration: profile calibrate SOURCE")
+    return run_profile(args)
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    from ..library import BlockLibrary
+    from ..profilers.analytic import NVLABS_MEMORY, PLAIN_MEMORY
+    from ..profilers.library import library_from_space, parse_space, profile_library
+
+    if not args.output:
+        raise ConfigError("profile: -o/--output LIB.json is required")
+    if not args.hardware:
+        raise ConfigError("profile: --hardware is required (e.g. h100-sxm, local-cpu, or a profile JSON)")
+    if args.space and args.library:
+        raise ConfigError("profile: give --space or --library, not both")
+    spec = ParentSpec.from_hf_config(resolve_config(args.targets[0]))
+    hw_name = Path(args.hardware).stem if args.hardware.endswith(".json") else args.hardware
+    sc = Scenario(hardware=hw_name, dtype=args.dtype, batch=args.batch, prefill=args.prefill,
+                  decode=args.decode, tp=args.tp)
+    if spec.num_attention_heads % args.tp:
+        raise ConfigError(f"--tp {args.tp} must divide the parent's {spec.num_attention_heads} attention heads")
+    memory = NVLABS_MEMORY if args.memory_convention == "nvlabs" else PLAIN_MEMORY
+    if args.library:
+        lib = BlockLibrary.load(args.library)
+        if lib.parent is None:
+            lib.parent = spec
+    else:
+        lib = library_from_space(spec, parse_space(args.space, spec))
+    lib = profile_library(lib, sc, args.hardware, parent=spec, memory=memory)
+    lib.save(args.output)
+    table = lib.costs[sc.name]
+    if args.json:
+        print_json({"scenario": sc.name, "output": args.output, "non_block": lib.meta["non_block_costs"][sc.name],
+                    "blocks": {k: v for k, v in table.items()}})
+        return 0
+    print(f"{args.output}: {len(lib.blocks)} blocks costed under {sc.name} ({len(lib)} candidates, "
+          f"{lib.num_layers} layers)")
+    print(f"{'block':<34} {'runtime_ms':>11} {'prefill_ms':>11} {'decode_ms':>10} {'memory':>11} {'params':>12}")
+    for b in lib.blocks:
+        c = table[b.key]
+        print(f"{b.key:<34} {c['runtime_ms']:>11.3f} {c['prefill_ms']:>11.3f} {c['decode_ms']:>10.3f} "
+              f"{fmt_bytes(c['memory_mib'] * 2**20):>11} {int(c['num_params']):>12,}")
+    nb = lib.meta["non_block_costs"][sc.name]
+    print(f"non-block (embeddings, LM head): runtime {nb['runtime_ms']:.3f} ms, {fmt_bytes(nb['memory_mib'] * 2**20)}")
+    return 0
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from ..profilers.calibrate import calibrate_nvlabs, fit_factors
+    from ..profilers.hardware import save_hardware_profile
+
+    if len(args.targets) != 2:
+        raise ConfigError("usage: puzzlekit profile calibrate SOURCE (an NVlabs library folder or a measurements JSON)")
+    src = Path(args.targets[1])
+    if not src.exists():
+        raise ConfigError(f"{src}: no such file or folder")
+    fit = tuple(x.strip() for x in args.fit.split(",") if x.strip())
+    parent = ParentSpec.from_hf_config(resolve_config(args.parent)) if args.parent else None
+    if src.is_dir() or src.name == "block_library.json":
+        res = calibrate_nvlabs(src, parent=parent, hardware=args.hardware, fit=fit)
+    else:
+        from ..profilers.measured import load_measurements  # imports no torch for JSON reading
+
+        ms, hw_default = load_measurements(src)
+        res = fit_factors(ms, args.hardware or hw_default, fit)
+    if args.output:
+        save_hardware_profile(res.hardware, args.output)
+    if args.json:
+        print_json(res.to_dict())
+        return 0
+    for row in res.table():
+        print(f"{row['label']:<44} measured {row['measured_ms']:>10.3f} ms  predicted {row['predicted_ms']:>10.3f} ms"
+              f"  {row['error_pct']:+6.1f} %")
+    fitted = ", ".join(f"{k}={v:.4g}" for k, v in res.fitted.items())
+    print(f"fitted: {fitted}")
+    print(f"MAPE: {100 * res.mape_before:.2f} % before, {100 * res.mape_after:.2f} % after "
+          f"(max {100 * res.max_abs_pct_error:.2f} %) over {len(res.labels)} measurements")
+    if args.output:
+        print(f"hardware profile -> {args.output} (use it as --hardware {args.output})")
+    return 0
