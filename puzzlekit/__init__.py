@@ -51,6 +51,11 @@ _LAZY: dict[str, str] = {
     "PuzzleConfig": "puzzlekit.model",
     "PuzzleForCausalLM": "puzzlekit.model",
     "load_parent": "puzzlekit.model",
+    "profile_library": "puzzlekit.profilers",
+    "architecture_cost": "puzzlekit.profilers",
+    "block_costs": "puzzlekit.profilers",
+    "get_hardware": "puzzlekit.profilers",
+    "calibrate_nvlabs": "puzzlekit.profilers",
 }
 
 __all__ = [
