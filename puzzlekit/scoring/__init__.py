@@ -1,1 +1,15 @@
-"""(in progress)"""
+"""Replace-1-block scoring (KL, LM loss, cosine distance, top-k agreement) with prefix reuse,
+and multi-replacement validation of the summed scores.  See ``docs/bld.md``."""
+
+from .replace1 import (
+    METRICS,
+    candidate_layer,
+    random_choices,
+    score_architectures,
+    score_library,
+    spearman,
+    validate_additivity,
+)
+
+__all__ = ["METRICS", "candidate_layer", "random_choices", "score_architectures", "score_library", "spearman",
+           "validate_additivity"]
