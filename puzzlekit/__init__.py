@@ -46,6 +46,13 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first attribute access (PEP 562)
 _LAZY: dict[str, str] = {
+    "search": "puzzlekit.search",
+    "search_diverse": "puzzlekit.search",
+    "sweep": "puzzlekit.search",
+    "pareto_front": "puzzlekit.search",
+    "Problem": "puzzlekit.search",
+    "Solution": "puzzlekit.search",
+    "Status": "puzzlekit.search",
     # Each subsystem adds its public names here as it lands, e.g.
     # "search": "puzzlekit.search",  "PuzzleForCausalLM": "puzzlekit.model".
     "PuzzleConfig": "puzzlekit.model",

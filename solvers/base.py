@@ -63,6 +63,9 @@ class Backend(abc.ABC):
     install_hint: ClassVar[str] = ""
     #: one line for ``puzzlekit solvers``
     description: ClassVar[str] = ""
+    #: whether the front end should also drop candidates by reduced-cost fixing before calling
+    #: :meth:`solve` (dominance pruning is always applied); off for solvers that do it better themselves
+    presolve_fixing: ClassVar[bool] = True
 
     @classmethod
     def is_available(cls) -> bool:

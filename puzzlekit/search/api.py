@@ -121,7 +121,7 @@ def solve_problem(
     red = None
     if presolve_:
         inc = None if incumbent is None else np.asarray(incumbent, dtype=np.int64)
-        red = presolve(problem, inc)
+        red = presolve(problem, inc, fixing=backend.presolve_fixing)
         info.update(red.info())
         if red.infeasible:
             return problem.make_solution(None, Status.INFEASIBLE, solver=backend.name,
@@ -194,8 +194,14 @@ def search(
     problem = build_problem(source, objective, budgets, maximize=maximize, scenario=scenario,
                             constraints=constraints, constants=constants)
     left = None if time_limit is None else max(1e-3, time_limit - (time.perf_counter() - t0))
-    sol = solve_problem(problem, solver, time_limit=left, mip_gap=mip_gap, threads=threads, presolve_=presolve,
-                        solver_options=solver_options)
+    one = [i for i in problem.budget_rows]
+    if solver is None and presolve and len(one) == 1 and _one_budget_dp_ready(problem, one[0]) and mip_gap == 0:
+        # the exact one-budget dynamic programme (see sweep); the backend otherwise
+        name = problem.cost_names[one[0]]
+        sol = sweep(problem, vary=name, values=[float(problem.upper[one[0]])], method="dp").points[0][1]
+    else:
+        sol = solve_problem(problem, solver, time_limit=left, mip_gap=mip_gap, threads=threads,
+                            presolve_=presolve, solver_options=solver_options)
     sol.solve_seconds = time.perf_counter() - t0
     if sol.status is Status.INFEASIBLE:
         raise infeasible_error(problem)
@@ -334,7 +340,10 @@ def sweep(
     b = dict(budgets or {})
     if vary in b:
         raise ConfigError(f"sweep: {vary!r} is varied; do not also give it in budgets")
-    b[vary] = (None, vals[0])
+    if isinstance(source, Problem) and vary in source.cost_names:
+        b[vary] = (source.lower[source.cost_names.index(vary)], vals[0])
+    else:
+        b[vary] = (None, vals[0])
     problem = build_problem(source, objective, b, maximize=maximize, scenario=scenario, constraints=constraints,
                             constants=constants)
     i = problem.cost_names.index(vary)
@@ -365,6 +374,7 @@ def sweep(
             if prev is not None:
                 feas.append(prev)
             ub, G1, h1 = math.inf, g[None, :], np.array([H])
+            feas = sorted(feas, key=lambda x: float(c[x].sum()))[:2]
             for x in feas:
                 x = _improve(p, G1, h1, x, np.array([tol]))
                 if g[x].sum() <= H + tol:

@@ -213,11 +213,10 @@ def _lp_duals(problem: Problem, G: np.ndarray, h: np.ndarray) -> np.ndarray | No
         import highspy
     except ImportError:  # pragma: no cover - highspy is a core dependency
         return None
-    from ..solvers.highs import load_into
+    from ..solvers.highs import load_into, new_highs
 
     sub = _le_problem(problem, G, h)
-    hs = highspy.Highs()
-    hs.setOptionValue("output_flag", False)
+    hs = new_highs()
     load_into(hs, sub, integer=False)
     hs.run()
     if hs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
@@ -238,10 +237,13 @@ def _improve(problem: Problem, G: np.ndarray, h: np.ndarray, x: np.ndarray, tol:
     c = problem.c
     slot = problem.first * (problem.num_layers + 1) + problem.last
     x = np.array(x, dtype=np.int64)
-    cur_by_slot = {int(slot[j]): k for k, j in enumerate(x)}
-    pos = np.array([cur_by_slot.get(int(s), -1) for s in slot])
-    ok = pos >= 0
-    cand = np.flatnonzero(ok)
+    xs = slot[x]
+    o = np.argsort(xs)
+    loc = np.searchsorted(xs[o], slot)
+    loc = np.minimum(loc, xs.size - 1)
+    hit = xs[o][loc] == slot
+    pos = np.where(hit, o[loc], -1)
+    cand = np.flatnonzero(hit)
     if cand.size == 0:
         return x
     act = G[:, x].sum(axis=1) if G.shape[0] else np.zeros(0)
@@ -319,6 +321,7 @@ def presolve(problem: Problem, incumbent: np.ndarray | None = None, *, dominance
     if incumbent is not None and _feasible(G, h, incumbent, tol_rows):
         feas.append(np.asarray(incumbent))
     best_x, best_v = None, math.inf
+    feas = sorted(feas, key=lambda x: float(c[x].sum()))[:3]
     for x in feas:
         x = _improve(p, G, h, x, tol_rows)
         if not _feasible(G, h, x, tol_rows) or p.violations(x):
@@ -373,6 +376,7 @@ def dp_one_budget(problem: Problem, upper_bound: float = math.inf, lam: float | 
     order = np.argsort(problem.first * (L + 1) + problem.last, kind="stable")
     fs = problem.first[order]
     starts = np.searchsorted(fs, np.arange(L + 1))
+    single = problem.single_layer
     pend: list[list[tuple[np.ndarray, ...]]] = [[] for _ in range(L + 1)]
     states: list[tuple[np.ndarray, ...] | None] = [None] * (L + 1)
     states[0] = (np.zeros(1), np.zeros(1), np.array([-1]), np.array([-1]))
@@ -380,10 +384,10 @@ def dp_one_budget(problem: Problem, upper_bound: float = math.inf, lam: float | 
         if p > 0:
             if not pend[p]:
                 continue
-            cost = np.concatenate([a[0] for a in pend[p]])
-            obj = np.concatenate([a[1] for a in pend[p]])
-            pidx = np.concatenate([a[2] for a in pend[p]])
-            cand = np.concatenate([a[3] for a in pend[p]])
+            if len(pend[p]) == 1:
+                cost, obj, pidx, cand = pend[p][0]
+            else:
+                cost, obj, pidx, cand = (np.concatenate([a[k] for a in pend[p]]) for k in range(4))
             pend[p] = []
             o = np.lexsort((obj, cost))
             cost, obj, pidx, cand = cost[o], obj[o], pidx[o], cand[o]
@@ -396,8 +400,9 @@ def dp_one_budget(problem: Problem, upper_bound: float = math.inf, lam: float | 
         J = order[starts[p]:starts[p + 1]]
         if J.size == 0 or cs.size == 0:
             continue
-        for q in np.unique(problem.last[J] + 1):
-            Jq = J[problem.last[J] + 1 == q]
+        ends = [p + 1] if single else np.unique(problem.last[J] + 1)
+        for q in ends:
+            Jq = J if single else J[problem.last[J] + 1 == q]
             nc = (cs[:, None] + g[Jq][None, :]).ravel()
             no = (os_[:, None] + c[Jq][None, :]).ravel()
             ok = nc + mincost[q] <= H + tolh
