@@ -1,0 +1,90 @@
+"""Measured profiler: real puzzlekit.model sub-blocks timed with torch (no wall-clock assertions)."""
+
+from __future__ import annotations
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from puzzlekit.profilers.calibrate import fit_factors  # noqa: E402
+from puzzlekit.profilers.measured import (  # noqa: E402
+    MeasuredProfiler,
+    load_measurements,
+    measure_model,
+    time_subblock,
+)
+
+import puzzlekit as pk  # noqa: E402
+from puzzlekit.errors import ConfigError  # noqa: E402
+
+SPEC = pk.ParentSpec(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                     intermediate_size=256, vocab_size=128, num_hidden_layers=3)
+SC = pk.Scenario("local-cpu", "fp32", batch=2, prefill=8, decode=3)
+FAST = dict(threads=1, warmup=1, repeats=2, n_lo=1, n_hi=2)
+
+
+def test_time_subblock_measures_memory_exactly():
+    t = time_subblock(SPEC, pk.AttentionConfig.gqa(2), SC, **FAST)
+    assert t.prefill_ms >= 0 and t.decode_ms >= 0
+    # the KV cache after prefill + decode: batch × tokens × 2 (K, V) × n_kv × d × 4 bytes
+    assert t.kv_cache_bytes == 2 * (8 + 3) * 2 * 2 * 16 * 4
+    assert t.param_bytes == pk.accounting.attention_params(SPEC, pk.AttentionConfig.gqa(2)) * 4
+    f = time_subblock(SPEC, pk.FFNConfig.swiglu(128), SC, **FAST)
+    assert f.kv_cache_bytes == 0 and f.param_bytes == pk.accounting.ffn_params(SPEC, pk.FFNConfig.swiglu(128)) * 4
+    assert time_subblock(SPEC, pk.FFNConfig.make_no_op(), SC, **FAST).runtime_ms == 0
+
+
+def test_bad_requests_raise():
+    with pytest.raises(ConfigError, match="fp8"):
+        time_subblock(SPEC, pk.FFNConfig.swiglu(128), pk.Scenario("local-cpu", "fp8", 1, 4, 1), **FAST)
+    with pytest.raises(ConfigError, match="tp=1"):
+        time_subblock(SPEC, pk.FFNConfig.swiglu(128), pk.Scenario("local-cpu", "fp32", 1, 4, 1, tp=2), **FAST)
+    with pytest.raises(ConfigError, match="n_lo"):
+        time_subblock(SPEC, pk.FFNConfig.swiglu(128), SC, threads=1, n_lo=2, n_hi=2)
+
+
+def test_measurements_roundtrip_and_calibrate(tmp_path):
+    from puzzlekit.profilers.hardware import Hardware
+
+    blocks = [pk.BlockConfig(pk.AttentionConfig.gqa(2), pk.FFNConfig.swiglu(256)),
+              pk.BlockConfig(pk.AttentionConfig.make_linear(), pk.FFNConfig.make_no_op())]
+    prof = MeasuredProfiler(SPEC, SC, **FAST)
+    rows = prof.measure(blocks)
+    assert set(rows) == {b.key for b in blocks}
+    costs = prof.costs(rows)
+    assert costs[blocks[1].key]["ffn_runtime_ms"] == 0
+    path = prof.save(tmp_path / "m.json", rows)
+    ms, hw_name = load_measurements(path)
+    assert hw_name == "local-cpu" and len(ms) == 3  # gqa:2, ffn:256, linear attention (no-op skipped)
+    cpu = Hardware("local-cpu", {"fp32": 5e10}, 2e10, 1e10, compute_efficiency=1.0, memory_efficiency=1.0,
+                   attention_efficiency=1.0, kernel_overhead=1e-5, max_batched_tokens=1 << 30, eager=True)
+    res = fit_factors(ms, cpu, ("compute_efficiency", "kernel_overhead"))
+    assert res.mape_after <= res.mape_before + 1e-12
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ConfigError, match="measurements"):
+        load_measurements(tmp_path / "bad.json")
+
+
+def test_measure_model_runs_prefill_and_decode():
+    arch = pk.Architecture(SPEC, (SPEC.parent_block(), pk.BlockConfig(pk.AttentionConfig.make_no_op(),
+                                                                        pk.FFNConfig.swiglu(64))))
+    t = measure_model(arch, SC, threads=1, warmup=0, repeats=1)
+    assert t.prefill_ms > 0 and t.decode_ms > 0 and t.param_bytes > 0
+
+
+@pytest.mark.slow
+def test_cpu_fidelity_per_subblock_and_additivity(tmp_path):
+    """Prints the calibrated per-sub-block error and the additivity error on this CPU (noisy when shared)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "profile_hardware.py"), "-o", str(tmp_path)],
+                       capture_output=True, text=True, timeout=1800)
+    print(r.stdout)
+    assert r.returncode == 0, r.stderr
+    import json
+
+    s = json.loads((tmp_path / "summary.json").read_text())
+    assert s["per_subblock_mape"] <= s["per_subblock_mape_uncalibrated"] + 1e-12
