@@ -46,6 +46,12 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first attribute access (PEP 562)
 _LAZY: dict[str, str] = {
+    "run_bld": "puzzlekit.bld",
+    "BLDConfig": "puzzlekit.bld",
+    "SearchSpace": "puzzlekit.bld",
+    "default_search_space": "puzzlekit.bld",
+    "score_library": "puzzlekit.scoring",
+    "validate_additivity": "puzzlekit.scoring",
     "search": "puzzlekit.search",
     "search_diverse": "puzzlekit.search",
     "sweep": "puzzlekit.search",
