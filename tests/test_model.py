@@ -226,3 +226,62 @@ def test_make_layer_and_bad_input():
     with pytest.raises(ConfigError, match="n_heads_in_group"):
         PuzzleConfig(hidden_size=64, num_attention_heads=4, num_hidden_layers=1,
                      block_configs=[{"attention": {"n_heads_in_group": 3}, "ffn": {"ffn_mult": 1.0}}])
+
+
+_MEM_SCRIPT = """
+import resource, sys, torch
+torch.set_num_threads(1)
+from puzzlekit.model import load_parent
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+m = load_parent(sys.argv[1])
+with torch.no_grad():
+    total = sum(float(p.sum()) for p in m.parameters())  # touch every weight
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+size = sum(p.numel() * p.element_size() for p in m.parameters())
+print((peak - base) * 1024 / size)
+"""
+
+
+def test_sharded_load_does_not_materialise_twice(tmp_path):
+    """Peak resident memory of loading a sharded folder stays near one copy of the weights."""
+    import subprocess
+    import sys
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=256, intermediate_size=1024, num_hidden_layers=8, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=8000)
+    LlamaForCausalLM(cfg).save_pretrained(tmp_path, max_shard_size="5MB")
+    out = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                         timeout=120, check=True)
+    ratio = float(out.stdout.strip().splitlines()[-1])
+    assert ratio < 1.5, f"peak RSS grew by {ratio:.2f}x the weights"
+
+
+def test_hidden_states_convention():
+    m = mixed_model()
+    x = torch.randint(0, 128, (1, 5))
+    with torch.no_grad():
+        out = m(x, output_hidden_states=True)
+    hs = out.hidden_states
+    assert len(hs) == len(MIXED) + 1
+    assert torch.equal(hs[0], m.model.embed_tokens(x))
+    assert torch.equal(m.lm_head(hs[-1]), out.logits)
+
+
+@pytest.mark.gpu
+def test_cuda_bf16_parity_and_generate():
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    torch.manual_seed(0)
+    hf = _hf_pair("llama").to("cuda", torch.bfloat16).eval()
+    pm = load_parent(hf)
+    x = torch.randint(0, 128, (2, 32), device="cuda")
+    with torch.no_grad():
+        ref, got = hf(x).logits.float(), pm(x).logits.float()
+    assert (ref - got).abs().max().item() < 5e-2
+    m = mixed_model().to("cuda", torch.bfloat16)
+    m.generation_config.pad_token_id = 0
+    g = m.generate(x[:, :4], attention_mask=torch.ones_like(x[:, :4]), max_new_tokens=8, do_sample=False)
+    assert g.shape == (2, 12)
