@@ -87,6 +87,10 @@ def test_parent_equals_transformers(kind, tmp_path):
     if kind == "qwen2":
         assert pm.lm_head.weight is pm.model.embed_tokens.weight
         assert pm.config.parent_spec.qkv_bias and not pm.config.parent_spec.o_bias
+        pm.save_pretrained(tmp_path / "nas")  # q/k/v-only bias survives as 'qkv_bias' (vLLM reads it)
+        assert json.loads((tmp_path / "nas" / "config.json").read_text())["qkv_bias"] is True
+        with torch.no_grad():
+            assert torch.equal(load_parent(tmp_path / "nas")(x).logits, pm(x).logits)
 
 
 def test_every_block_kind_runs_and_counts():
@@ -285,3 +289,17 @@ def test_cuda_bf16_parity_and_generate():
     m.generation_config.pad_token_id = 0
     g = m.generate(x[:, :4], attention_mask=torch.ones_like(x[:, :4]), max_new_tokens=8, do_sample=False)
     assert g.shape == (2, 12)
+
+
+def test_labels_loss_and_bf16():
+    m = mixed_model()
+    x = torch.randint(0, 128, (2, 8))
+    out = m(x, labels=x)
+    want = torch.nn.functional.cross_entropy(out.logits[:, :-1].reshape(-1, 128), x[:, 1:].reshape(-1))
+    assert torch.allclose(out.loss, want, atol=1e-6)
+    out.loss.backward()
+    assert m.model.layers[2].self_attn.linear_attn.weight.grad is not None
+    mb = mixed_model().to(torch.bfloat16)
+    with torch.no_grad():
+        lb = mb(x).logits.float()
+    assert (lb - out.logits.detach()).abs().max().item() < 0.1
