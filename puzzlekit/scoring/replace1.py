@@ -65,7 +65,7 @@ def candidate_layer(parent: Any, library: BlockLibrary, index: int) -> Any:
             return make_layer(spec, c.block, c.first)
         from ..bld.engine import _init_child_layer
 
-        return _init_child_layer()(player, c.block)
+        return _init_child_layer()(player, c.block, ffn_method="truncate")
     if library.root is None:
         raise ScoringError("the library has weight paths but no folder; load it with BlockLibrary.load")
     from ..io import resolve_inside
