@@ -1,1 +1,25 @@
-"""(in progress)"""
+"""Global knowledge distillation (GKD) and continued pre-training of an assembled child.
+
+    from puzzlekit.distill import DistillConfig, GKDWeights, distill, match_layers
+    result = distill(child, parent, train_tokens, DistillConfig(max_steps=200, output_dir="runs/gkd",
+                     save_every=50, eval_every=50), eval_tokens=held_out)
+
+See ``examples/gkd`` for the recipe and ``docs/downstream.md`` for the flow.
+"""
+
+from __future__ import annotations
+
+from .loss import (
+           GKDWeights,
+           gkd_loss,
+           hidden_cosine_loss,
+           kl_to_parent,
+           layer_pairs_for,
+           lm_loss,
+           match_layers,
+)
+from .trainer import DistillConfig, DistillResult, distill, evaluate_kl, latest_checkpoint, warmup_cosine
+
+__all__ = ["GKDWeights", "gkd_loss", "hidden_cosine_loss", "kl_to_parent", "layer_pairs_for", "lm_loss",
+           "match_layers", "DistillConfig", "DistillResult", "distill", "evaluate_kl", "latest_checkpoint",
+           "warmup_cosine"]

@@ -1,0 +1,341 @@
+"""A resumable accelerate training loop for global KD and continued pre-training.
+
+One loop serves both stages of LN-Ultra's healing: GKD (cosine + KL to the
+parent) and continued pre-training (LM loss on raw text, ``weights =
+GKDWeights(cosine=0, kl=0, lm=1)``, no parent needed).  It runs unchanged on
+one device, under DDP and under FSDP (launch with ``accelerate launch
+--config_file examples/gkd/accelerate_{ddp,fsdp}.yaml``).
+
+* Data: a 2-D LongTensor of token rows (packed sequences).  The batch order
+  is a pure function of ``(seed, step)``, so a resumed run sees exactly the
+  batches it would have seen; each process takes its slice of the global
+  batch.
+* Gradient accumulation (``no_sync`` on inner micro-steps), clipping, AdamW,
+  linear warm-up + cosine decay, bf16 autocast where the device supports it.
+* Checkpoints: ``model.safetensors`` + ``optimizer.pt`` (read back with
+  ``torch.load(weights_only=True)``) + ``state.json`` in a folder written
+  under a temporary name and renamed, so a killed run resumes from the last
+  complete checkpoint.  Under FSDP the full model state is saved; the
+  optimizer state restarts on resume (logged).
+* Periodic evaluation of the child's KL to the parent on held-out rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+from ..io import atomic_write_json, fsync_dir, read_json
+from .loss import GKDWeights, gkd_loss, hidden_cosine_loss, kl_to_parent, lm_loss
+
+__all__ = ["DistillConfig", "DistillResult", "distill", "evaluate_kl", "warmup_cosine", "latest_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Knobs of :func:`distill` (NVIDIA's BLD/GKD optimiser: AdamW, betas (0.9, 0.95), wd 0.1, clip 1)."""
+
+    max_steps: int
+    batch_size: int = 8
+    grad_accum_steps: int = 1
+    learning_rate: float = 1e-4
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    max_grad_norm: float = 1.0
+    weights: GKDWeights = field(default_factory=GKDWeights)
+    temperature: float = 1.0
+    mixed_precision: str = "auto"
+    eval_every: int = 0
+    eval_batch_size: int = 8
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    output_dir: str | None = None
+    seed: int = 0
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1:
+            raise ConfigError(f"DistillConfig.max_steps={self.max_steps}: train at least 1 step")
+        if self.batch_size < 1 or self.grad_accum_steps < 1:
+            raise ConfigError(f"DistillConfig: batch_size={self.batch_size}, grad_accum_steps="
+                              f"{self.grad_accum_steps}; both must be >= 1")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"DistillConfig.learning_rate={self.learning_rate}: use a positive rate")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ConfigError(f"DistillConfig.mixed_precision={self.mixed_precision!r}: use auto, no, bf16 or fp16")
+        if self.save_every and self.output_dir is None:
+            raise ConfigError("DistillConfig: save_every > 0 needs output_dir for the checkpoints")
+        if self.temperature <= 0:
+            raise ConfigError(f"DistillConfig.temperature={self.temperature}: use a positive temperature")
+
+
+@dataclass
+class DistillResult:
+    """What :func:`distill` did: per-step training logs, evaluations, and the steps run in this call."""
+
+    history: list[dict[str, float]]
+    evals: list[dict[str, float]]
+    start_step: int
+    end_step: int
+    wall_s: float
+
+
+def warmup_cosine(step: int, *, total: int, warmup: int, min_ratio: float = 0.0) -> float:
+    """LR multiplier: linear warm-up over ``warmup`` steps, then cosine decay to ``min_ratio`` at ``total``."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _check_tokens(tokens: Any, what: str) -> torch.Tensor:
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
+        raise ConfigError(f"distill: {what} must be a 2-D integer tensor of token rows [rows, seq_len], got "
+                          f"{type(tokens).__name__}{tuple(getattr(tokens, 'shape', ()))}")
+    if tokens.shape[0] < 1 or tokens.shape[1] < 2:
+        raise ConfigError(f"distill: {what} has shape {tuple(tokens.shape)}; need >= 1 row of >= 2 tokens")
+    return tokens.long()
+
+
+def _rows_for(step: int, micro: int, cfg: DistillConfig, n_rows: int, rank: int, world: int) -> torch.Tensor:
+    """Row indices of this process's micro-batch ``micro`` of optimiser step ``step`` (pure function)."""
+    per_step = cfg.batch_size * cfg.grad_accum_steps * world
+    start = step * per_step + micro * cfg.batch_size * world + rank * cfg.batch_size
+    idx = []
+    for g in range(start, start + cfg.batch_size):
+        epoch, off = divmod(g, n_rows)
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
+        idx.append(int(torch.randperm(n_rows, generator=gen)[off]) if n_rows > 1 else 0)
+    return torch.tensor(idx, dtype=torch.long)
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The last complete checkpoint folder under ``output_dir/checkpoints`` (None when there is none)."""
+    root = Path(output_dir) / "checkpoints"
+    ptr = root / "latest.json"
+    if not ptr.exists():
+        return None
+    name = read_json(ptr, what="checkpoint pointer")["name"]
+    path = root / str(name)
+    if path.parent != root or not (path / "model.safetensors").exists():
+        raise ConfigError(f"{ptr}: points at {path}, which is not a complete checkpoint; delete the pointer "
+                          "to start over")
+    return path
+
+
+def _mixed_precision(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return "bf16"
+    return "no"  # CPU bf16 autocast works but is slower than fp32 on most CPUs
+
+
+@torch.no_grad()
+def evaluate_kl(model: Any, parent: Any, tokens: torch.Tensor, *, batch_size: int = 8,
+                pairs: list[tuple[int, int]] | None = None, accelerator: Any = None,
+                temperature: float = 1.0) -> dict[str, float]:
+    """Mean per-token KL(parent ‖ child), LM loss and (with ``pairs``) cosine loss on ``tokens``.
+
+    Under several processes each evaluates its share of rows and the sums
+    are reduced, so every process returns the same numbers.
+    """
+    was_training = model.training
+    model.eval()
+    rank = accelerator.process_index if accelerator else 0
+    world = accelerator.num_processes if accelerator else 1
+    device = accelerator.device if accelerator else next(model.parameters()).device
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # kl·tok, lm·tok, cos·rows, tokens
+    rows = list(range(rank, tokens.shape[0], world))
+    n_batches = math.ceil(tokens.shape[0] / (batch_size * world))
+    autocast = accelerator.autocast() if accelerator else contextlib.nullcontext()
+    with autocast:
+        for b in range(n_batches):  # same number of forwards on every rank (FSDP needs it)
+            sel = rows[b * batch_size:(b + 1) * batch_size] or rows[:1] or [0]
+            ids = tokens[sel].to(device)
+            weight = 1.0 if rows[b * batch_size:(b + 1) * batch_size] else 0.0
+            co = model(input_ids=ids, output_hidden_states=pairs is not None)
+            po = parent(input_ids=ids, output_hidden_states=pairs is not None)
+            ntok = ids.numel()
+            sums[0] += weight * float(kl_to_parent(co.logits, po.logits, None, temperature)) * ntok
+            sums[1] += weight * float(lm_loss(co.logits, ids)) * ids.shape[0] * (ids.shape[1] - 1)
+            if pairs is not None:
+                sums[2] += weight * float(hidden_cosine_loss(co.hidden_states, po.hidden_states, pairs)) * ntok
+            sums[3] += weight * ntok
+    if accelerator is not None and world > 1:
+        sums = accelerator.reduce(sums, reduction="sum")
+    model.train(was_training)
+    ntok = float(sums[3])
+    out = {"kl": float(sums[0]) / ntok,
+           "lm_loss": float(sums[1]) / (ntok * (tokens.shape[1] - 1) / tokens.shape[1])}
+    if pairs is not None:
+        out["cosine"] = float(sums[2]) / ntok
+    return out
+
+
+def _save_checkpoint(accelerator: Any, model: Any, optimizer: Any, out: Path, step: int,
+                     history: list, evals: list, cfg: DistillConfig, keep: int) -> None:
+    from safetensors.torch import save_file
+
+    state = accelerator.get_state_dict(model)  # collective under FSDP: every rank calls it
+    fsdp = accelerator.distributed_type.name == "FSDP"
+    if accelerator.is_main_process:
+        root = out / "checkpoints"
+        root.mkdir(parents=True, exist_ok=True)
+        name = f"step_{step:08d}"
+        tmp = root / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+        if not fsdp:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        atomic_write_json(tmp / "state.json", {"step": step, "history": history, "evals": evals,
+                                               "config": _jsonable(asdict(cfg))})
+        final = root / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        fsync_dir(root)
+        atomic_write_json(root / "latest.json", {"name": name, "step": step})
+        done = sorted(p for p in root.glob("step_*") if p.is_dir())
+        for old in done[:-keep] if keep > 0 else []:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _jsonable(d: Any) -> Any:
+    if isinstance(d, dict):
+        return {k: _jsonable(v) for k, v in d.items()}
+    if isinstance(d, (list, tuple)):
+        return [_jsonable(v) for v in d]
+    return d
+
+
+def distill(child: Any, parent: Any | None, train_tokens: torch.Tensor, config: DistillConfig, *,
+            eval_tokens: torch.Tensor | None = None, pairs: list[tuple[int, int]] | None = None,
+            resume: bool = True, accelerator: Any = None, stop_after: int | None = None) -> DistillResult:
+    """Train ``child`` toward ``parent`` (GKD) or on the LM loss (continued pre-training).
+
+    ``pairs``: the layer matching for the cosine term (default one-to-one by
+    layer count, see :func:`puzzlekit.distill.match_layers`).  With
+    ``resume`` and a checkpoint in ``config.output_dir`` the run continues
+    from it; a run already at ``max_steps`` returns at once.  The child is
+    trained in place (unwrap it from the accelerator with
+    ``accelerator.unwrap_model`` if you pass your own accelerator).
+    ``stop_after``: return after this optimiser step (a session of a longer
+    run; the schedule still follows ``max_steps``; resume later).
+    """
+    from accelerate import Accelerator
+    from safetensors.torch import load_file
+
+    from .loss import layer_pairs_for
+
+    t0 = time.perf_counter()
+    cfg = config
+    train_tokens = _check_tokens(train_tokens, "train_tokens")
+    if eval_tokens is not None:
+        eval_tokens = _check_tokens(eval_tokens, "eval_tokens")
+    if cfg.weights.needs_parent and parent is None:
+        raise ConfigError("distill: the cosine / KL terms need a parent; pass one, or set "
+                          "weights=GKDWeights(cosine=0, kl=0, lm=1) for continued pre-training")
+    if cfg.weights.cosine > 0 and pairs is None:
+        pairs = layer_pairs_for(child, parent)
+    if accelerator is None:
+        accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision))
+    out = Path(cfg.output_dir) if cfg.output_dir else None
+    fsdp = accelerator.distributed_type.name == "FSDP"
+
+    params = [p for p in child.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=cfg.learning_rate, betas=cfg.betas)
+
+    start, history, evals = 0, [], []
+    ckpt = latest_checkpoint(out) if (resume and out is not None) else None
+    if ckpt is not None:
+        missing, unexpected = child.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
+        if unexpected or [k for k in missing if "rotary" not in k]:
+            raise ConfigError(f"{ckpt}: checkpoint does not fit this child (missing {missing[:3]}, unexpected "
+                              f"{unexpected[:3]}); use a fresh output_dir")
+        st = read_json(ckpt / "state.json", what="checkpoint state")
+        start, history, evals = int(st["step"]), list(st["history"]), list(st["evals"])
+        if (ckpt / "optimizer.pt").exists():
+            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+        else:
+            logger.warning("%s: no optimizer state (FSDP run); the optimizer restarts", ckpt)
+        logger.info("resuming from %s at step %d", ckpt, start)
+    if start >= cfg.max_steps:
+        return DistillResult(history, evals, start, start, time.perf_counter() - t0)
+
+    for g in optimizer.param_groups:
+        g.setdefault("initial_lr", cfg.learning_rate)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, total=cfg.max_steps, warmup=cfg.warmup_steps,
+                                           min_ratio=cfg.min_lr_ratio), last_epoch=start - 1)
+    model, optimizer = accelerator.prepare(child, optimizer)
+    if parent is not None:
+        parent = parent.to(accelerator.device).eval().requires_grad_(False)
+    want_hidden = cfg.weights.cosine > 0
+
+    def run_eval(step: int) -> None:
+        if eval_tokens is None or parent is None:
+            return
+        r = evaluate_kl(model, parent, eval_tokens, batch_size=cfg.eval_batch_size, accelerator=accelerator,
+                        pairs=pairs if want_hidden else None, temperature=cfg.temperature)
+        r["step"] = step
+        evals.append(r)
+        logger.info("eval step %d: %s", step, r)
+
+    if start == 0 and cfg.eval_every:
+        run_eval(0)
+    model.train()
+    rank, world = accelerator.process_index, accelerator.num_processes
+    end = cfg.max_steps if stop_after is None else max(start, min(cfg.max_steps, int(stop_after)))
+    for step in range(start, end):
+        parts_sum: dict[str, float] = {}
+        for micro in range(cfg.grad_accum_steps):
+            ids = train_tokens[_rows_for(step, micro, cfg, train_tokens.shape[0], rank, world)].to(accelerator.device)
+            sync = micro == cfg.grad_accum_steps - 1
+            ctx = contextlib.nullcontext() if sync or fsdp else accelerator.no_sync(model)
+            with ctx, accelerator.autocast():
+                child_out = model(input_ids=ids, output_hidden_states=want_hidden)
+                parent_out = None
+                if cfg.weights.needs_parent:
+                    with torch.no_grad():
+                        parent_out = parent(input_ids=ids, output_hidden_states=want_hidden)
+                loss, parts = gkd_loss(child_out, parent_out, ids, pairs=pairs or (), weights=cfg.weights,
+                                       temperature=cfg.temperature)
+                accelerator.backward(loss / cfg.grad_accum_steps)
+            for k, v in parts.items():
+                parts_sum[k] = parts_sum.get(k, 0.0) + v / cfg.grad_accum_steps
+        gnorm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        rec = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **parts_sum}
+        if gnorm is not None:
+            rec["grad_norm"] = float(gnorm)
+        history.append(rec)
+        if cfg.log_every and (step + 1) % cfg.log_every == 0:
+            logger.info("step %d: %s", step + 1, rec)
+        if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps):
+            run_eval(step + 1)
+        if out is not None and cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == end):
+            _save_checkpoint(accelerator, model, optimizer, out, step + 1, history, evals, cfg, cfg.keep_checkpoints)
+    model.eval()
+    return DistillResult(history, evals, start, end, time.perf_counter() - t0)

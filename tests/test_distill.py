@@ -1,0 +1,150 @@
+"""GKD loss, layer matching, and the accelerate loop (accumulation, resume, continued pre-training)."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _distill_helpers import pruned_child, tiny_parent, token_rows  # noqa: E402
+
+from puzzlekit.distill import (  # noqa: E402
+    DistillConfig,
+    GKDWeights,
+    distill,
+    evaluate_kl,
+    gkd_loss,
+    kl_to_parent,
+    latest_checkpoint,
+    match_layers,
+    warmup_cosine,
+)
+from puzzlekit.errors import ConfigError  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def test_match_layers_one_to_one_and_many_to_one():
+    assert match_layers(3) == [(1, 1), (2, 2), (3, 3)]
+    # child layer 1 replaces parent layers 1..3: its output sits where parent layer 3's does
+    assert match_layers(5, 3, spans=[1, 3, 1]) == [(1, 1), (2, 4), (3, 5)]
+    with pytest.raises(ConfigError, match="spans"):
+        match_layers(4, 3)
+    with pytest.raises(ConfigError, match="sum"):
+        match_layers(4, 2, spans=[1, 2])
+
+
+def test_kl_matches_the_definition_and_is_zero_for_equal_logits():
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(2, 5, 11, generator=g), torch.randn(2, 5, 11, generator=g)
+    ref = F.kl_div(F.log_softmax(a, -1), F.log_softmax(b, -1), log_target=True, reduction="none").sum(-1).mean()
+    assert torch.allclose(kl_to_parent(a, b), ref, atol=1e-6)
+    assert float(kl_to_parent(b, b)) == pytest.approx(0.0, abs=1e-6)
+    mask = torch.tensor([[1, 1, 0, 0, 0], [1, 0, 0, 0, 0]])
+    ref_m = F.kl_div(F.log_softmax(a, -1), F.log_softmax(b, -1), log_target=True, reduction="none").sum(-1)
+    assert torch.allclose(kl_to_parent(a, b, mask), ref_m[mask.bool()].mean(), atol=1e-6)
+    with pytest.raises(ConfigError, match="vocabulary"):
+        kl_to_parent(a, b[..., :5])
+
+
+def test_gkd_loss_zero_for_the_parent_itself_and_positive_for_a_pruned_child():
+    parent = tiny_parent()
+    ids = token_rows(2, 16)
+    po = parent(input_ids=ids, output_hidden_states=True)
+    loss, parts = gkd_loss(po, po, ids, pairs=match_layers(2), weights=GKDWeights(1, 1, 1))
+    assert parts["cosine"] == pytest.approx(0, abs=1e-5) and parts["kl"] == pytest.approx(0, abs=1e-5)
+    assert parts["lm"] > 0
+    child = pruned_child(parent)
+    co = child(input_ids=ids, output_hidden_states=True)
+    loss, parts = gkd_loss(co, po, ids, pairs=match_layers(2))
+    assert parts["kl"] > 1e-3 and parts["cosine"] > 1e-4 and "lm" not in parts
+    assert loss.requires_grad
+    with pytest.raises(ConfigError, match="parent"):
+        gkd_loss(co, None, ids, pairs=match_layers(2))
+    with pytest.raises(ConfigError, match="every weight"):
+        GKDWeights(0, 0, 0)
+
+
+def test_warmup_cosine_shape():
+    lrs = [warmup_cosine(s, total=100, warmup=10, min_ratio=0.1) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert lrs[100] == pytest.approx(0.1) and all(a >= b - 1e-12 for a, b in zip(lrs[10:], lrs[11:]))
+
+
+def _cfg(tmp_path=None, **kw):
+    base = dict(max_steps=30, batch_size=4, learning_rate=2e-3, weight_decay=0.0, eval_every=15,
+                mixed_precision="no", log_every=0)
+    if tmp_path is not None:
+        base.update(output_dir=str(tmp_path))
+    base.update(kw)
+    return DistillConfig(**base)
+
+
+def test_gkd_lowers_kl_to_the_parent():
+    parent = tiny_parent()
+    child = pruned_child(parent, keep=8, reinit_ffn=True)
+    train, held = token_rows(64, 16, seed=1), token_rows(16, 16, seed=2)
+    before = evaluate_kl(child, parent, held)["kl"]
+    res = distill(child, parent, train, _cfg(), eval_tokens=held)
+    after = evaluate_kl(child, parent, held)["kl"]
+    assert res.evals[0]["kl"] == pytest.approx(before, rel=1e-5)
+    assert after < 0.6 * before, (before, after)
+    assert res.evals[-1]["step"] == 30 and len(res.history) == 30
+
+
+def test_gradient_accumulation_equals_the_big_batch():
+    parent = tiny_parent()
+    train = token_rows(32, 12, seed=3)
+    a, b = pruned_child(parent), pruned_child(parent)
+    distill(a, parent, train, _cfg(max_steps=4, batch_size=8, eval_every=0))
+    distill(b, parent, train, _cfg(max_steps=4, batch_size=4, grad_accum_steps=2, eval_every=0))
+    for (k, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(pa, pb, atol=2e-5), k
+
+
+def test_resume_continues_exactly(tmp_path):
+    parent = tiny_parent()
+    train = token_rows(32, 12, seed=4)
+    full = pruned_child(parent)
+    distill(full, parent, train, _cfg(max_steps=6, eval_every=0))
+    part = pruned_child(parent)
+    distill(part, parent, train, _cfg(tmp_path, max_steps=6, save_every=3, eval_every=0), stop_after=3)
+    ck = latest_checkpoint(tmp_path)
+    assert ck is not None and (ck / "model.safetensors").exists() and (ck / "optimizer.pt").exists()
+    # a fresh process would rebuild the child from scratch: the weights come from the checkpoint
+    resumed = pruned_child(parent)
+    res = distill(resumed, parent, train, _cfg(tmp_path, max_steps=6, save_every=3, eval_every=0))
+    assert res.start_step == 3 and len(res.history) == 6
+    for (k, pa), pb in zip(full.state_dict().items(), resumed.state_dict().values()):
+        assert torch.allclose(pa, pb, atol=1e-5), k
+    # already finished: a no-op
+    again = distill(pruned_child(parent), parent, train, _cfg(tmp_path, max_steps=6, save_every=3))
+    assert again.start_step == again.end_step == 6
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*")) == ["step_00000003", "step_00000006"]
+
+
+def test_continued_pretraining_needs_no_parent_and_lowers_lm_loss():
+    parent = tiny_parent()
+    child = copy.deepcopy(parent).train()
+    # a learnable stream: each row counts upward mod the vocabulary
+    start = torch.randint(0, 64, (64, 1), generator=torch.Generator().manual_seed(0))
+    rows = (start + torch.arange(16)) % 64
+    res = distill(child, None, rows, _cfg(max_steps=40, weights=GKDWeights(cosine=0, kl=0, lm=1), eval_every=0))
+    assert res.history[-1]["lm"] < 0.5 * res.history[0]["lm"]
+    with pytest.raises(ConfigError, match="parent"):
+        distill(child, None, rows, _cfg())
+
+
+def test_bad_inputs_are_named():
+    parent = tiny_parent()
+    with pytest.raises(ConfigError, match="train_tokens"):
+        distill(pruned_child(parent), parent, torch.zeros(4), _cfg())
+    with pytest.raises(ConfigError, match="output_dir"):
+        DistillConfig(max_steps=1, save_every=1)
+    with pytest.raises(ConfigError, match="mixed_precision"):
+        DistillConfig(max_steps=1, mixed_precision="fp8")
