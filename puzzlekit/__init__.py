@@ -61,6 +61,13 @@ _LAZY: dict[str, str] = {
     "Status": "puzzlekit.search",
     # Each subsystem adds its public names here as it lands, e.g.
     # "search": "puzzlekit.search",  "PuzzleForCausalLM": "puzzlekit.model".
+    "find_fusable": "puzzlekit.fusion",
+    "fuse_ffns": "puzzlekit.fusion",
+    "FusionPlan": "puzzlekit.fusion",
+    "make_plan": "puzzlekit.fusion",
+    "find_ffn_runs": "puzzlekit.fusion",
+    "fused_architecture": "puzzlekit.fusion",
+    "dependency_matrix": "puzzlekit.fusion",
     "PuzzleConfig": "puzzlekit.model",
     "PuzzleForCausalLM": "puzzlekit.model",
     "load_parent": "puzzlekit.model",
