@@ -416,9 +416,9 @@ def pareto_front(
 ) -> list[Solution]:
     """The exact Pareto frontier of ``objective`` against ``cost`` (from ``high`` down to ``low``).
 
-    Each point is an optimum at a budget just below the previous point's cost
-    (by a relative 1e-9), so no frontier point is skipped unless two costs are
-    closer than that.  Points are returned in decreasing cost.
+    Each point is an optimum at a budget strictly below the previous point's
+    cost (the exact DP for a single budget; with a backend, below by
+    ``max(1e-6, 2e-9·|cost|)``, so costs closer than that may merge).  Points are returned in decreasing cost.
     """
     b = dict(budgets or {})
     b[cost] = (None, high)
@@ -429,6 +429,8 @@ def pareto_front(
     use_dp = _one_budget_dp_ready(problem, i)
     front: list[Solution] = []
     cur = problem
+    high_i = float(problem.upper[i])
+    prev_cost: float | None = None
     if use_dp:
         keep = dominance_mask(problem, problem.costs[:, [i]].T)
         sub0 = problem.subset(keep)
@@ -436,8 +438,8 @@ def pareto_front(
     for _ in range(max_points):
         if use_dp:
             t1 = time.perf_counter()
-            p = sub0.with_budgets({cost: (None, cur.upper[i])})
-            x, v = dp_one_budget(p, paths=paths)
+            p = sub0.with_budgets({cost: (None, high_i)})
+            x, v = dp_one_budget(p, paths=paths, strict_below=prev_cost)
             if x is None:
                 break
             s = problem.make_solution(problem.origin_to_local(sub0.origin[x]), Status.OPTIMAL, solver=DP_SOLVER,
@@ -451,8 +453,11 @@ def pareto_front(
         else:
             front.append(s)
         c = s.costs[cost]
+        if prev_cost is not None and c >= prev_cost:
+            break
+        prev_cost = c
         if low is not None and c <= low:
             break
-        nxt = c - 1e-9 * max(1.0, abs(c))
+        nxt = c - max(1e-6, 2e-9 * abs(c))
         cur = cur.with_budgets({cost: (None, nxt)})
     return front
