@@ -37,6 +37,14 @@ def load_config_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str,
     return d
 
 
+def _rope_scaling_from_parameters(rope_params: Mapping[str, Any]) -> dict[str, Any] | None:
+    """transformers >= 5 keeps RoPE scaling in ``rope_parameters`` (with ``rope_theta``); older
+    configs in ``rope_scaling``.  Returns the scaling part, or None for plain RoPE."""
+    if not rope_params or rope_params.get("rope_type", "default") == "default":
+        return None
+    return {k: v for k, v in rope_params.items() if k != "rope_theta"}
+
+
 def _req(d: Mapping[str, Any], key: str, src: str, kind: type = int) -> Any:
     if key not in d or d[key] is None:
         raise ConfigError(f"{src}: missing '{key}'; a Llama-family config.json has it")
@@ -153,7 +161,7 @@ class ParentSpec:
                 tie_word_embeddings=d.get("tie_word_embeddings", False),
                 rms_norm_eps=d.get("rms_norm_eps", 1e-5),
                 rope_theta=d.get("rope_theta", rope_params.get("rope_theta", 10000.0)),
-                rope_scaling=d.get("rope_scaling"),
+                rope_scaling=d.get("rope_scaling") or _rope_scaling_from_parameters(rope_params),
                 max_position_embeddings=d.get("max_position_embeddings", 4096),
                 qkv_bias=qkv_bias,
                 o_bias=o_bias,

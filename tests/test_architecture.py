@@ -156,3 +156,18 @@ def test_scenario_validation():
         pk.Scenario("h100-sxm", "int3")
     with pytest.raises(ConfigError, match="did you mean 'batch'"):
         pk.Scenario.from_dict({"hardware": "x", "batc": 3})
+
+
+def test_transformers5_rope_parameters_are_read():
+    cfg = tiny_llama_config()
+    cfg["rope_parameters"] = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+                              "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+    spec = pk.ParentSpec.from_hf_config(cfg)
+    assert spec.rope_theta == 500000.0 and spec.rope_scaling["rope_type"] == "llama3"
+    assert "rope_theta" not in spec.rope_scaling
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NonMultipleWarning)
+        out = pk.Architecture.from_config(cfg).to_nemotron_nas()
+    assert out["rope_scaling"]["factor"] == 8.0
+    plain = pk.ParentSpec.from_hf_config(tiny_llama_config(rope_parameters={"rope_type": "default", "rope_theta": 1e4}))
+    assert plain.rope_scaling is None
