@@ -160,7 +160,7 @@ class ParentSpec:
                 num_hidden_layers=_req(d, "num_hidden_layers", src),
                 tie_word_embeddings=d.get("tie_word_embeddings", False),
                 rms_norm_eps=d.get("rms_norm_eps", 1e-5),
-                rope_theta=d.get("rope_theta", rope_params.get("rope_theta", 10000.0)),
+                rope_theta=rope_params.get("rope_theta", d.get("rope_theta", 10000.0)),
                 rope_scaling=d.get("rope_scaling") or _rope_scaling_from_parameters(rope_params),
                 max_position_embeddings=d.get("max_position_embeddings", 4096),
                 qkv_bias=qkv_bias,
