@@ -1,0 +1,124 @@
+"""The end-to-end demo: a miniature configuration runs every stage and writes a coherent report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+REPO = Path(__file__).resolve().parents[1]
+REQUIRED = {
+    "teacher": {"val_loss", "tokens_per_s"},
+    "child": {"val_loss", "kl_to_teacher", "measured_speedup", "predicted_speedup", "num_params"},
+}
+BASELINE_KEYS = {"name", "val_loss", "kl_to_teacher", "measured_speedup"}
+
+
+def _mini_config():
+    from puzzlekit.demo.pipeline import DEMO_PRESETS
+
+    tiny = DEMO_PRESETS["tiny"]
+    return dataclasses.replace(tiny, teacher=dataclasses.replace(tiny.teacher, steps=40, max_text_chars=None))
+
+
+@pytest.fixture(scope="module")
+def mini_run(tmp_path_factory):
+    """A miniature demo on the repository's own documentation (no download)."""
+    from puzzlekit.demo import run_demo
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("demo") / "run"
+    t0 = time.perf_counter()
+    rep = run_demo(out, _mini_config(), data=REPO / "docs", progress=False)
+    return out, rep, time.perf_counter() - t0
+
+
+def test_report_has_the_issue_keys_and_invariants(mini_run):
+    out, rep, _ = mini_run
+    on_disk = json.loads((out / "report.json").read_text())
+    assert on_disk["child"]["kl_to_teacher"] == pytest.approx(rep["child"]["kl_to_teacher"])
+    for section, keys in REQUIRED.items():
+        assert keys <= set(rep[section]), (section, keys - set(rep[section]))
+    names = [b["name"] for b in rep["baselines"]]
+    assert names == ["uniform-ffn", "drop-attention", "greedy", "random"]
+    for b in rep["baselines"]:
+        assert BASELINE_KEYS <= set(b)
+        assert b["kl_to_teacher"] >= 0 and b["measured_speedup"] > 0
+        assert b["val_loss"] > 0
+    c = rep["child"]
+    assert c["kl_to_teacher"] >= 0 and c["val_loss"] > 0 and c["measured_speedup"] > 0
+    # the searched child is predicted to meet the target, and is smaller than the teacher
+    assert c["predicted_speedup"] >= rep["checks"]["target_speedup"] * (1 - 1e-9)
+    assert c["num_params"] < rep["teacher"]["num_params"]
+    assert len(c["architecture"]) == rep["teacher"]["settings"]["num_layers"]
+    # the checks are computed from the numbers they summarise
+    ch = rep["checks"]
+    assert ch["child_beats_every_baseline"] == all(c["kl_to_teacher"] < b["kl_to_teacher"] for b in rep["baselines"])
+    err = abs(c["predicted_speedup"] / c["measured_speedup"] - 1)
+    assert ch["prediction_relative_error"] == pytest.approx(err)
+    # the healing changed the models (same budget for all): KL before and after are both recorded
+    assert all("kl_to_teacher_before_healing" in b for b in rep["baselines"])
+    assert rep["teacher"]["tokens_per_s"] > 0
+
+
+def test_outputs_are_written(mini_run):
+    out, rep, _ = mini_run
+    md = (out / "report.md").read_text()
+    assert "| **Puzzle child** |" in md and "uniform-ffn" in md
+    for name in ("pareto", "architecture", "speed"):
+        png = out / rep["plots"][name]
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "library.json").exists() and (out / "tokens.npz").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    for st in ("teacher", "tokens", "bld", "score", "profile", "search", "child", "baselines", "heal"):
+        assert manifest["stages"][f"demo/{st}"]["state"] == "COMPLETE"
+
+
+def test_rerun_reuses_finished_stages(mini_run):
+    from puzzlekit.demo import run_demo
+
+    out, rep, first = mini_run
+    t0 = time.perf_counter()
+    rep2 = run_demo(out, _mini_config(), data=REPO / "docs", progress=False)
+    assert time.perf_counter() - t0 < max(10.0, 0.5 * first)
+    assert all(v["seconds"] == 0.0 for v in rep2["stages"].values())
+    assert rep2["child"]["kl_to_teacher"] == rep["child"]["kl_to_teacher"]
+
+
+def test_changed_setting_reruns_from_that_stage(mini_run, tmp_path):
+    import shutil
+
+    from puzzlekit.demo import run_demo
+
+    out, rep, _ = mini_run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    cfg = dataclasses.replace(_mini_config(), heal_steps=1)
+    rep2 = run_demo(copy, cfg, data=REPO / "docs", progress=False)
+    st = rep2["stages"]
+    assert st["baselines"]["seconds"] == 0.0 and st["heal"]["seconds"] > 0.0
+
+
+def test_cli_rejects_bad_target(tmp_path, capsys):
+    from puzzlekit.cli import main
+
+    assert main(["demo", "--preset", "tiny", "--target-speedup", "0.5", "--out", str(tmp_path / "x")]) == 2
+    assert "--target-speedup" in capsys.readouterr().err
+    assert main(["demo", "--fast", "--preset", "full", "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.slow
+def test_fast_demo_end_to_end(tmp_path):
+    """The CI run: ``puzzlekit demo --fast`` (minutes)."""
+    r = subprocess.run([sys.executable, "-m", "puzzlekit", "demo", "--fast", "--no-progress", "--out",
+                        str(tmp_path / "fast")], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads((tmp_path / "fast" / "report.json").read_text())
+    assert REQUIRED["child"] <= set(rep["child"]) and len(rep["baselines"]) == 4
