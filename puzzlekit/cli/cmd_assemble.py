@@ -68,7 +68,7 @@ def _calib_ids(args: argparse.Namespace):
     try:
         from transformers import AutoTokenizer
 
-        tok = AutoTokenizer.from_pretrained(args.parent)
+        tok = AutoTokenizer.from_pretrained(args.parent, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise ConfigError(f"{args.parent}: no usable tokenizer for --calib-text ({e}); "
                           "add tokenizer files to the parent folder or use --ffn-init truncate") from None

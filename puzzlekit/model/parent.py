@@ -97,7 +97,12 @@ def _iter_safetensors(files: list[Path], device: str) -> Iterator[tuple[str, tor
     from safetensors import safe_open
 
     for f in files:
-        with safe_open(str(f), framework="pt", device=device) as sf:
+        try:
+            sf_handle = safe_open(str(f), framework="pt", device=device)
+        except Exception as e:  # safetensors raises its own error types for malformed (e.g. pickle) files
+            raise UnsafeInputError(f"{f}: not a readable safetensors file ({e}); puzzlekit loads safetensors only "
+                                   "(re-save the model with save_pretrained(..., safe_serialization=True))") from None
+        with sf_handle as sf:
             for name in sf.keys():
                 yield name, sf.get_tensor(name)
 
