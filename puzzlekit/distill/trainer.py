@@ -34,7 +34,7 @@ from typing import Any
 
 import torch
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UnsafeInputError
 from ..io import atomic_write_json, fsync_dir, read_json
 from .loss import GKDWeights, gkd_loss, hidden_cosine_loss, kl_to_parent, lm_loss
 
@@ -275,7 +275,12 @@ def distill(child: Any, parent: Any | None, train_tokens: torch.Tensor, config: 
         st = read_json(ckpt / "state.json", what="checkpoint state")
         start, history, evals = int(st["step"]), list(st["history"]), list(st["evals"])
         if (ckpt / "optimizer.pt").exists():
-            optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True))
+            try:
+                opt_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+            except Exception as e:  # weights_only refuses pickled objects other than tensors/containers
+                raise UnsafeInputError(f"{ckpt / 'optimizer.pt'}: refused, not a plain tensor checkpoint ({e}); "
+                                       "delete this checkpoint folder to resume from the previous one") from None
+            optimizer.load_state_dict(opt_state)
         else:
             logger.warning("%s: no optimizer state (FSDP run); the optimizer restarts", ckpt)
         logger.info("resuming from %s at step %d", ckpt, start)
