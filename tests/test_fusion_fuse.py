@@ -197,7 +197,7 @@ def trained():
 
     arch = _arch("AFFFFAFFFF", sizes=(64,), hidden_size=32, vocab_size=32)
     data = markov_data(256, 24, 32, seed=0, order=1, branching=2)
-    model = train_toy_model(arch, data, steps=60, batch_size=16, lr=1e-2)
+    model = train_toy_model(arch, data, steps=30, batch_size=16, lr=1e-2)
     return model, data, markov_data(32, 24, 32, seed=1, order=1, branching=2)
 
 

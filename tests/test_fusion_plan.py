@@ -152,3 +152,42 @@ def test_fused_super49b_config_roundtrips_nemotron_nas(tmp_path):
     raw = json.loads((tmp_path / "config.json").read_text())
     # layers 41..50 fused into layer 50: a large ffn_mult, as in Ultra-253B
     assert raw["block_configs"][50]["ffn"]["ffn_mult"] > 20
+
+
+try:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+except ImportError:  # pragma: no cover
+    given = None
+
+if given is not None:
+
+    @settings(max_examples=150, deadline=None)
+    @given(spec=st.text(alphabet="AAFFF0aL", min_size=1, max_size=24), target=st.integers(1, 24),
+           leave_last=st.booleans())
+    def test_plans_are_valid_and_preserve_ffn_width(spec, target, leave_last):
+        arch = _arch(spec)
+        assert [r.span for r in find_ffn_runs(arch)] == arch.ffn_runs()
+        plan = make_plan(arch, target_steps=target, leave_last=leave_last)
+        plan.validate(arch)
+        fa = fused_architecture(arch, plan)
+        width = sum(b.ffn.intermediate_size or 0 for b in arch.blocks)
+        assert sum(b.ffn.intermediate_size or 0 for b in fa.blocks) == width
+        active = sum(not b.ffn.no_op for b in arch.blocks)
+        assert sum(not b.ffn.no_op for b in fa.blocks) == active - plan.steps_saved
+        assert plan.meta["steps_after"] == plan.meta["steps_before"] - plan.steps_saved
+        if plan.meta.get("target_reached", True):
+            assert plan.meta["steps_after"] <= target
+        # attention is never touched, and every wide FFN sits behind a no-op attention
+        assert [b.attention for b in fa.blocks] == [b.attention for b in arch.blocks]
+        for g in plan.groups:
+            assert fa.blocks[g[-1]].attention.no_op
+
+
+def test_cli_text_output(capsys):
+    from puzzlekit.cli import main
+
+    assert main(["fuse", "super-49b", "--plan-only", "--leave-last", "--target-steps", "12"]) == 0
+    out = capsys.readouterr().out
+    assert "layers 52-70: 19 FFNs" in out and "predicted on h100-sxm" in out and "steps_after=12" in out
+    assert main(["fuse", "super-49b", "--plan-only", "--data", "x.txt"]) == 2
