@@ -76,11 +76,18 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as e:
         try:
             tmp_path.unlink()
         except OSError:
             pass
+        # writers such as safetensors report a full disk with their own error type ("I/O error: ... os error 28")
+        if isinstance(e, OSError) or (type(e).__name__ == "SafetensorError" and "I/O error" in str(e)):
+            reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+            raise PuzzlekitError(
+                f"{path}: writing failed ({reason}); the previous version, if any, is intact. "
+                "Free some disk space or fix the folder's permissions, then re-run"
+            ) from e
         raise
 
 

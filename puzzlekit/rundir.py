@@ -50,8 +50,12 @@ class Journal:
         line = json.dumps(record, allow_nan=False, sort_keys=True) + "\n"
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
+            with open(self.path, "a+b") as f:
+                if f.tell() > 0:  # a kill mid-append leaves a torn last line: end it so this record stays whole
+                    f.seek(-1, os.SEEK_END)
+                    if f.read(1) != b"\n":
+                        line = "\n" + line
+                f.write(line.encode("utf-8"))
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:
