@@ -249,7 +249,7 @@ def match_speed(make: Callable[[float], tuple[Recipe, float]], measure: Callable
     """
     want = target_speedup * predicted_over_measured
     best: tuple[float, Recipe, float] | None = None
-    trace = []
+    trace: list[dict[str, float]] = []
     seen: dict[str, float] = {}
     for _ in range(max_iters):
         recipe, pred = make(want)
@@ -262,7 +262,21 @@ def match_speed(make: Callable[[float], tuple[Recipe, float]], measure: Callable
             best = (miss, recipe, s)
         if miss <= tol:
             break
-        want *= target_speedup / s
+        # next request: interpolate between the closest measurements on either side of the target
+        # (in log speed-up) once there are some, else correct by the measured miss
+        below = [t for t in trace if t["measured"] < target_speedup]
+        above = [t for t in trace if t["measured"] > target_speedup]
+        if below and above:
+            lo = max(below, key=lambda t: t["measured"])
+            hi = min(above, key=lambda t: t["measured"])
+            f = (math.log(target_speedup) - math.log(lo["measured"])) / (
+                math.log(hi["measured"]) - math.log(lo["measured"]))
+            nxt = math.exp(math.log(lo["predicted"]) + f * (math.log(hi["predicted"]) - math.log(lo["predicted"])))
+            if abs(nxt / want - 1) < 1e-3:  # the knob cannot move between the two: stop
+                break
+            want = nxt
+        else:
+            want *= target_speedup / s
     if best is None:
         raise PuzzlekitError("match_speed: max_iters must be at least 1")
     return best[1], best[2], trace

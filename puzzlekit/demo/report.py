@@ -86,7 +86,9 @@ def write_report(run: str | os.PathLike, *, cfg: Any, teacher: dict, tokens: dic
         "scenario": sc.to_dict(),
         "search": {"budget_ms": srch["budget_ms"], "parent_predicted_ms": srch["parent_predicted_ms"],
                    "predicted_ms": srch["predicted_ms"], "solver": srch["solver"], "pareto_points": len(srch["front"])},
-        "profile": {"non_block_ms": prof["non_block_ms"], "subblocks": prof["subblocks"]},
+        "profile": {"non_block_ms": prof["non_block_ms"], "subblocks": prof["subblocks"],
+                    # additivity: the parent as the sum of its measured blocks vs measured whole
+                    "parent_predicted_ms": srch["parent_predicted_ms"], "parent_measured_ms": parent_ms},
         "data": tokens,
         "config": cfg.to_dict(),
         "stages": stages,
