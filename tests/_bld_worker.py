@@ -1,4 +1,4 @@
-"""Subprocess entry for the BLD kill/resume and distributed tests (not a test module)."""
+"""Subprocess entry for the BLD kill/resume test: one BLD run in a fresh interpreter (not a test module)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,12 @@ import torch
 def main() -> None:
     run_dir, mode = sys.argv[1], sys.argv[2]
     torch.set_num_threads(1)
-    from test_bld import make_data, make_parent, small_space
+    from test_bld import worker_setup
 
-    from puzzlekit.bld import BLDConfig, run_bld
+    from puzzlekit.bld import run_bld
 
-    parent = make_parent()
-    data = make_data()
-    cfg = BLDConfig(mode=mode, tokens=16 * 4 * 24, batch_size=4, lr=2e-3, checkpoint_every=2, eval_sequences=4,
-                    hybrid_keep=2)
-    run_bld(parent, data, run_dir, small_space(parent), cfg, progress=False)
+    parent, data, space, cfg = worker_setup(mode)
+    run_bld(parent, data, run_dir, space, cfg, progress=False)
 
 
 if __name__ == "__main__":

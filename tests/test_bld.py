@@ -56,11 +56,20 @@ def small_space(parent):
 
 
 def _digest(run: Path) -> str:
+    """library.json's bytes and every weight file's exact content: tensor names, dtypes, shapes and bytes,
+    and the metadata (as a sorted mapping: safetensors writes its metadata map in hash order)."""
+    from safetensors import safe_open
+
     h = hashlib.sha256()
     h.update((run / "library.json").read_bytes())
     for p in sorted((run / "blocks").rglob("*.safetensors")):
         h.update(str(p.relative_to(run)).encode())
-        h.update(p.read_bytes())
+        with safe_open(str(p), framework="pt") as f:
+            h.update(repr(sorted((f.metadata() or {}).items())).encode())
+            for k in sorted(f.keys()):
+                t = f.get_tensor(k)
+                h.update(f"{k}:{t.dtype}:{tuple(t.shape)}".encode())
+                h.update(t.contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
 
 
@@ -77,6 +86,45 @@ def test_default_space_and_units():
     assert len(dec) == 2 * (len(sp.attention) + len(sp.ffn))
     assert len(cou) == 2 * len(sp.attention) * len(sp.ffn)
     assert len({u.id for u in dec}) == len(dec) and len({u.filename for u in cou}) == len(cou)
+
+
+def test_training_forward_equals_the_module_forward():
+    """The folded/fused training path (bld.step) computes what the layer module computes, for every unit kind."""
+    from puzzlekit.bld.engine import parent_activations
+    from puzzlekit.bld.step import FrozenFFN, LayerBatch, unit_output
+    from puzzlekit.blocks import BlockConfig
+    from puzzlekit.model import init_child_layer
+
+    parent = make_parent()
+    pe, acts = parent_activations(parent, torch.randint(0, 96, (3, 16), generator=torch.Generator().manual_seed(0)),
+                                  [1])
+    x, h, y = acts[1]
+    pl = parent.model.layers[1]
+    lb = LayerBatch(pl, acts[1], pe, FrozenFFN(pl))
+    na, nf = AttentionConfig.make_no_op(), FFNConfig.make_no_op()
+    cases = [("attn", BlockConfig(AttentionConfig.gqa(1), nf)), ("attn", BlockConfig(AttentionConfig.make_linear(), nf)),
+             ("ffn", BlockConfig(na, FFNConfig.swiglu(32))), ("ffn", BlockConfig(na, FFNConfig.make_linear())),
+             ("pair", BlockConfig(AttentionConfig.gqa(1), FFNConfig.swiglu(16))),
+             ("pair", BlockConfig(na, FFNConfig.make_linear())), ("pair", BlockConfig(AttentionConfig.gqa(2), nf))]
+    torch.manual_seed(0)
+    for kind, block in cases:
+        m = init_child_layer(pl, block, ffn_method="truncate")
+        with torch.no_grad():  # move away from the parent so the norms and projections all matter
+            for p in m.parameters():
+                p.mul_(1 + 0.2 * torch.randn_like(p))
+        if kind == "attn":
+            o = x + m.attn_delta(x, pe)
+            ref = o + pl.ffn_delta(o)
+        elif kind == "ffn":
+            ref = h + m.ffn_delta(h)
+        else:
+            ref = m(x, pe)
+        out = unit_output(kind, m, lb)
+        assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5), (kind, block.key, float((out - ref).abs().max()))
+        loss = lb.loss(out)
+        loss.backward()  # gradients reach every parameter of the unit (norm weights through the fold)
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters()), (kind, block.key)
+    assert lb.den == y.pow(2).mean()
 
 
 def test_groups_follow_the_memory_budget():
@@ -143,55 +191,122 @@ def test_bld_coupled_and_hybrid(tmp_path, mode):
         assert all(not c.block.attention.no_op for c in lib.candidates)
 
 
+def worker_setup(mode: str = "decoupled"):
+    """Parent, data, space and settings shared by the in-process, forked and subprocess runs below."""
+    from puzzlekit.bld import BLDConfig
+
+    parent, data = make_parent(), make_data()
+    cfg = BLDConfig(mode=mode, tokens=16 * 4 * 12, batch_size=4, lr=2e-3, checkpoint_every=2, eval_sequences=4,
+                    hybrid_keep=2)
+    return parent, data, small_space(parent), cfg
+
+
 def _run_worker(run: Path, mode: str = "decoupled", **kw) -> subprocess.Popen:
+    """A fresh interpreter running ``tests/_bld_worker.py`` (a real restart: no inherited memory)."""
     env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
     return subprocess.Popen([sys.executable, str(HERE / "_bld_worker.py"), str(run), mode], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, **kw)
 
 
+def _fork(fn, env: dict[str, str] | None = None) -> int:
+    """Run ``fn()`` in a forked child (torch and the parent already imported: no start-up cost).
+    The child exits 0 when ``fn`` returns, 1 when it raises."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child
+        code = 1
+        try:
+            os.environ.update(env or {})
+            fn()
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    return pid
+
+
+def _wait(pid: int, timeout: float = 120.0) -> int:
+    """Exit status of a forked child (killed and failed after ``timeout`` seconds)."""
+    t0 = time.monotonic()
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status)
+        if time.monotonic() - t0 > timeout:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail(f"forked BLD child {pid} did not finish in {timeout} s")
+        time.sleep(0.01)
+
+
+needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+
+
+@needs_fork
 def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path):
+    """Killed with SIGKILL at 4 random points (forked runs), then finished by a fresh interpreter running
+    the same command: the library is byte-identical to an uninterrupted run's."""
+    from puzzlekit.bld import run_bld
+
+    parent, data, space, cfg = worker_setup()
     ref = tmp_path / "ref"
-    p = _run_worker(ref)
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 0, err.decode()[-2000:]
-    t_full = None
+    t0 = time.monotonic()
+    run_bld(parent, data, ref, space, cfg, progress=False)
+    t_full = time.monotonic() - t0
     run = tmp_path / "killed"
     rng = random.Random(1234)
     kills = 0
-    for _attempt in range(6):
-        p = _run_worker(run, mode="decoupled")
-        t0 = time.monotonic()
-        # wait until the process has started training (the journal exists), then kill at a random point
-        while not (run / "journal.jsonl").exists() and p.poll() is None and time.monotonic() - t0 < 60:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 1.2 if t_full is None else t_full))
-        if p.poll() is not None:
+    for _attempt in range(8):
+        pid = _fork(lambda: run_bld(parent, data, run, space, cfg, progress=False))
+        time.sleep(rng.uniform(0.05, 0.6) * t_full)
+        if os.waitpid(pid, os.WNOHANG)[0]:  # it finished before the kill: nothing left to interrupt
             break
-        p.send_signal(signal.SIGKILL)
-        p.wait()
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
         kills += 1
-        if kills >= 3:
+        if kills >= 4:
             break
+    assert kills >= 3
+    assert (run / "journal.jsonl").exists()
     p = _run_worker(run)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 0, err.decode()[-2000:]
-    assert kills >= 2
     assert _digest(run) == _digest(ref)
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@needs_fork
 @pytest.mark.distributed
 def test_two_processes_give_the_same_library_as_one(tmp_path):
+    """Hybrid BLD sharded over 2 processes (gloo, torchrun's environment) = 1 process, byte for byte."""
+    import torch.distributed as dist
+
+    from puzzlekit.bld import run_bld
+    from puzzlekit.rundir import Journal
+
+    parent, data, space, cfg = worker_setup("hybrid")
     one = tmp_path / "one"
-    p = _run_worker(one, mode="hybrid")
-    _, err = p.communicate(timeout=120)
-    assert p.returncode == 0, err.decode()[-2000:]
+    run_bld(parent, data, one, space, cfg, progress=False)
     two = tmp_path / "two"
-    env = dict(os.environ, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(29500 + os.getpid() % 1000), str(HERE / "_bld_worker.py"),
-                           str(two), "hybrid"], env=env, capture_output=True, timeout=180)
-    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
-    ranks = {r.get("rank") for r in __import__("puzzlekit.rundir", fromlist=["Journal"]).Journal(
-        two / "journal.jsonl").records() if r.get("state") == "COMPLETE"}
+    port = str(_free_port())
+
+    def rank_main() -> None:
+        run_bld(parent, data, two, space, cfg, progress=False)
+        dist.destroy_process_group()
+
+    pids = [_fork(rank_main, {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}) for r in range(2)]
+    codes = [_wait(pid) for pid in pids]
+    assert codes == [0, 0], codes
+    ranks = {r.get("rank") for r in Journal(two / "journal.jsonl").records() if r.get("state") == "COMPLETE"}
     assert ranks == {0, 1}
     assert _digest(one) == _digest(two)

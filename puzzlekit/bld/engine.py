@@ -54,6 +54,7 @@ from ..io import atomic_path
 from ..library import BlockLibrary
 from ..rundir import RunDir, State
 from .space import SearchSpace, default_search_space
+from .step import FrozenFFN, LayerBatch, unit_output
 
 __all__ = ["BLDConfig", "Unit", "run_bld", "parent_activations", "plan_units", "plan_groups", "normalized_mse"]
 
@@ -260,11 +261,15 @@ class _Job:
         self.recent: list[float] = []
         self.opt: torch.optim.Optimizer | None = None
         if trainable and module is not None:
+            self.params = list(module.parameters())
             decay = [p for _, p in module.named_parameters() if p.ndim >= 2]
             other = [p for _, p in module.named_parameters() if p.ndim < 2]
-            self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                          {"params": other, "weight_decay": 0.0}],
-                                         lr=cfg.lr, betas=cfg.betas, foreach=False)
+            groups = [{"params": decay, "weight_decay": cfg.weight_decay},
+                      {"params": other, "weight_decay": 0.0}]
+            # one fused kernel per step where torch has it (CPU / CUDA floats), else the foreach path
+            fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in decay + other)
+            self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas,
+                                         **({"fused": True} if fused else {"foreach": True}))
 
     def forward(self, parent_layer: Any, acts: tuple, pe: Any) -> torch.Tensor:
         x, h, _ = acts
@@ -278,45 +283,71 @@ class _Job:
             return h + m.ffn_delta(h) if m is not None else h
         return m(x, pe) if m is not None else x
 
-    # checkpoint: module weights + AdamW moments in one safetensors file, progress in its metadata
-    def save_ckpt(self, path: Path) -> None:
-        tensors = {f"param.{k}": v.detach().contiguous() for k, v in self.module.state_dict().items()}
-        sd = self.opt.state_dict()
-        for pid, st in sd["state"].items():
+    # checkpoint: module weights + AdamW moments (tensors under ``key::``), progress in the metadata
+    def ckpt_tensors(self, key: str) -> dict[str, torch.Tensor]:
+        tensors = {f"{key}::param::{k}": v.detach().contiguous() for k, v in self.module.state_dict().items()}
+        for pid, st in self.opt.state_dict()["state"].items():
             for k, v in st.items():
-                tensors[f"opt.{pid}.{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous()
-        meta = {"step": self.step, "nmse_init": self.nmse_init, "recent": self.recent, "unit": self.unit.id}
-        with atomic_path(path, suffix=".safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata={"puzzlekit": json.dumps(meta)})
+                tensors[f"{key}::opt::{pid}::{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous()
+        return tensors
 
-    def load_ckpt(self, path: Path) -> None:
-        with safe_open(str(path), framework="pt") as f:
-            meta = json.loads(f.metadata()["puzzlekit"])
-        tensors = load_file(str(path))
-        self.module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("param.")})
-        state: dict[int, dict[str, torch.Tensor]] = {}
-        for k, v in tensors.items():
-            if k.startswith("opt."):
-                _, pid, name = k.split(".", 2)
-                state.setdefault(int(pid), {})[name] = v
-        sd = self.opt.state_dict()
-        self.opt.load_state_dict({"state": state, "param_groups": sd["param_groups"]})
+    def ckpt_meta(self) -> dict[str, Any]:
+        return {"step": self.step, "nmse_init": self.nmse_init, "recent": self.recent}
+
+    def load_ckpt(self, f: Any, key: str, meta: dict[str, Any]) -> None:
+        """Restore from an open ``safe_open`` handle ``f`` holding this unit's tensors under ``key``."""
+        params, state = {}, {}
+        for name in f.keys():
+            if not name.startswith(key + "::"):
+                continue
+            parts = name[len(key) + 2:].split("::")
+            if parts[0] == "param":
+                params[parts[1]] = f.get_tensor(name)
+            elif parts[0] == "opt":
+                state.setdefault(int(parts[1]), {})[parts[2]] = f.get_tensor(name)
+        self.module.load_state_dict(params, strict=True)
+        self.opt.load_state_dict({"state": state, "param_groups": self.opt.state_dict()["param_groups"]})
         self.step, self.nmse_init, self.recent = int(meta["step"]), meta["nmse_init"], list(meta["recent"])
 
 
-def _init_child_layer() -> Any:
-    from .. import model
+def _ckpt_files(ckpt_dir: Path) -> dict[Path, dict[str, dict[str, Any]]]:
+    """Every readable group checkpoint: file -> {unit id: record}."""
+    out: dict[Path, dict[str, dict[str, Any]]] = {}
+    if not ckpt_dir.is_dir():
+        return out
+    for path in sorted(ckpt_dir.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                out[path] = dict(json.loads((f.metadata() or {})["puzzlekit"])["units"])
+        except Exception as e:  # a torn or foreign file: its units start again
+            logger.warning("%s: unreadable BLD checkpoint (%s); ignoring it", path, e)
+    return out
 
-    fn = getattr(model, "init_child_layer", None)
-    if fn is None:  # the model module has not landed it yet: local stand-in (see _compat.py)
-        from ._compat import init_child_layer as fn
-    return fn
+
+def _ckpt_index(ckpt_dir: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
+    """Unit id -> (checkpoint file, its record) over every readable group checkpoint (latest step wins)."""
+    out: dict[str, tuple[Path, dict[str, Any]]] = {}
+    for path, units in _ckpt_files(ckpt_dir).items():
+        for uid, rec in units.items():
+            if uid not in out or int(rec["step"]) > int(out[uid][1]["step"]):
+                out[uid] = (path, rec)
+    return out
 
 
 def _sub_state(layer: Any, kind: str) -> dict[str, torch.Tensor]:
-    """The attention (``kind='attn'``) or FFN part of a layer's state dict."""
-    prefixes = ("input_layernorm.", "self_attn.") if kind == "attn" else ("post_attention_layernorm.", "mlp.")
-    return {k: v.detach().clone().contiguous() for k, v in layer.state_dict().items() if k.startswith(prefixes)}
+    """The attention (``kind='attn'``), FFN (``'ffn'``) or whole (``'pair'``) part of a layer's state."""
+    prefixes = {"attn": ("input_layernorm.", "self_attn."), "ffn": ("post_attention_layernorm.", "mlp.")}.get(kind, ("",))
+    return {k: v.detach() for k, v in layer.state_dict().items() if k.startswith(prefixes)}
+
+
+def _layer_from_state(spec: Any, block: BlockConfig, layer_idx: int, sd: dict[str, torch.Tensor]) -> Any:
+    """A ``PuzzleDecoderLayer`` of ``block`` holding the tensors ``sd`` (no random initialisation)."""
+    from ..model import PuzzleDecoderLayer
+
+    with torch.device("meta"):
+        layer = PuzzleDecoderLayer(spec, block, layer_idx)
+    layer.load_state_dict(sd, strict=True, assign=True)
+    return layer
 
 
 def _is_parent_variant(unit: Unit, pblock: BlockConfig) -> bool:
@@ -352,7 +383,7 @@ class _Runner:
         return self.units_dir / u.filename
 
     def _init_module(self, u: Unit, calib: tuple | None) -> torch.nn.Module | None:
-        init_child_layer = _init_child_layer()
+        from ..model import init_child_layer
 
         if not _has_params(u.block):
             return None
@@ -370,21 +401,34 @@ class _Runner:
             return m
         x, pe = calib if calib is not None else (None, None)
         return init_child_layer(players[u.layer], u.block, ffn_method=self.cfg.ffn_init,
-                                kv_method=self.cfg.kv_init, calib_inputs=x, position_embeddings=pe)
+                                kv_method=self.cfg.kv_init, calib_inputs=x, position_embeddings=pe,
+                                seed=u.seed(self.cfg.seed))
 
-    def _make_job(self, u: Unit, calib: tuple) -> _Job:
+    def _make_job(self, u: Unit, calib: tuple, ckpts: dict[str, tuple[Path, dict[str, Any]]]) -> _Job:
         is_parent = _is_parent_variant(u, self.pblock)
         trivial = is_parent or not _has_params(u.block)
         module = None if is_parent else self._init_module(u, calib)
         job = _Job(u, module, trainable=not trivial and module is not None, cfg=self.cfg, is_parent=is_parent)
-        ck = self.ckpt_dir / u.filename
-        if job.trainable and ck.exists():
+        if job.trainable and u.id in ckpts:
+            path, rec = ckpts[u.id]
             try:
-                job.load_ckpt(ck)
+                with safe_open(str(path), framework="pt") as f:
+                    job.load_ckpt(f, rec["key"], rec)
             except Exception as e:  # a torn or foreign checkpoint: start the unit again
-                logger.warning("%s: unreadable checkpoint (%s); restarting this unit", ck, e)
+                logger.warning("%s: unreadable checkpoint of %s (%s); restarting this unit", path, u.id, e)
                 job = _Job(u, self._init_module(u, calib), True, self.cfg)
         return job
+
+    def _save_ckpt(self, path: Path, jobs: list[_Job]) -> None:
+        """All unfinished units of the group in one safetensors file (one atomic write, one fsync)."""
+        tensors: dict[str, torch.Tensor] = {}
+        units: dict[str, Any] = {}
+        for j in jobs:
+            key = j.unit.filename[: -len(".safetensors")]
+            tensors.update(j.ckpt_tensors(key))
+            units[j.unit.id] = {**j.ckpt_meta(), "key": key}
+        with atomic_path(path, suffix=".safetensors") as tmp:
+            save_file(tensors, str(tmp), metadata={"puzzlekit": json.dumps({"units": units}, sort_keys=True)})
 
     @torch.no_grad()
     def _eval(self, job: _Job, eval_acts: list) -> float:
@@ -398,21 +442,16 @@ class _Runner:
         return num / max(den, 1e-300)
 
     def _save_final(self, job: _Job) -> str | None:
+        from ..model import save_block_weights
+
         u = job.unit
         if not _has_params(u.block):
             return None
-        if job.module is None:
-            player = self.parent.model.layers[u.layer]
-            sd = {} if u.kind == "pair" else _sub_state(player, u.kind)
-            if u.kind == "pair":
-                sd = {k: v.detach().clone().contiguous() for k, v in player.state_dict().items()}
-        else:
-            sd = {k: v.detach().clone().contiguous() for k, v in job.module.state_dict().items()}
-        if not sd:
-            return None
-        path = self.unit_path(u)
-        with atomic_path(path, suffix=".safetensors") as tmp:
-            save_file(sd, str(tmp), metadata={"unit": u.id})
+        layer = job.module
+        if layer is None:  # the parent's own variant: its sub-block, as a layer of the unit's block
+            layer = _layer_from_state(self.spec, u.block, u.layer, _sub_state(self.parent.model.layers[u.layer],
+                                                                                u.kind))
+        path = save_block_weights(layer, self.unit_path(u), metadata={"unit": u.id})
         return str(path.relative_to(self.run.path))
 
     # -- one group of layers
@@ -426,9 +465,11 @@ class _Runner:
         calib_ids = self.train[torch.from_numpy(batch_indices(len(self.train), cfg.batch_size, 0, cfg.seed))]
         cpe, cacts = parent_activations(self.parent, calib_ids, layers)
         jobs = []
+        ckpts = _ckpt_index(self.ckpt_dir)
+        ckpt_path = self.ckpt_dir / f"group-{zlib.crc32(' '.join(u.id for u in units).encode()):08x}.safetensors"
         for u in units:
             self.run.journal.set_state(KIND, u.id, State.RUNNING, rank=self.rank)
-            job = self._make_job(u, (cacts[u.layer][0], cpe))
+            job = self._make_job(u, (cacts[u.layer][0], cpe), ckpts)
             if job.nmse_init is None:
                 job.nmse_init = self._eval(job, eval_acts)
             jobs.append(job)
@@ -440,23 +481,27 @@ class _Runner:
         t0, tokens = time.perf_counter(), 0
         last_ckpt = time.monotonic()
         players = self.parent.model.layers
+        # the parent FFN that attention units run through, as constants (prepared once per group)
+        pffn = {i: FrozenFFN(players[i]) for i in {j.unit.layer for j in live if j.unit.kind == "attn"}}
         for step in range(start, self.total):
             ids = self.train[torch.from_numpy(batch_indices(len(self.train), cfg.batch_size, step, cfg.seed))]
             pe, acts = parent_activations(self.parent, ids, layers)
+            lbs = {i: LayerBatch(players[i], a, pe, pffn.get(i)) for i, a in acts.items()}
             lr = cfg.lr_at(step, self.total)
             for j in live:
                 if j.step != step:
                     continue
                 for g in j.opt.param_groups:
                     g["lr"] = lr
-                a = acts[j.unit.layer]
-                loss = normalized_mse(j.forward(players[j.unit.layer], a, pe), a[2])
+                lb = lbs[j.unit.layer]
+                loss = lb.loss(unit_output(j.unit.kind, j.module, lb))
                 j.opt.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(j.module.parameters(), cfg.clip, foreach=False)
+                torch.nn.utils.clip_grad_norm_(j.params, cfg.clip, foreach=True)
                 j.opt.step()
                 j.step += 1
                 j.recent = (j.recent + [float(loss.detach())])[-10:]
+            del lbs, acts
             tokens += ids.numel()
             bar.update(1)
             if self.progress:
@@ -467,9 +512,9 @@ class _Runner:
                     post["mean"] = f"{sum(j.recent[-1] for j in live if j.recent) / len(live):.4f}"
                 bar.set_postfix(post, refresh=False)
             if (step + 1) % cfg.checkpoint_every == 0 or time.monotonic() - last_ckpt > 120:
-                for j in live:
-                    if j.step < self.total:
-                        j.save_ckpt(self.ckpt_dir / j.unit.filename)
+                pending = [j for j in live if j.step < self.total]
+                if pending:
+                    self._save_ckpt(ckpt_path, pending)
                 last_ckpt = time.monotonic()
         bar.close()
         for j in jobs:
@@ -480,10 +525,12 @@ class _Runner:
                        "bld_steps": j.step, "bld_tokens": j.step * cfg.batch_size * self.data.seq_len}
             self.run.journal.set_state(KIND, j.unit.id, State.COMPLETE, metrics=metrics, weights=rel,
                                        rank=self.rank)
-            ck = self.ckpt_dir / j.unit.filename
-            if ck.exists():
-                ck.unlink()
             logger.info("BLD %s: nmse %.5f (init %.5f)", j.unit.id, nmse, j.nmse_init)
+        # checkpoints whose units are all finished now (this group's, or an earlier run's) are dropped
+        done = {k for k, r in self.run.journal.states(KIND).items() if r.get("state") == State.COMPLETE.value}
+        for path, recs in _ckpt_files(self.ckpt_dir).items():
+            if set(recs) <= done:
+                path.unlink(missing_ok=True)
 
     def train_units(self, units: list[Unit]) -> None:
         done = {k for k, r in self.run.journal.states(KIND).items() if r.get("state") == State.COMPLETE.value}
@@ -542,6 +589,8 @@ def _hybrid_pairs(run: RunDir, layers: list[int], space: SearchSpace, keep: int)
 
 def _compose_library(run: RunDir, parent: Any, space: SearchSpace, cfg: BLDConfig,
                      pair_units: list[Unit] | None, meta: dict[str, Any]) -> BlockLibrary:
+    from ..model import save_block_weights
+
     spec = parent.model.layers[0].spec
     pblock = spec.parent_block()
     st = run.journal.states(KIND)
@@ -557,8 +606,7 @@ def _compose_library(run: RunDir, parent: Any, space: SearchSpace, cfg: BLDConfi
     for i in range(spec.num_hidden_layers):
         if i not in layers:
             rel = f"blocks/L{i:03d}/{_safe_name(pblock.key)}.safetensors"
-            _write_state(run.path / rel, {k: v.detach().clone().contiguous()
-                                          for k, v in parent.model.layers[i].state_dict().items()})
+            save_block_weights(parent.model.layers[i], run.path / rel)
             lib.add(i, pblock, {"bld_nmse": 0.0}, weights=rel)
             continue
         if pair_units is None:
@@ -574,7 +622,7 @@ def _compose_library(run: RunDir, parent: Any, space: SearchSpace, cfg: BLDConfi
                     rel = None
                     if sd:
                         rel = f"blocks/L{i:03d}/{_safe_name(block.key)}.safetensors"
-                        _write_state(run.path / rel, sd)
+                        save_block_weights(_layer_from_state(spec, block, i, sd), run.path / rel)
                     lib.add(i, block, {"bld_nmse_attn": ra["metrics"]["bld_nmse"],
                                        "bld_nmse_ffn": rf["metrics"]["bld_nmse"],
                                        "bld_nmse_attn_init": ra["metrics"]["bld_nmse_init"],
@@ -588,11 +636,6 @@ def _compose_library(run: RunDir, parent: Any, space: SearchSpace, cfg: BLDConfi
                 lib.add(i, u.block, {"bld_nmse": m["bld_nmse"], "bld_nmse_init": m["bld_nmse_init"]},
                         weights=r.get("weights"))
     return lib
-
-
-def _write_state(path: Path, sd: dict[str, torch.Tensor]) -> None:
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(sd, str(tmp))
 
 
 def _fingerprint_parent(parent: Any) -> str:

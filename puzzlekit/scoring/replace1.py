@@ -63,9 +63,9 @@ def candidate_layer(parent: Any, library: BlockLibrary, index: int) -> Any:
     if c.weights is None:
         if c.block.attention.no_op and c.block.ffn.no_op:
             return make_layer(spec, c.block, c.first)
-        from ..bld.engine import _init_child_layer
+        from ..model import init_child_layer
 
-        return _init_child_layer()(player, c.block, ffn_method="truncate")
+        return init_child_layer(player, c.block, ffn_method="truncate")
     if library.root is None:
         raise ScoringError("the library has weight paths but no folder; load it with BlockLibrary.load")
     from ..io import resolve_inside
