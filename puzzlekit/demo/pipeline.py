@@ -140,7 +140,7 @@ class _Stages:
     def __init__(self, rd: RunDir):
         self.rd = rd
         self.chain = ""
-        self.times: dict[str, float] = {}
+        self.times: dict[str, dict[str, Any]] = {}
 
     def run(self, name: str, settings: dict[str, Any], fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         cfg = {"settings": settings, "upstream": self.chain}
@@ -149,7 +149,7 @@ class _Stages:
         stage = f"demo/{name}"
         if self.rd.is_complete(stage, cfg) and out.exists():
             res = read_json(out, what=f"demo stage {name}")
-            self.times[name] = 0.0
+            self.times[name] = {"seconds": float(res.get("seconds", 0.0)), "reused": True}
             logger.info("demo: stage %s already complete; reusing it", name)
             return res
         self.rd.set_stage(stage, State.RUNNING, config=cfg)
@@ -163,7 +163,7 @@ class _Stages:
         res = dict(res, seconds=secs)
         atomic_write_json(out, res)
         self.rd.set_stage(stage, State.COMPLETE, config=cfg, seconds=secs)
-        self.times[name] = secs
+        self.times[name] = {"seconds": secs, "reused": False}
         logger.info("demo: stage %s done in %.1f s", name, secs)
         return res
 
@@ -335,17 +335,23 @@ def _stage_profile(ctx: _Ctx) -> dict[str, Any]:
         f = FFNConfig.swiglu(w)
         if f not in subs:
             subs.append(f)
-    timings: dict[str, dict[str, float]] = {}
-    bar = tqdm(subs, desc="profile (measured sub-blocks)", disable=not ctx.progress, unit="sub")
-    for s in bar:
-        # the median of three independent measurements (each a median of repeats): robust to a
-        # burst of other work on the shared cores during one of them
-        ts = [time_subblock(spec, s, sc, threads=c.measure_threads, repeats=c.profile_repeats, warmup=1,
-                            seed=c.seed + k) for k in range(3)]
-        t = sorted(ts, key=lambda x: x.runtime_ms)[1]
-        timings[_subkey(s)] = {"prefill_ms": t.prefill_ms, "decode_ms": t.decode_ms, "runtime_ms": t.runtime_ms,
-                               "spread_ms": max(x.runtime_ms for x in ts) - min(x.runtime_ms for x in ts)}
+    # three passes over every sub-block (each measurement a median of repeats), the median per
+    # sub-block: load from other jobs on the shared cores drifts over time, and passes spread it
+    # evenly instead of inflating whichever sub-blocks were timed during a burst
+    runs: dict[str, list[Any]] = {_subkey(s): [] for s in subs}
+    bar = tqdm(total=3 * len(subs), desc="profile (measured sub-blocks, 3 passes)", disable=not ctx.progress,
+               unit="sub")
+    for k in range(3):
+        for s in subs:
+            runs[_subkey(s)].append(time_subblock(spec, s, sc, threads=c.measure_threads, repeats=c.profile_repeats,
+                                                  warmup=1, seed=c.seed + k))
+            bar.update(1)
     bar.close()
+    timings: dict[str, dict[str, float]] = {}
+    for key, ts in runs.items():
+        t = sorted(ts, key=lambda x: x.runtime_ms)[len(ts) // 2]
+        timings[key] = {"prefill_ms": t.prefill_ms, "decode_ms": t.decode_ms, "runtime_ms": t.runtime_ms,
+                        "spread_ms": max(x.runtime_ms for x in ts) - min(x.runtime_ms for x in ts)}
     nbs = [measure_non_block(spec, sc, threads=c.measure_threads, repeats=max(3, c.profile_repeats), warmup=1,
                              seed=k) for k in range(3)]
     nb = sorted(nbs, key=lambda x: x.runtime_ms)[1]
@@ -507,14 +513,23 @@ def _stage_baselines(ctx: _Ctx, prof: dict[str, Any], srch: dict[str, Any], chil
 
     makers = {"uniform-ffn": make_uniform, "drop-attention": make_drop, "greedy": make_greedy,
               "random": make_random}
-    out = {}
+    # each finished baseline is kept, so a run killed in this stage resumes with the next one
+    parts_path = ctx.rd.path / "stages" / "baseline_parts.json"
+    key = _hash([c.to_dict(), child["recipe"], target])
+    parts = read_json(parts_path, what="baseline parts") if parts_path.exists() else {}
+    if parts.get("key") != key:
+        parts = {"key": key, "baselines": {}}
+    out = parts["baselines"]
     for name in tqdm(BASELINES, desc="baselines (speed matching)", disable=not ctx.progress, unit="baseline"):
+        if name in out:
+            continue
         recipe, s, trace = match_speed(makers[name], measure, target, p_over_m, tol=c.match_tol,
                                        max_iters=c.match_iters)
         recipe.name = name
         out[name] = {"recipe": recipe.to_dict(), "measured_speedup": s, "predicted_speedup": pred(recipe),
                      "matched": abs(s / target - 1) <= c.match_tol, "trace": trace}
-    return {"target_speedup": target, "baselines": out}
+        atomic_write_json(parts_path, parts)
+    return {"target_speedup": target, "baselines": {n: out[n] for n in BASELINES}}
 
 
 def _heal_one(ctx: _Ctx, name: str, recipe: Recipe) -> dict[str, Any]:
@@ -616,7 +631,8 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *, da
                       lambda: _stage_heal(ctx, child, base))
     finally:
         torch.set_num_threads(old_threads)
-    stages = {k: {"seconds": v} for k, v in st.times.items()}
+    stages = dict(st.times)
     return write_report(rd.path, cfg=cfg, teacher=teacher, tokens=tokens, prof=prof, srch=srch, child=child,
                         base=base, heal=heal, parent_ms=child["measured"]["parent_ms"], stages=stages,
-                        total_seconds=time.perf_counter() - t_start, library=ctx.library)
+                        total_seconds=sum(v["seconds"] for v in stages.values()),
+                        session_seconds=time.perf_counter() - t_start, library=ctx.library)

@@ -40,7 +40,7 @@ def _h100_speedup(library: Any, scenario: str, choices: list[int] | None, blocks
 
 def write_report(run: str | os.PathLike, *, cfg: Any, teacher: dict, tokens: dict, prof: dict, srch: dict,
                  child: dict, base: dict, heal: dict, parent_ms: float, stages: dict, total_seconds: float,
-                 library: Any) -> dict[str, Any]:
+                 library: Any, session_seconds: float | None = None) -> dict[str, Any]:
     """Assemble the report from the stages' results and write report.json, report.md and the plots."""
     run = Path(run)
     sc = cfg.scenario
@@ -93,6 +93,7 @@ def write_report(run: str | os.PathLike, *, cfg: Any, teacher: dict, tokens: dic
         "config": cfg.to_dict(),
         "stages": stages,
         "total_seconds": total_seconds,
+        "session_seconds": session_seconds,
     }
     report["plots"] = _plots(run, report, srch, library, prof)
     atomic_write_json(run / "report.json", report)
@@ -140,7 +141,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"| {i} | {b.attention.short()} | {b.ffn.short()} |")
     lines += ["", "## Stage times", "", "| stage | seconds |", "|---|---:|"]
     for k, v in report["stages"].items():
-        lines.append(f"| {k} | {v['seconds']:.1f} |")
+        lines.append(f"| {k} | {v['seconds']:.1f}{' (reused)' if v.get('reused') else ''} |")
     lines += [f"| total | {report['total_seconds']:.1f} |", ""]
     for name, p in report.get("plots", {}).items():
         lines.append(f"![{name}]({p})")
