@@ -53,7 +53,7 @@ def rand_problem(seed, L=4, k=3, m=2, spans=False):
     return Problem(L, first, last, r.normal(size=n), costs, upper=ub)
 
 
-@pytest.mark.parametrize("solver", SOLVERS)
+@pytest.mark.parametrize("solver", [s if s == "highs" else pytest.param(s, marks=pytest.mark.slow) for s in SOLVERS])
 def test_reference_answers(nvlabs_library, solver):
     a = search(nvlabs_library, "kl_div", {"memory_mib": 80000, "runtime_ms": 51200}, solver=solver)
     assert a.status is Status.OPTIMAL and abs(a.objective - 6.861455) < 1e-6
