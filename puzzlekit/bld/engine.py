@@ -340,6 +340,19 @@ def _sub_state(layer: Any, kind: str) -> dict[str, torch.Tensor]:
     return {k: v.detach() for k, v in layer.state_dict().items() if k.startswith(prefixes)}
 
 
+def _save_block(layer: Any, path: Path) -> Path:
+    """Write a layer's weights (layer-relative names) atomically, readable by
+    :func:`puzzlekit.model.load_block_weights` (the metadata names the block, which it checks).
+
+    Not :func:`~puzzlekit.model.save_block_weights`: safetensors writes a metadata map of several keys in
+    hash order, so its files differ byte-wise between processes; with the single ``block`` key a resumed
+    or sharded run writes byte-identical files."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in layer.state_dict().items()}
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(tensors, str(tmp), metadata={"block": layer.block.key})
+    return path
+
+
 def _layer_from_state(spec: Any, block: BlockConfig, layer_idx: int, sd: dict[str, torch.Tensor]) -> Any:
     """A ``PuzzleDecoderLayer`` of ``block`` holding the tensors ``sd`` (no random initialisation)."""
     from ..model import PuzzleDecoderLayer
@@ -442,8 +455,6 @@ class _Runner:
         return num / max(den, 1e-300)
 
     def _save_final(self, job: _Job) -> str | None:
-        from ..model import save_block_weights
-
         u = job.unit
         if not _has_params(u.block):
             return None
@@ -451,7 +462,7 @@ class _Runner:
         if layer is None:  # the parent's own variant: its sub-block, as a layer of the unit's block
             layer = _layer_from_state(self.spec, u.block, u.layer, _sub_state(self.parent.model.layers[u.layer],
                                                                                 u.kind))
-        path = save_block_weights(layer, self.unit_path(u), metadata={"unit": u.id})
+        path = _save_block(layer, self.unit_path(u))
         return str(path.relative_to(self.run.path))
 
     # -- one group of layers
@@ -589,8 +600,6 @@ def _hybrid_pairs(run: RunDir, layers: list[int], space: SearchSpace, keep: int)
 
 def _compose_library(run: RunDir, parent: Any, space: SearchSpace, cfg: BLDConfig,
                      pair_units: list[Unit] | None, meta: dict[str, Any]) -> BlockLibrary:
-    from ..model import save_block_weights
-
     spec = parent.model.layers[0].spec
     pblock = spec.parent_block()
     st = run.journal.states(KIND)
@@ -606,7 +615,7 @@ def _compose_library(run: RunDir, parent: Any, space: SearchSpace, cfg: BLDConfi
     for i in range(spec.num_hidden_layers):
         if i not in layers:
             rel = f"blocks/L{i:03d}/{_safe_name(pblock.key)}.safetensors"
-            save_block_weights(parent.model.layers[i], run.path / rel)
+            _save_block(parent.model.layers[i], run.path / rel)
             lib.add(i, pblock, {"bld_nmse": 0.0}, weights=rel)
             continue
         if pair_units is None:
@@ -622,7 +631,7 @@ def _compose_library(run: RunDir, parent: Any, space: SearchSpace, cfg: BLDConfi
                     rel = None
                     if sd:
                         rel = f"blocks/L{i:03d}/{_safe_name(block.key)}.safetensors"
-                        save_block_weights(_layer_from_state(spec, block, i, sd), run.path / rel)
+                        _save_block(_layer_from_state(spec, block, i, sd), run.path / rel)
                     lib.add(i, block, {"bld_nmse_attn": ra["metrics"]["bld_nmse"],
                                        "bld_nmse_ffn": rf["metrics"]["bld_nmse"],
                                        "bld_nmse_attn_init": ra["metrics"]["bld_nmse_init"],

@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 
 from ..data import TokenData
 from ..errors import PuzzlekitError
@@ -74,12 +73,14 @@ def candidate_layer(parent: Any, library: BlockLibrary, index: int) -> Any:
     if not path.exists():
         raise ScoringError(f"{path}: weights of candidate {index} ({c.block.key}, layer {c.first}) are missing; "
                            "re-run build-library")
-    layer = make_layer(spec, c.block, c.first)
-    sd = load_file(str(path))
-    missing, unexpected = layer.load_state_dict(sd, strict=False)
-    if missing or unexpected:
-        raise ScoringError(f"{path}: weights do not match block {c.block.key} "
-                           f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    from ..model import PuzzleDecoderLayer, load_block_weights
+
+    with torch.device("meta"):  # no random initialisation: load_block_weights materialises it
+        layer = PuzzleDecoderLayer(spec, c.block, c.first)
+    load_block_weights(layer, path)  # checks the file's block and tensor names/shapes (ConfigError)
+    p = next(player.parameters(), None)
+    if p is not None:
+        layer.to(device=p.device, dtype=p.dtype)
     return layer.eval().requires_grad_(False)
 
 
