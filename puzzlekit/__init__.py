@@ -82,6 +82,17 @@ _LAZY: dict[str, str] = {
     "block_costs": "puzzlekit.profilers",
     "get_hardware": "puzzlekit.profilers",
     "calibrate_nvlabs": "puzzlekit.profilers",
+    "DistillConfig": "puzzlekit.distill",
+    "GKDWeights": "puzzlekit.distill",
+    "gkd_loss": "puzzlekit.distill",
+    "match_layers": "puzzlekit.distill",
+    "paired_samples": "puzzlekit.post",
+    "staged_mix": "puzzlekit.post",
+    "accuracy_reward": "puzzlekit.post",
+    "format_reward": "puzzlekit.post",
+    "estimate_pass_rates": "puzzlekit.post",
+    "filter_by_pass_rate": "puzzlekit.post",
+    "CurriculumSampler": "puzzlekit.post",
 }
 
 __all__ = [
