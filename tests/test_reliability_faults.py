@@ -1,0 +1,290 @@
+"""Faults: long stages SIGKILLed at random points and restarted, full disks and read-only run directories.
+
+The kill tests (``slow``) run each stage as its real command in a subprocess, kill it with SIGKILL
+at >= 5 random points, run the same command again, and check that the result equals an
+uninterrupted run with the same seed and that no half-written file is left.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)
+
+from _rel_kill import (  # noqa: E402
+    check_no_half_files,
+    checkpoint_step,
+    journal_lines,
+    kill_and_resume,
+    python,
+    run_to_end,
+)
+
+import puzzlekit as pk  # noqa: E402
+from puzzlekit.errors import PuzzlekitError  # noqa: E402
+
+KILLS = 5
+
+
+def _tokens(seq_len: int = 16, n: int = 40, vocab: int = 64):
+    from puzzlekit.data import TokenData
+
+    rng = np.random.default_rng(0)
+    start = rng.integers(0, vocab, size=(n, 1))
+    rows = ((start + np.arange(seq_len)[None] * rng.integers(1, 4, size=(n, 1))) % vocab).astype(np.int64)
+    return TokenData(rows[:-8], rows[-8:], seq_len)
+
+
+@pytest.fixture(scope="module")
+def parent_dir(tmp_path_factory) -> Path:
+    """A tiny Llama saved as a Hugging Face folder (safetensors)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    d = tmp_path_factory.mktemp("parent")
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, max_position_embeddings=64, tie_word_embeddings=False)
+    LlamaForCausalLM(cfg).save_pretrained(d)
+    return d
+
+
+def _bld_cmd(parent: Path, run: Path) -> list[str]:
+    return [python(), "-m", "puzzlekit", "build-library", "--parent", str(parent), "--data", "unused", "--run",
+            str(run), "--tokens", "2048", "--batch-size", "4", "--seq-len", "16", "--lr", "2e-3",
+            "--ffn-fractions", "0.5", "--no-progress", "--json"]
+
+
+def _new_run(run: Path) -> Path:
+    run.mkdir(parents=True)
+    _tokens().save(run / "tokens.npz")
+    return run
+
+
+def _digest(run: Path) -> str:
+    """The library document's bytes and every block file's tensors and metadata.
+
+    (Not the block files' bytes: safetensors writes its metadata map in a per-process random
+    order, so two identical saves from two processes can differ byte-wise.)"""
+    from safetensors import safe_open
+
+    h = hashlib.sha256()
+    h.update((run / "library.json").read_bytes())
+    for p in sorted((run / "blocks").rglob("*.safetensors")):
+        h.update(str(p.relative_to(run)).encode())
+        with safe_open(str(p), framework="pt") as f:
+            h.update(json.dumps(f.metadata(), sort_keys=True).encode())
+            for k in sorted(f.keys()):
+                h.update(k.encode())
+                h.update(f.get_tensor(k).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _after(progress, n0: int):
+    """Progress events counted from ``n0`` (the scoring stage appends to BLD's journal)."""
+    return lambda: max(0, progress() - n0)
+
+
+# ---- kill and resume -------------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_bld_killed_at_random_points_resumes_to_the_same_library(parent_dir, tmp_path, reliability):
+    ref = _new_run(tmp_path / "ref")
+    work = run_to_end(_bld_cmd(parent_dir, ref), journal_lines(ref / "journal.jsonl"))
+    run = _new_run(tmp_path / "killed")
+    info = kill_and_resume(_bld_cmd(parent_dir, run), journal_lines(run / "journal.jsonl"), work, kills=KILLS, seed=101)
+    assert len(info["kill_points"]) >= KILLS, info
+    assert _digest(run) == _digest(ref)
+    counts = check_no_half_files(run)
+    assert counts["safetensors"] >= 1 and counts["json"] >= 1
+    reliability("faults", f"BLD (`puzzlekit build-library`) SIGKILLed at {KILLS} random points, re-run: library and "
+                          "block weights bit-identical to an uninterrupted run, no half-written file", KILLS)
+
+
+@pytest.mark.slow
+def test_scoring_killed_at_random_points_resumes_to_the_same_scores(parent_dir, tmp_path, reliability):
+    built = _new_run(tmp_path / "built")
+    run_to_end(_bld_cmd(parent_dir, built), journal_lines(built / "journal.jsonl"))
+
+    def cmd(run: Path) -> list[str]:
+        return [python(), "-m", "puzzlekit", "score", "--run", str(run), "--parent", str(parent_dir),
+                "--eval-sequences", "8", "--batch-size", "2", "--no-progress", "--json"]
+
+    ref, run = tmp_path / "ref", tmp_path / "killed"
+    shutil.copytree(built, ref)
+    shutil.copytree(built, run)
+    n0 = journal_lines(run / "journal.jsonl")()
+    work = run_to_end(cmd(ref), _after(journal_lines(ref / "journal.jsonl"), n0))
+    info = kill_and_resume(cmd(run), _after(journal_lines(run / "journal.jsonl"), n0), work, kills=KILLS, seed=202)
+    assert len(info["kill_points"]) >= KILLS, info
+    a, b = pk.BlockLibrary.load(ref / "library.json"), pk.BlockLibrary.load(run / "library.json")
+    assert "kl_div" in a.metric_names()
+    assert [c.metrics for c in a.candidates] == [c.metrics for c in b.candidates]
+    check_no_half_files(run)
+    reliability("faults", f"replace-1-block scoring (`puzzlekit score`) SIGKILLed at {KILLS} random points, re-run: "
+                          "every score equal to an uninterrupted run, no half-written file", KILLS)
+
+
+@pytest.mark.slow
+def test_gkd_killed_at_random_points_resumes_to_the_same_weights(tmp_path, reliability):
+    from _rel_kill import HERE
+    from safetensors.torch import load_file
+
+    def cmd(out: Path) -> list[str]:
+        return [python(), str(HERE / "_rel_worker.py"), "gkd", str(out)]
+
+    ref, run = tmp_path / "ref", tmp_path / "killed"
+    work = run_to_end(cmd(ref), checkpoint_step(ref / "checkpoints" / "latest.json"))
+    info = kill_and_resume(cmd(run), checkpoint_step(run / "checkpoints" / "latest.json"), work, kills=KILLS, seed=303)
+    assert len(info["kill_points"]) >= KILLS, info
+    a, b = load_file(str(ref / "final.safetensors")), load_file(str(run / "final.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    sa = json.loads((ref / "checkpoints" / "step_00000024" / "state.json").read_text())
+    sb = json.loads((run / "checkpoints" / "step_00000024" / "state.json").read_text())
+    assert [h["loss"] for h in sa["history"]] == [h["loss"] for h in sb["history"]]
+    counts = check_no_half_files(run)
+    assert not [p for p in (run / "checkpoints").iterdir() if p.name.startswith(".")]
+    assert counts["safetensors"] >= 2
+    reliability("faults", f"GKD (distill, checkpoint every step) SIGKILLed at {KILLS} random points, re-run: final "
+                          "weights and loss history bit-identical, no half-written checkpoint", KILLS)
+
+
+# ---- journal ---------------------------------------------------------------------------------
+
+def test_torn_journal_line_does_not_swallow_the_next_record(tmp_path, reliability):
+    from puzzlekit.rundir import Journal, State
+
+    j = Journal(tmp_path / "journal.jsonl")
+    j.set_state("unit", "a", State.COMPLETE)
+    with open(j.path, "a") as f:  # a kill in the middle of an append
+        f.write('{"item": "b", "kind": "unit", "sta')
+    j.set_state("unit", "c", State.COMPLETE)
+    assert set(j.states("unit")) == {"a", "c"}
+    reliability("faults", "journal line torn by a kill, then appended to: the next record is kept", 1)
+
+
+# ---- full disk and read-only run directory during BLD / scoring ------------------------------
+
+def _sh(*cmd) -> bool:
+    return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+def _bld_in_process(parent, run: Path):
+    from puzzlekit.bld import BLDConfig, default_search_space, run_bld
+    from puzzlekit.data import TokenData
+
+    spec = parent.config.parent_spec
+    cfg = BLDConfig(tokens=16 * 4 * 6, batch_size=4, lr=2e-3, checkpoint_every=2)
+    return run_bld(parent, TokenData.load(run / "tokens.npz"), run,
+                   default_search_space(spec, ffn_fractions=(0.5,)), cfg, progress=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    d = tmp_path / "disk"
+    d.mkdir()
+    if not _sh("mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(d)):
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield d
+    _sh("umount", str(d))
+
+
+def test_bld_on_a_full_disk_fails_clearly_and_resumes_after_space_is_freed(parent_dir, small_disk, tmp_path,
+                                                                           reliability):
+    from puzzlekit.model import load_parent
+    from puzzlekit.rundir import Journal
+
+    parent = load_parent(parent_dir)
+    ref = _new_run(tmp_path / "ref")
+    _bld_in_process(parent, ref)
+    run = small_disk / "run"
+    _new_run(run)
+    with pytest.raises(PuzzlekitError, match=r"(space|disk)") as ei:
+        _bld_in_process(parent, run)
+    assert str(run) in str(ei.value) or "run" in str(ei.value)
+    done_before = {k for k, r in Journal(run / "journal.jsonl").states("bld_unit").items()
+                   if r.get("state") == "COMPLETE"} if (run / "journal.jsonl").exists() else set()
+    files_before = {p.name: p.read_bytes() for p in (run / "blocks").rglob("*.safetensors")} \
+        if (run / "blocks").exists() else {}
+    assert _sh("mount", "-o", "remount,size=8m", str(small_disk))
+    for name, data in files_before.items():  # nothing finished was lost or rewritten
+        assert next((run / "blocks").rglob(name)).read_bytes() == data
+    _bld_in_process(parent, run)
+    assert _digest(run) == _digest(ref)
+    check_no_half_files(run)
+    reliability("faults", f"full disk during BLD (96 KiB tmpfs): {type(ei.value).__name__} naming the problem; after "
+                          f"freeing space the same call resumes ({len(done_before)} finished units kept) to the "
+                          "uninterrupted result", 1)
+
+
+@pytest.fixture
+def immutable(tmp_path):
+    made = []
+
+    def make(p: Path) -> bool:
+        ok = _sh("chattr", "+i", str(p))
+        if ok:
+            made.append(p)
+        return ok
+
+    yield make
+    for p in made:
+        _sh("chattr", "-i", str(p))
+
+
+def test_scoring_in_a_read_only_run_directory_fails_clearly_and_keeps_the_library(parent_dir, tmp_path, immutable,
+                                                                                  reliability):
+    from puzzlekit.cli import main
+
+    run = _new_run(tmp_path / "run")
+    from puzzlekit.model import load_parent
+
+    _bld_in_process(load_parent(parent_dir), run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    if not (immutable(run) and immutable(run / "journal.jsonl")):
+        pytest.skip("chattr +i is not supported here")
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(["score", "--run", str(run), "--parent", str(parent_dir), "--eval-sequences", "4", "--no-progress"])
+    msg = err.getvalue()
+    assert rc == 2, msg
+    assert msg.count("\n") == 1 and "Traceback" not in msg and str(run) in msg, msg
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing lost or half-written
+    _sh("chattr", "-i", str(run / "journal.jsonl"))
+    _sh("chattr", "-i", str(run))
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["score", "--run", str(run), "--parent", str(parent_dir), "--eval-sequences", "4",
+                     "--no-progress"]) == 0
+    assert "kl_div" in pk.BlockLibrary.load(run / "library.json").metric_names()
+    reliability("faults", "read-only run directory during scoring (chattr +i): exit 2, one line naming the folder, "
+                          "library and journal untouched; scores once writable", 1)
+
+
+def test_bld_in_a_read_only_run_directory_fails_clearly(parent_dir, tmp_path, immutable, reliability):
+    from puzzlekit.cli import main
+
+    run = _new_run(tmp_path / "run")
+    if not immutable(run):
+        pytest.skip("chattr +i is not supported here")
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        rc = main(_bld_cmd(parent_dir, run)[3:])
+    msg = err.getvalue()
+    assert rc == 2 and msg.count("\n") == 1 and str(run) in msg, msg
+    assert sorted(p.name for p in run.iterdir()) == ["tokens.npz"]
+    reliability("faults", "read-only run directory for BLD (chattr +i): exit 2, one line naming the folder", 1)
