@@ -56,6 +56,8 @@ def puzzle_config_from_hf(source: str | os.PathLike | Mapping[str, Any], **hf_kw
         kw["sliding_window"] = d["sliding_window"]
     for k in ("torch_dtype", "dtype"):
         if isinstance(d.get(k), str):
+            if not isinstance(getattr(torch, d[k], None) if d[k] else None, torch.dtype):
+                raise ConfigError(f"config.json: {k}={d[k]!r} is not a torch dtype; use e.g. 'bfloat16' or 'float32'")
             kw["dtype"] = d[k]
     kw.update(hf_kwargs)
     return PuzzleConfig.from_architecture(arch, **kw)
