@@ -528,6 +528,12 @@ class _Runner:
                     self._save_ckpt(ckpt_path, pending)
                 last_ckpt = time.monotonic()
         bar.close()
+        if start < self.total:
+            secs = time.perf_counter() - t0
+            logger.info("BLD group %d/%d: %d steps of %d units in %.2fs (%.0f tokens/s per unit)", gi + 1, ng,
+                        self.total - start, len(live), secs, tokens / max(secs, 1e-9),
+                        extra={"bld_loop": {"steps": self.total - start, "units": len(live), "seconds": secs,
+                                            "tokens": tokens}})
         for j in jobs:
             nmse = self._eval(j, eval_acts)
             rel = self._save_final(j)

@@ -84,41 +84,64 @@ def candidate_layer(parent: Any, library: BlockLibrary, index: int) -> Any:
     return layer.eval().requires_grad_(False)
 
 
+#: Tokens per chunk when comparing next-token distributions: the vocab-sized temporaries of a chunk
+#: stay in cache, and no (batch, seq, vocab) tensor is materialised for a candidate.
+CHUNK_TOKENS = 256
+
+
 class _Ref:
-    """The parent's pass over one batch: every layer input, log-probs, final hidden state."""
+    """The parent's pass over one batch: every layer input, and (flattened over tokens) the parent's
+    log-probs, probabilities, top-1 token and the per-token sums every candidate is compared with."""
 
     def __init__(self, parent: Any, ids: torch.Tensor):
         inner = parent.model
         x = inner.embed_tokens(ids)
-        pos = torch.arange(ids.shape[1])[None]
+        pos = torch.arange(ids.shape[1], device=ids.device)[None]
         self.pe = inner.rotary_emb(x, pos)
         self.inputs = []
         for layer in inner.layers:
             self.inputs.append(x)
             x = layer(x, self.pe)
-        self.hidden = inner.norm(x)
-        self.logp = F.log_softmax(parent.lm_head(self.hidden).float(), -1)
-        self.top1 = self.logp.argmax(-1)
         self.ids = ids
+        B, T = ids.shape
+        self.hidden = inner.norm(x).reshape(B * T, -1)
+        self.logp = torch.cat([F.log_softmax(parent.lm_head(self.hidden[c:c + CHUNK_TOKENS]).float(), -1)
+                               for c in range(0, B * T, CHUNK_TOKENS)])
+        self.p = self.logp.exp()
+        self.top1 = self.logp.argmax(-1)
+        tgt = torch.full((B, T), -1, dtype=torch.long, device=ids.device)
+        tgt[:, :-1] = ids[:, 1:]
+        self.tgt = tgt.reshape(-1)
+        self.n_ce = float(B * (T - 1))
+        valid = self.tgt >= 0
+        self.ce_sum = float(-self.logp[valid].gather(-1, self.tgt[valid, None]).double().sum())
+
+    def parent_metrics(self) -> dict[str, float]:
+        """The parent compared with itself (a candidate identical to the parent layer)."""
+        n = float(self.tgt.numel())
+        return {"kl_div": 0.0, "lm_loss": self.ce_sum, "cosine_dist": 0.0, "top1_agree": n, "top5_agree": n,
+                "_n": n, "_n_ce": self.n_ce}
 
 
-def _head(parent: Any, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    h = parent.model.norm(x)
-    return h, F.log_softmax(parent.lm_head(h).float(), -1)
-
-
-def _compare(ref: _Ref, hidden: torch.Tensor, logp: torch.Tensor) -> dict[str, float]:
-    """Sums over tokens (divided by the token count by the caller)."""
-    p = ref.logp.exp()
-    kl = (p * (ref.logp - logp)).sum(-1).clamp_min(0)
-    tgt = ref.ids[:, 1:]
-    ce = -logp[:, :-1].gather(-1, tgt[..., None]).squeeze(-1)
+def _compare(parent: Any, ref: _Ref, x: torch.Tensor) -> dict[str, float]:
+    """Sums over tokens (divided by the token count by the caller) of the metrics of the child whose last
+    layer output is ``x``, against the parent's pass ``ref``; the head runs in chunks of tokens."""
+    hidden = parent.model.norm(x).reshape(ref.hidden.shape)
+    kl = ce = top1 = top5 = 0.0
+    for c in range(0, hidden.shape[0], CHUNK_TOKENS):
+        sl = slice(c, c + CHUNK_TOKENS)
+        logq = F.log_softmax(parent.lm_head(hidden[sl]).float(), -1)
+        kl += float(((ref.logp[sl] - logq) * ref.p[sl]).sum(-1).clamp_min(0).double().sum())
+        t1 = ref.top1[sl, None]
+        at = logq.gather(-1, t1)
+        top1 += float((logq.argmax(-1) == ref.top1[sl]).sum())
+        top5 += float(((logq > at).sum(-1) < 5).sum())  # fewer than 5 tokens the child prefers to the parent's
+        tgt = ref.tgt[sl]
+        ok = tgt >= 0
+        ce += float(-logq[ok].gather(-1, tgt[ok, None]).double().sum())
     cos = (1 - F.cosine_similarity(hidden.float(), ref.hidden.float(), dim=-1)).clamp_min(0)
-    top5 = logp.topk(5, -1).indices
-    return {"kl_div": float(kl.double().sum()), "lm_loss": float(ce.double().sum()),
-            "cosine_dist": float(cos.double().sum()), "top1_agree": float((logp.argmax(-1) == ref.top1).sum()),
-            "top5_agree": float((top5 == ref.top1[..., None]).any(-1).sum()), "_n": float(kl.numel()),
-            "_n_ce": float(ce.numel())}
+    return {"kl_div": kl, "lm_loss": ce, "cosine_dist": float(cos.double().sum()), "top1_agree": top1,
+            "top5_agree": top5, "_n": float(hidden.shape[0]), "_n_ce": ref.n_ce}
 
 
 def _finish(acc: dict[str, float]) -> dict[str, float]:
@@ -149,6 +172,7 @@ def score_library(
     eval_sequences: int = 32,
     batch_size: int = 8,
     prefix_reuse: bool = True,
+    suffix_batch: int = 8,
     progress: bool = True,
     save: bool = True,
 ) -> BlockLibrary:
@@ -156,8 +180,12 @@ def score_library(
 
     With ``run_dir`` each candidate's result is journaled (kind ``score``) and a re-run skips
     finished ones; the library document is saved (atomically) after each layer when
-    ``save`` and the library has a folder.  ``prefix_reuse=False`` runs the whole model per
-    candidate (the naive baseline the benchmark compares against; same numbers).
+    ``save`` and the library has a folder.  With ``prefix_reuse`` (default) each batch's layer
+    inputs come from one parent pass and up to ``suffix_batch`` candidates of a layer run stacked
+    through the parent's later layers; ``prefix_reuse=False`` runs the whole child per candidate
+    (the naive baseline the benchmark compares against; same numbers up to float rounding).
+    A candidate identical to the parent layer gets the parent's own numbers without a pass.
+    ``top5_agree``: fewer than 5 tokens are more likely under the child than the parent's top-1.
     """
     from tqdm.auto import tqdm
 
@@ -185,23 +213,33 @@ def score_library(
     by_layer: dict[int, list[int]] = {}
     for i in pending:
         by_layer.setdefault(library.candidates[i].first, []).append(i)
+    L = len(layers)
     for li in sorted(by_layer):
-        for ci in by_layer[li]:
-            layer = candidate_layer(parent, library, ci)
-            acc: dict[str, float] = {}
-            for ref in refs:
-                if prefix_reuse:
-                    x = layer(ref.inputs[li], ref.pe)
-                else:
-                    x = parent.model.embed_tokens(ref.ids)
-                    for j in range(li):
+        cands = [(ci, candidate_layer(parent, library, ci)) for ci in by_layer[li]]
+        accs: dict[int, dict[str, float]] = {ci: {} for ci, _ in cands}
+        same = {ci for ci, m in cands if _is_parent_layer(m, layers[li])}  # = the parent: no pass needed
+        others = [(ci, m) for ci, m in cands if ci not in same]
+        step = max(1, int(suffix_batch))
+        for ref in refs:
+            for ci in same:
+                _add(accs[ci], ref.parent_metrics())
+            B = ref.ids.shape[0]
+            if prefix_reuse:  # the candidates of layer li, stacked, through the parent's layers li+1..
+                for g in range(0, len(others), step):
+                    grp = others[g:g + step]
+                    x = torch.cat([m(ref.inputs[li], ref.pe) for _, m in grp])
+                    for j in range(li + 1, L):
                         x = layers[j](x, ref.pe)
-                    x = layer(x, ref.pe)
-                for j in range(li + 1, len(layers)):
-                    x = layers[j](x, ref.pe)
-                hidden, logp = _head(parent, x)
-                _add(acc, _compare(ref, hidden, logp))
-            metrics = _finish(acc)
+                    for k, (ci, _) in enumerate(grp):
+                        _add(accs[ci], _compare(parent, ref, x[k * B:(k + 1) * B]))
+            else:  # naive: the whole child, one candidate at a time
+                for ci, m in others:
+                    x = parent.model.embed_tokens(ref.ids)
+                    for j in range(L):
+                        x = (m if j == li else layers[j])(x, ref.pe)
+                    _add(accs[ci], _compare(parent, ref, x))
+        for ci, _ in cands:
+            metrics = _finish(accs[ci])
             library.candidates[ci].metrics.update(metrics)
             if run is not None:
                 run.journal.set_state(KIND, _item(library, ci), State.COMPLETE, metrics=metrics)
@@ -213,6 +251,16 @@ def score_library(
     if save and library.root is not None and (Path(library.root) / "library.json").exists():
         library.save(Path(library.root) / "library.json")
     return library
+
+
+def _is_parent_layer(layer: Any, player: Any) -> bool:
+    """Whether ``layer`` computes exactly what the parent layer does (same block, same tensors)."""
+    if layer is player:
+        return True
+    if getattr(layer, "block", None) != player.block:
+        return False
+    a, b = layer.state_dict(), player.state_dict()
+    return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
 
 
 def _item(library: BlockLibrary, i: int) -> str:
@@ -241,8 +289,7 @@ def score_architectures(parent: Any, library: BlockLibrary, choices: Sequence[Se
             x = parent.model.embed_tokens(ref.ids)
             for m in mods:
                 x = m(x, ref.pe)
-            hidden, logp = _head(parent, x)
-            _add(acc, _compare(ref, hidden, logp))
+            _add(acc, _compare(parent, ref, x))
         out.append(_finish(acc))
     return out
 
