@@ -51,11 +51,12 @@ def write_report(run: str | os.PathLike, *, cfg: Any, teacher: dict, tokens: dic
     h100 = prof.get("h100_scenario")
     child_rep = {
         "val_loss": pc["val_loss"], "kl_to_teacher": pc["kl_to_teacher"],
-        "measured_speedup": child["measured"]["speedup"], "predicted_speedup": srch["predicted_speedup"],
+        "measured_speedup": child["measured"]["speedup"], "predicted_speedup": child["predicted_speedup"],
         "num_params": pc["num_params"], "kl_to_teacher_before_healing": pc["kl_before"],
-        "predicted_kl_sum": srch["kl_sum"], "tokens_per_s": tokens_per_run / child["measured"]["model_ms"] * 1e3,
+        "predicted_kl_sum": child["kl_sum"], "requested_speedup": child["requested_speedup"],
+        "search_attempts": child.get("attempts"), "tokens_per_s": tokens_per_run / child["measured"]["model_ms"] * 1e3,
         "architecture": pc["blocks"], "fusion": child["fusion"],
-        "h100_fp8_predicted_speedup": _h100_speedup(library, h100, None, srch["blocks"]) if h100 else None,
+        "h100_fp8_predicted_speedup": _h100_speedup(library, h100, None, child["blocks"]) if h100 else None,
     }
     blist = []
     for name, b in base["baselines"].items():
@@ -85,7 +86,7 @@ def write_report(run: str | os.PathLike, *, cfg: Any, teacher: dict, tokens: dic
         "checks": checks,
         "scenario": sc.to_dict(),
         "search": {"budget_ms": srch["budget_ms"], "parent_predicted_ms": srch["parent_predicted_ms"],
-                   "predicted_ms": srch["predicted_ms"], "solver": srch["solver"], "pareto_points": len(srch["front"])},
+                   "predicted_ms": child["predicted_ms"], "solver": srch["solver"], "pareto_points": len(srch["front"])},
         "profile": {"non_block_ms": prof["non_block_ms"], "subblocks": prof["subblocks"],
                     # additivity: the parent as the sum of its measured blocks vs measured whole
                     "parent_predicted_ms": srch["parent_predicted_ms"], "parent_measured_ms": parent_ms},
@@ -95,7 +96,7 @@ def write_report(run: str | os.PathLike, *, cfg: Any, teacher: dict, tokens: dic
         "total_seconds": total_seconds,
         "session_seconds": session_seconds,
     }
-    report["plots"] = _plots(run, report, srch, library, prof)
+    report["plots"] = _plots(run, report, srch, child, library, prof)
     atomic_write_json(run / "report.json", report)
     with atomic_path(run / "report.md", suffix=".md") as tmp:
         Path(tmp).write_text(render_markdown(report), encoding="utf-8")
@@ -148,7 +149,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plots(run: Path, report: dict[str, Any], srch: dict, library: Any, prof: dict) -> dict[str, str]:
+def _plots(run: Path, report: dict[str, Any], srch: dict, child: dict, library: Any, prof: dict) -> dict[str, str]:
     try:
         import matplotlib
 
@@ -167,8 +168,8 @@ def _plots(run: Path, report: dict[str, Any], srch: dict, library: Any, prof: di
     ax.step([p["runtime_ms"] for p in front], [p["kl_sum"] for p in front], where="post", color="C0",
             label="Pareto front (exact)")
     ax.scatter([p["runtime_ms"] for p in front], [p["kl_sum"] for p in front], s=10, color="C0")
-    ax.scatter([srch["predicted_ms"]], [srch["kl_sum"]], s=80, marker="*", color="C3", zorder=5,
-               label=f"chosen ({srch['predicted_speedup']:.2f}x predicted)")
+    ax.scatter([child["predicted_ms"]], [child["kl_sum"]], s=80, marker="*", color="C3", zorder=5,
+               label=f"chosen ({child['predicted_speedup']:.2f}x predicted)")
     kl = library.metric_vector("kl_div")
     for i, b in enumerate(report["baselines"]):
         keys = b["architecture"]
@@ -180,7 +181,8 @@ def _plots(run: Path, report: dict[str, Any], srch: dict, library: Any, prof: di
             continue
         rt = parent_ms / b["predicted_speedup"]
         ax.scatter([rt], [float(sum(kl[j] for j in idx))], marker="o", s=30, color=f"C{i + 4}", label=b["name"])
-    ax.axvline(srch["budget_ms"], color="gray", ls="--", lw=1, label="runtime budget")
+    ax.axvline(srch["parent_predicted_ms"] / child["requested_speedup"], color="gray", ls="--", lw=1,
+               label="runtime budget")
     ax.set_xlabel(f"predicted runtime (ms, measured blocks + {nb:.1f} ms non-block)")
     ax.set_ylabel("predicted KL (sum of replace-1-block KL)")
     pos = [p["kl_sum"] for p in front if p["kl_sum"] > 0]
