@@ -82,3 +82,44 @@ def test_multi_replacement_validation(built):
     v = validate_additivity(parent, lib, data, n=8, seed=1, eval_sequences=4)
     assert len(v["predicted"]) == 8 and v["spearman"] is not None and v["spearman"] > 0.5
     assert spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+
+
+def test_metrics_match_a_direct_computation_and_stacking(built):
+    """The chunked metrics equal the textbook formulas on whole tensors, and stacking candidates through
+    the suffix (suffix_batch) does not change them."""
+    import torch.nn.functional as F
+
+    from puzzlekit.library import BlockLibrary
+    from puzzlekit.scoring import candidate_layer, score_library
+
+    parent, data, _, run = built
+    lib = BlockLibrary.load(run / "library.json")
+    kw = dict(eval_sequences=5, batch_size=3, progress=False, save=False)
+    a = score_library(parent, BlockLibrary.load(run / "library.json"), data, **kw)
+    b = score_library(parent, BlockLibrary.load(run / "library.json"), data, suffix_batch=1, **kw)
+    for ca, cb in zip(a.candidates, b.candidates):
+        for m in ca.metrics:
+            assert ca.metrics[m] == pytest.approx(cb.metrics[m], rel=1e-5, abs=1e-6)
+    ids = torch.from_numpy(data.heldout[:5])
+    with torch.no_grad():
+        ref = parent(input_ids=ids).logits.float()
+        for ci in (3, len(lib) - 5):  # a layer-0 and a layer-1 candidate
+            c = lib.candidates[ci]
+            m = candidate_layer(parent, lib, ci)
+            inner = parent.model
+            x = inner.embed_tokens(ids)
+            pe = inner.rotary_emb(x, torch.arange(ids.shape[1])[None])
+            for j, layer in enumerate(inner.layers):
+                x = (m if j == c.first else layer)(x, pe)
+            h = inner.norm(x)
+            logits = parent.lm_head(h).float()
+            lp, lq = F.log_softmax(ref, -1), F.log_softmax(logits, -1)
+            kl = F.kl_div(lq, lp, log_target=True, reduction="none").sum(-1).mean()
+            ce = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
+            top1 = (logits.argmax(-1) == ref.argmax(-1)).float().mean()
+            top5 = (logits.topk(5, -1).indices == ref.argmax(-1)[..., None]).any(-1).float().mean()
+            got = a.candidates[ci].metrics
+            assert got["kl_div"] == pytest.approx(float(kl), rel=1e-4, abs=1e-6), c.block.key
+            assert got["lm_loss"] == pytest.approx(float(ce), rel=1e-5)
+            assert got["top1_agree"] == pytest.approx(float(top1))
+            assert got["top5_agree"] == pytest.approx(float(top5))
