@@ -2,7 +2,8 @@
 
 One file per backend; the registry order is the preference order::
 
-    highs          HiGHS through highspy's matrix API (the default)
+    puzzlekit-exact  exact Lagrangian-pruned DP, HiGHS when it gives up (the default)
+    highs          HiGHS through highspy's matrix API
     pyomo-highs    a Pyomo model solved by HiGHS
     ortools-cpsat  OR-Tools CP-SAT on an integer-scaled problem
     ortools-scip   SCIP through OR-Tools' linear solver wrapper
@@ -35,9 +36,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SOLVER = "highs"
+DEFAULT_SOLVER = "puzzlekit-exact"
 
 _BUILTIN: dict[str, str] = {
+    "puzzlekit-exact": "puzzlekit.solvers.exact:ExactBackend",
     "highs": "puzzlekit.solvers.highs:HighsBackend",
     "pyomo-highs": "puzzlekit.solvers.pyomo_highs:PyomoHighsBackend",
     "ortools-cpsat": "puzzlekit.solvers.ortools_cpsat:CpSatBackend",

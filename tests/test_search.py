@@ -139,7 +139,9 @@ def test_time_limit_returns_incumbent(solver):
     costs = r.uniform(1, 100, (n, 3))
     obj = -(costs.sum(1) + r.normal(0, 20, n))
     p = Problem(L, first, first, obj, costs, upper=costs.mean(0) * L * 0.8)
-    s = search(p, solver=solver, time_limit=0.3, presolve=solver == "ortools-cpsat")
+    # with presolve the front end holds an incumbent, so a backend stopped before its own first solution
+    # (SCIP on a loaded machine) still yields a verified FEASIBLE answer
+    s = search(p, solver=solver, time_limit=0.3)
     assert s.status in (Status.OPTIMAL, Status.FEASIBLE) and not p.violations(p.origin_to_local(s.candidates))
     if s.status is Status.FEASIBLE:
         assert s.gap is not None and s.gap >= 0
@@ -153,7 +155,7 @@ def test_sweep_and_pareto(nvlabs_library):
     ref = search(nvlabs_library, "kl_div", {"memory_mib": vals[3]}, solver="highs")
     assert abs(objs[3] - ref.objective) < 1e-6
     r2 = sweep(nvlabs_library, "kl_div", "memory_mib", vals[:3], {"runtime_ms": 40000})
-    assert r2.points[0][1].solver == "highs"
+    assert r2.points[0][1].solver in ("puzzlekit-exact", "highs")  # two budgets: the default backend
     p = Problem(3, [0, 0, 1, 1, 2, 2], [0, 0, 1, 1, 2, 2], [0, 1, 0, 2, 0, 4.0], [[4], [1], [4], [2], [4], [1]])
     front = pareto_front(p, cost="cost0", high=12)
     assert [(f.costs["cost0"], f.objective) for f in front] == [(12, 0), (9, 1), (7, 3), (6, 5), (4, 7)]

@@ -160,7 +160,7 @@ def solve_problem(
         bound = lb
     elif status is Status.OPTIMAL:
         bound = lb if math.isfinite(lb) else None
-    return problem.make_solution(chosen, status, solver=backend.name, seconds=seconds, bound=bound,
+    return problem.make_solution(chosen, status, solver=raw.solver or backend.name, seconds=seconds, bound=bound,
                                  message=raw.message, info=info)
 
 

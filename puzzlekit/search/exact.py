@@ -1,0 +1,349 @@
+"""An exact specialised solver for the general case: any number of ``<=`` rows (budgets, lower
+bounds as negated rows, diversity cuts), spanning candidates included.
+
+Lagrangian-pruned dynamic programme over layer positions
+----------------------------------------------------------
+A *state* at position ``p`` is a partial cover of layers ``0..p-1``: its row
+activities ``u`` (one per ``G x <= h`` row) and its objective ``o`` (minimisation
+form).  Moving from ``p`` to ``q`` adds a candidate covering ``p..q-1``.  A state
+is dropped when
+
+* it cannot be completed within some row: ``u_k + minrest_k[q] > h_k`` (suffix
+  minima of each row, i.e. least-cost covers of the remaining layers);
+* its bound exceeds the target ``T``: ``o + max_t (B_t[q] - λ_t · (h - u)) > T``,
+  where ``B_t[q]`` is the least ``c + λ_t G`` weight of a cover of the remaining
+  layers (a Lagrangian bound on the rest given the residual budgets ``h - u``;
+  ``λ_0 = 0`` gives the plain objective bound).  The multipliers are the LP duals
+  of the rows (the cover polytope is integral, so their bound is the LP bound)
+  and the best multiplier of each row alone;
+* another state at the same position has the same activities (to 1e-12
+  relative) and an objective no larger.
+
+Every state that can still lead to an architecture of objective ``<= T`` is
+kept, so the best complete state is the optimum whenever it is ``<= T``.  ``T``
+is the objective of an incumbent found by the same programme with a beam (only
+the ``beam`` best states by bound are kept per position), so the proof run
+explores only what any proof must.  Budgets are met to the same relative
+tolerance (1e-9) as the float re-verification.  When the states exceed
+``max_states`` (or the deadline passes) the programme gives up and says so:
+callers then fall back to a MIP backend.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .presolve import Paths, _improve, _lp_duals, lagrangian_1d
+from .problem import Problem
+
+__all__ = ["ExactResult", "solve_exact", "multipliers"]
+
+
+@dataclass
+class ExactResult:
+    """Outcome of :func:`solve_exact` (minimisation form; indices into the problem given)."""
+
+    status: str  # "optimal", "infeasible" or "gave_up"
+    chosen: np.ndarray | None = None
+    value: float = math.inf
+    lower_bound: float = -math.inf
+    incumbent: np.ndarray | None = None  # best feasible seen (also when it gave up)
+    incumbent_value: float = math.inf
+    states: int = 0
+    seconds: float = 0.0
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class _GaveUp(Exception):
+    pass
+
+
+def multipliers(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths) -> tuple[list[np.ndarray], float]:
+    """Multiplier vectors for the bounds (LP duals first) and the best Lagrangian bound among them."""
+    c = problem.c
+    m = G.shape[0]
+    lams: list[np.ndarray] = []
+    if m == 0:
+        return lams, paths.best(c)[0]
+    tol = 1e-9 * np.maximum(1.0, np.abs(h))
+    if m == 1:
+        lb, l1, _ = lagrangian_1d(paths, c, G[0], float(h[0]), float(tol[0]))
+        return [np.array([l1])], lb
+    lp = _lp_duals(problem, G, h)
+    if lp is not None:
+        lams.append(lp)
+    for r in range(m):
+        if not np.any(G[r]):
+            continue
+        _, l1, _ = lagrangian_1d(paths, c, G[r], float(h[r]), float(tol[r]), iters=40)
+        if l1 > 0:
+            v = np.zeros(m)
+            v[r] = l1
+            lams.append(v)
+    lb = paths.best(c)[0]
+    for lam in lams:
+        lb = max(lb, paths.best(c + lam @ G)[0] - float(lam @ h))
+    return lams, lb
+
+
+def _count_table(problem: Problem, w: np.ndarray, a: np.ndarray, R: int) -> np.ndarray:
+    """``T[q, k]``: least ``w`` weight of a cover of layers ``q..L-1`` whose integer row ``a`` totals at most ``k``.
+
+    An exact resource-constrained suffix table (``k = 0..R``); ``inf`` where no such cover exists.
+    """
+    L = problem.num_layers
+    T = np.full((L + 1, R + 1), np.inf)
+    T[L, :] = 0.0
+    order = np.argsort(problem.first, kind="stable")
+    starts = np.searchsorted(problem.first[order], np.arange(L + 1))
+    for q in range(L - 1, -1, -1):
+        row = T[q]
+        for j in order[starts[q]:starts[q + 1]]:
+            aj = int(a[j])
+            if aj > R:
+                continue
+            nxt = T[int(problem.last[j]) + 1]
+            cand = w[j] + nxt[: R + 1 - aj]
+            np.minimum(row[aj:], cand, out=row[aj:])
+    return T
+
+
+def _pareto_on_row(keys: np.ndarray, Ob: np.ndarray, r: int, idx: np.ndarray) -> np.ndarray:
+    """Drop states dominated within their group of equal activities on every row but ``r``.
+
+    Within a group, sorted by row ``r`` then objective, a state survives only if
+    its objective is strictly below every earlier one (a segmented running
+    minimum, computed on integer ranks with groups laid out in decreasing bands).
+    """
+    others = np.delete(keys, r, axis=1)
+    o = np.lexsort((Ob, keys[:, r], *others.T[::-1]))
+    if others.shape[1]:
+        so = others[o]
+        g = np.cumsum(np.r_[True, np.any(so[1:] != so[:-1], axis=1)]) - 1
+    else:
+        g = np.zeros(o.size, dtype=np.int64)
+    rank = np.unique(Ob, return_inverse=True)[1].reshape(-1)[o].astype(np.int64)
+    n = o.size
+    val = (int(g[-1]) - g) * (n + 1) + rank
+    run = np.minimum.accumulate(val)
+    keep = np.r_[True, val[1:] < run[:-1]]
+    return idx[np.sort(o[keep])]
+
+
+def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: list[tuple[np.ndarray, np.ndarray]],
+         minrest: np.ndarray, target: float, beam: int | None, max_states: int,
+         deadline: float | None, counts: list[tuple[np.ndarray, float, int, int, np.ndarray]] = (),
+         ) -> tuple[np.ndarray | None, float, int]:
+    """One pass of the programme; returns ``(chosen, value, states kept)``; raises _GaveUp."""
+    L, m = problem.num_layers, G.shape[0]
+    c = problem.c
+    Gt = np.ascontiguousarray(G.T)  # n x m
+    tolh = 1e-9 * np.maximum(1.0, np.abs(h))
+    tol = 1e-9 * (1.0 + (abs(target) if math.isfinite(target) else 0.0))
+    lam_mat = np.array([lam for lam, _ in bounds]) if bounds else np.zeros((0, m))  # t x m
+    lam_h = lam_mat @ h if bounds else np.zeros(0)
+    bw = np.array([b for _, b in bounds]) if bounds else np.zeros((0, L + 1))  # t x (L+1)
+    key_scale = 1e-12 * np.maximum(1.0, np.abs(h)) if m else np.ones(0)
+    order = np.argsort(problem.first * (L + 1) + problem.last, kind="stable")
+    starts = np.searchsorted(problem.first[order], np.arange(L + 1))
+    single = problem.single_layer
+    pend: list[list[tuple[np.ndarray, ...]]] = [[] for _ in range(L + 1)]
+    back: list[tuple[np.ndarray, np.ndarray] | None] = [None] * (L + 1)
+    U = np.zeros((1, m))
+    Ob = np.zeros(1)
+    back[0] = (np.array([-1]), np.array([-1]))
+    total = 1
+    for p in range(L + 1):
+        if p > 0:
+            if not pend[p]:
+                continue
+            if len(pend[p]) == 1:
+                U, Ob, pi, cj = pend[p][0]
+            else:
+                U, Ob, pi, cj = (np.concatenate([a[k] for a in pend[p]]) for k in range(4))
+            pend[p] = []
+            # merge equal activities (keep the least objective)
+            if m:
+                keys = np.round(U / key_scale)
+                o = np.lexsort((Ob, *keys.T[::-1]))
+                ks = keys[o]
+                new = np.r_[True, np.any(ks[1:] != ks[:-1], axis=1)]
+                o = o[new]
+            else:
+                o = np.array([int(np.argmin(Ob))])
+            if m and o.size > 128:
+                for r in ((m - 1, m - 2) if m > 1 else (0,)):
+                    o = _pareto_on_row(keys[o], Ob[o], r, o)
+            if beam is not None and o.size > beam:
+                bnd = Ob[o] + np.max(bw[:, p][:, None] - lam_h[:, None] + lam_mat @ U[o].T, axis=0)
+                o = o[np.argpartition(bnd, beam)[:beam]]
+            U, Ob = U[o], Ob[o]
+            back[p] = (pi[o], cj[o])
+            total += o.size
+            if total > max_states:
+                raise _GaveUp(f"more than {max_states} states")
+        if p == L:
+            break
+        if deadline is not None and time.perf_counter() > deadline:
+            raise _GaveUp("time limit")
+        J = order[starts[p]:starts[p + 1]]
+        if J.size == 0 or Ob.size == 0:
+            continue
+        ends = [p + 1] if single else np.unique(problem.last[J] + 1)
+        for q in ends:
+            Jq = J if single else J[problem.last[J] + 1 == q]
+            # activities and objectives of every (state, candidate) pair, pruned
+            NO = Ob[:, None] + c[Jq][None, :]  # s x j
+            ok = np.ones(NO.shape, dtype=bool)
+            if m:
+                NU = U[:, None, :] + Gt[Jq][None, :, :]  # s x j x m
+                ok &= np.all(NU + minrest[:, q] <= h + tolh, axis=2)
+            if math.isfinite(target):
+                # the plain objective bound (t = 0) and the Lagrangian bounds on the rest
+                bnd = NO + bw[0, q]
+                for t in range(1, lam_mat.shape[0]):
+                    bnd = np.maximum(bnd, NO + (bw[t, q] - lam_h[t]) + NU @ lam_mat[t])
+                for lam, lh, r, R, T in counts:
+                    left = R - np.rint(NU[:, :, r]).astype(np.int64)  # >= 0: rows were checked above
+                    rest = T[q][np.minimum(left, R)]
+                    bnd = np.maximum(bnd, NO + rest - lh + NU @ lam)
+                ok &= bnd <= target + tol
+            si, jj = np.nonzero(ok)
+            if si.size == 0:
+                continue
+            pend[q].append((NU[si, jj] if m else np.zeros((si.size, 0)), NO[si, jj], si, Jq[jj]))
+    if back[L] is None or Ob.size == 0:
+        return None, math.inf, total
+    i = int(np.argmin(Ob))
+    val = float(Ob[i])
+    chosen = []
+    q = L
+    while q > 0:
+        pi, cj = back[q]
+        j = int(cj[i])
+        chosen.append(j)
+        i = int(pi[i])
+        q = int(problem.first[j])
+    chosen.reverse()
+    return np.array(chosen, dtype=np.int64), val, total
+
+
+
+def solve_exact(
+    problem: Problem,
+    *,
+    incumbent: np.ndarray | None = None,
+    beam: int = 300,
+    max_states: int = 4_000_000,
+    time_limit: float | None = None,
+) -> ExactResult:
+    """The proven optimum of ``problem`` by the Lagrangian-pruned programme (see the module docstring).
+
+    ``incumbent`` (indices into ``problem``) seeds the target.  Returns status
+    ``"optimal"``, ``"infeasible"`` (proven: no state reaches the last layer) or
+    ``"gave_up"`` (too many states, or ``time_limit`` seconds passed), with the
+    best feasible architecture seen and the Lagrangian lower bound.
+    """
+    t0 = time.perf_counter()
+    deadline = None if time_limit is None else t0 + time_limit
+    res = ExactResult("gave_up")
+    G, h = problem.le_rows()
+    m = G.shape[0]
+    L = problem.num_layers
+    c = problem.c
+    paths = Paths(problem)
+    tolh = 1e-9 * np.maximum(1.0, np.abs(h))
+    minrest = np.array([paths.backward(G[r]) for r in range(m)]) if m else np.zeros((0, L + 1))
+    if m and np.any(minrest[:, 0] > h + tolh):
+        res.status, res.seconds = "infeasible", time.perf_counter() - t0
+        res.info["reason"] = "a row cannot be met by any cover"
+        return res
+    lams, lb = multipliers(problem, G, h, paths)
+    res.lower_bound = lb
+    bounds = [(np.zeros(m), paths.backward(c))] + [(lam, paths.backward(c + lam @ G)) for lam in lams]
+    counts = []
+    for r in range(m):
+        g = G[r]
+        R = math.floor(h[r] + tolh[r])
+        if not (np.all(g >= 0) and np.all(g == np.round(g)) and 0 <= R <= 8 * L and np.any(g)):
+            continue
+        for lam in [np.zeros(m), *lams]:
+            lam = lam.copy()
+            lam[r] = 0.0
+            T = _count_table(problem, c + lam @ G, g, R)
+            counts.append((lam, float(lam @ h), r, R, T))
+    res.info["count_tables"] = len(counts)
+    ub, x_inc = math.inf, None
+
+    def consider(x: np.ndarray | None) -> None:
+        nonlocal ub, x_inc
+        if x is None:
+            return
+        x = _improve(problem, G, h, np.asarray(x, dtype=np.int64), tolh) if m else np.asarray(x, dtype=np.int64)
+        if problem.violations(x):
+            return
+        v = float(c[x].sum())
+        if v < ub:
+            ub, x_inc = v, x
+
+    if incumbent is not None:
+        consider(np.asarray(incumbent, dtype=np.int64))
+    # a cheap incumbent from the Lagrangian covers
+    for lam in lams:
+        for s in (1.0, 1.01, 1.1, 1.5, 3.0):
+            x = paths.best(c + (s * lam) @ G)[1]
+            if not m or np.all(G[:, x].sum(axis=1) <= h + tolh):
+                consider(x)
+                break
+    res.info["multipliers"] = len(lams)
+    try:
+        # a beam pass: a good incumbent quickly (not a proof)
+        width = beam
+        for _ in range(3):
+            t1 = time.perf_counter()
+            x, v, n = _run(problem, G, h, paths, bounds, minrest, ub, width, max_states, deadline, counts)
+            res.states += n
+            consider(x)
+            res.info.setdefault("beam_seconds", 0.0)
+            res.info["beam_seconds"] += time.perf_counter() - t1
+            if x_inc is not None:
+                break
+            width *= 8
+        res.incumbent, res.incumbent_value = x_inc, ub
+        # the proof: every state that can still reach the target; targets rise from the bound to the incumbent,
+        # and the first run that finds an architecture within its target has found the optimum
+        x = None
+        if math.isfinite(ub) and math.isfinite(lb) and ub > lb:
+            targets = [lb + (ub - lb) / 8, ub]
+        else:
+            targets = [ub]
+        for target in targets:
+            x, v, n = _run(problem, G, h, paths, bounds, minrest, target, None, max_states, deadline, counts)
+            res.states += n
+            res.info["targets_tried"] = res.info.get("targets_tried", 0) + 1
+            if x is not None and v <= target + 1e-9 * (1.0 + abs(target)):
+                break
+    except _GaveUp as e:
+        res.incumbent, res.incumbent_value = x_inc, ub
+        res.info["reason"] = str(e)
+        res.seconds = time.perf_counter() - t0
+        return res
+    if x is not None and v <= ub:
+        res.chosen, res.value = x, v
+    elif x_inc is not None:
+        res.chosen, res.value = x_inc, ub
+    if res.chosen is None:
+        res.status = "infeasible"
+        res.info["reason"] = "no partial cover reaches the last layer within every row"
+    else:
+        if problem.violations(res.chosen):  # the programme's tolerance is the verification's; never expected
+            raise RuntimeError("exact programme produced an infeasible cover")
+        res.status = "optimal"
+        res.incumbent, res.incumbent_value = res.chosen, res.value
+    res.seconds = time.perf_counter() - t0
+    return res
