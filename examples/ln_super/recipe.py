@@ -46,6 +46,7 @@ class Config:
     throughput_speedup: float = 0.0
     latency_speedup: float = 0.0
     fuse_ffns: bool = False
+    fusion_max_group: int = 0
     bld_tokens: float = 1e9
     gkd_tokens: float = 4e10
     cpt_tokens: float = 0.0
@@ -178,11 +179,11 @@ def dry_run(cfg: Config, root: Path) -> dict[str, Any]:
     if cfg.fuse_ffns:
         from puzzlekit.fusion import find_ffn_runs, fused_architecture, make_plan
 
-        plan = make_plan(child_arch, leave_last=True)
+        plan = make_plan(child_arch, leave_last=True, max_group=cfg.fusion_max_group or None)
         final_arch = fused_architecture(child_arch, plan)
         fc = architecture_cost(final_arch, sc, sc.hardware, kv_tokens=cfg.kv_tokens)
-        fusion = {"ffn_runs": [list(r.layers) if hasattr(r, "layers") else r for r in find_ffn_runs(child_arch)],
-                  "groups": [list(g) for g in plan.groups],
+        fusion = {"ffn_runs": [str(r) for r in find_ffn_runs(child_arch)],
+                  "fused_ffns": sum(len(g) for g in plan.groups), "groups": [list(g) for g in plan.groups],
                   "runtime_ms": fc.runtime_ms, "speedup_vs_parent": pc.runtime_ms / fc.runtime_ms,
                   "sequential_subblocks": fc.sequential_subblocks}
         cc_final = fc
@@ -208,15 +209,15 @@ def dry_run(cfg: Config, root: Path) -> dict[str, Any]:
                    "analytic_runtime_ms": pc.runtime_ms, "kv_bytes_per_token": pc.kv_bytes_per_token,
                    "memory_gib": pc.memory_bytes / 2**30},
         "search": {"objective": cfg.objective, "value": sol.objective, "costs": sol.costs, "solver": sol.solver,
-                   "status": sol.status.name, "solve_s": sol.solve_seconds,
+                   "status": sol.status.name, "gap": sol.gap, "solve_s": sol.solve_seconds,
                    "library_parent_runtime_ms": ref},
         "child": {"params": child_params, "params_ratio": child_params / parent_params,
                   "attention_layers": sum(1 for b in child_arch.blocks if not b.attention.no_op),
                   "attention_free_runs": child_arch.attention_free_runs(),
                   "analytic_runtime_ms": cc.runtime_ms, "analytic_speedup": pc.runtime_ms / cc.runtime_ms,
-                  "kv_bytes_per_token": cc.kv_bytes_per_token, "memory_gib": cc_final.memory_bytes / 2**30,
-                  "weight_gib": cc_final.weight_bytes / 2**30, "fits": bool(cc_final.memory_bytes <= cfg.memory_gib * 2**30 *
-                                                              cfg.num_gpus)},
+                  "kv_bytes_per_token": cc.kv_bytes_per_token,
+                  "memory_gib": cc_final.memory_bytes / 2**30,  # per GPU when tensor parallel
+                  "weight_gib": cc_final.weight_bytes / 2**30, "fits": bool(cc_final.memory_bytes <= cfg.memory_gib * 2**30 * cfg.num_gpus / sc.tp)},
         "fusion": fusion,
         "would_train": plan_train,
         "wall_s": time.perf_counter() - t0,
@@ -247,14 +248,15 @@ def summary(r: dict[str, Any]) -> str:
     c, p, s = r["child"], r["parent"], r["search"]
     lines = [f"{r['name']} (dry run) — library: {r['library']}",
              f"parent: {p['num_layers']} layers, {p['params'] / 1e9:.1f}B params",
-             f"search ({s['solver']}, {s['solve_s']:.2f} s): {s['objective']} = {s['value']:.4f}, costs "
+             f"search ({s['solver']}, {s['status']}, gap {s['gap'] or 0:.2%}, {s['solve_s']:.2f} s): {s['objective']} = {s['value']:.4f}, costs "
              + ", ".join(f"{k} {v:,.1f}" for k, v in s["costs"].items()),
              f"child: {c['params'] / 1e9:.1f}B params ({c['params_ratio']:.2f}x), {c['attention_layers']} attention "
              f"layers, analytic speedup {c['analytic_speedup']:.2f}x, memory {c['memory_gib']:.1f} GiB "
              f"(fits {r['num_gpus']} GPU(s): {c['fits']})"]
     if r["fusion"]:
         f = r["fusion"]
-        lines.append(f"FFN fusion: {len(f['groups'])} groups, analytic speedup {f['speedup_vs_parent']:.2f}x")
+        lines.append(f"FFN fusion: {f['fused_ffns']} FFNs in {len(f['groups'])} groups, analytic speedup "
+                     f"{f['speedup_vs_parent']:.2f}x")
     w = r["would_train"]
     lines.append(f"would train: BLD {w['bld']['trainings']} candidates x {w['bld']['tokens_each']:.0e} tokens; "
                  f"GKD {w['gkd']['tokens']:.0e} tokens" + (f"; CPT {w['cpt']['tokens']:.0e}" if w["cpt"] else "")
