@@ -10,7 +10,9 @@ Call sequence (:func:`run_bld`)::
     for each group, for each step:
         one parent pass (no grad) captures, per layer of the group, its input ``x``, the
         attention output ``h = x + attn(x)`` and the layer output ``y = h + ffn(h)``
-        every unit of the group takes one AdamW step on normalized MSE against ``y``
+        every unit of the group takes one AdamW step (fused) on normalized MSE against ``y``;
+        its forward is :mod:`puzzlekit.bld.step` (norm folded into the first projections,
+        parameter-free RMS inputs and the loss denominator shared by the layer's units)
     save each unit's weights (safetensors, atomic) and journal it COMPLETE
     rank 0 composes the library (``run/library.json``, weights under ``run/blocks/``)
 
@@ -21,9 +23,10 @@ Loss: ``MSE(out, y) / MSE(0, y)`` on the layer output (FACTS.md), where ``out`` 
 Determinism and resumption: a unit's whole computation depends only on its own
 initial weights (seeded from ``(seed, unit id)``), the batch of each step (a pure
 function of ``(seed, step)``, see :func:`puzzlekit.data.batch_indices`) and its own
-optimiser; the learning rate is a pure function of the step.  Units checkpoint
-their weights and optimiser state every ``checkpoint_every`` steps (safetensors,
-atomic), so a run killed at any point and started again with the same command
+optimiser; the learning rate is a pure function of the step.  Every
+``checkpoint_every`` steps the units of a layer group checkpoint their weights and
+optimiser states together (one safetensors file, atomic, under ``bld/ckpt/``), so
+a run killed at any point and started again with the same command
 ends with bit-identical weights and metrics; so does a run sharded over any
 number of processes.
 """
