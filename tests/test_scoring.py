@@ -123,3 +123,16 @@ def test_metrics_match_a_direct_computation_and_stacking(built):
             assert got["lm_loss"] == pytest.approx(float(ce), rel=1e-5)
             assert got["top1_agree"] == pytest.approx(float(top1))
             assert got["top5_agree"] == pytest.approx(float(top5))
+
+
+def test_large_vocab_path_recomputes_probabilities_per_chunk(built, monkeypatch):
+    """Above KEEP_PROBS_BYTES the parent's probabilities are not stored; the numbers do not change."""
+    from puzzlekit.library import BlockLibrary
+    from puzzlekit.scoring import replace1, score_library
+
+    parent, data, _, run = built
+    kw = dict(eval_sequences=4, progress=False, save=False)
+    a = score_library(parent, BlockLibrary.load(run / "library.json"), data, **kw)
+    monkeypatch.setattr(replace1, "KEEP_PROBS_BYTES", 0)
+    b = score_library(parent, BlockLibrary.load(run / "library.json"), data, **kw)
+    assert [c.metrics for c in a.candidates] == [c.metrics for c in b.candidates]

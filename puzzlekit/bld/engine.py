@@ -526,9 +526,9 @@ class _Runner:
                     post["mean"] = f"{sum(j.recent[-1] for j in live if j.recent) / len(live):.4f}"
                 bar.set_postfix(post, refresh=False)
             if (step + 1) % cfg.checkpoint_every == 0 or time.monotonic() - last_ckpt > 120:
-                pending = [j for j in live if j.step < self.total]
-                if pending:
-                    self._save_ckpt(ckpt_path, pending)
+                # every unit of the group, finished ones too: a kill before they are journaled then
+                # resumes them at their last step instead of retraining them
+                self._save_ckpt(ckpt_path, live)
                 last_ckpt = time.monotonic()
         bar.close()
         if start < self.total:

@@ -87,6 +87,8 @@ def candidate_layer(parent: Any, library: BlockLibrary, index: int) -> Any:
 #: Tokens per chunk when comparing next-token distributions: the vocab-sized temporaries of a chunk
 #: stay in cache, and no (batch, seq, vocab) tensor is materialised for a candidate.
 CHUNK_TOKENS = 256
+#: The parent's probabilities of a batch are kept (not recomputed per candidate) up to this size.
+KEEP_PROBS_BYTES = 256 * 2**20
 
 
 class _Ref:
@@ -107,7 +109,8 @@ class _Ref:
         self.hidden = inner.norm(x).reshape(B * T, -1)
         self.logp = torch.cat([F.log_softmax(parent.lm_head(self.hidden[c:c + CHUNK_TOKENS]).float(), -1)
                                for c in range(0, B * T, CHUNK_TOKENS)])
-        self.p = self.logp.exp()
+        # probabilities kept when small; otherwise each chunk exponentiates its (cache-resident) slice
+        self.p = self.logp.exp() if self.logp.numel() * 4 <= KEEP_PROBS_BYTES else None
         self.top1 = self.logp.argmax(-1)
         tgt = torch.full((B, T), -1, dtype=torch.long, device=ids.device)
         tgt[:, :-1] = ids[:, 1:]
@@ -131,7 +134,8 @@ def _compare(parent: Any, ref: _Ref, x: torch.Tensor) -> dict[str, float]:
     for c in range(0, hidden.shape[0], CHUNK_TOKENS):
         sl = slice(c, c + CHUNK_TOKENS)
         logq = F.log_softmax(parent.lm_head(hidden[sl]).float(), -1)
-        kl += float(((ref.logp[sl] - logq) * ref.p[sl]).sum(-1).clamp_min(0).double().sum())
+        p = ref.p[sl] if ref.p is not None else ref.logp[sl].exp()
+        kl += float(((ref.logp[sl] - logq) * p).sum(-1).clamp_min(0).double().sum())
         t1 = ref.top1[sl, None]
         at = logq.gather(-1, t1)
         top1 += float((logq.argmax(-1) == ref.top1[sl]).sum())
