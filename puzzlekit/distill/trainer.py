@@ -23,6 +23,7 @@ one device, under DDP and under FSDP (launch with ``accelerate launch
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
@@ -118,9 +119,15 @@ def _rows_for(step: int, micro: int, cfg: DistillConfig, n_rows: int, rank: int,
     idx = []
     for g in range(start, start + cfg.batch_size):
         epoch, off = divmod(g, n_rows)
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-        idx.append(int(torch.randperm(n_rows, generator=gen)[off]) if n_rows > 1 else 0)
+        idx.append(int(_epoch_order(cfg.seed, epoch, n_rows)[off]))
     return torch.tensor(idx, dtype=torch.long)
+
+
+@functools.lru_cache(maxsize=2)
+def _epoch_order(seed: int, epoch: int, n_rows: int) -> torch.Tensor:
+    """The row order of one epoch (seeded; cached: a batch needs at most two epochs)."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n_rows, generator=gen)
 
 
 def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
