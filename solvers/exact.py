@@ -7,7 +7,7 @@ programme gives up (more than ``max_states`` states, or its share of the time
 limit is spent) the problem goes to HiGHS with the programme's incumbent as a
 warm start, and the returned :class:`~puzzlekit.search.Solution` names
 ``highs`` as its solver (``info["fallback"]`` says why).  ``extra`` options:
-``max_states`` (default 1,500,000), ``beam`` (default 300).
+``max_states`` (default 3,000,000), ``beam`` (default 300).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class ExactBackend(Backend):
 
         t0 = time.perf_counter()
         extra = dict(options.extra)
-        max_states = int(extra.pop("max_states", 1_500_000))
+        max_states = int(extra.pop("max_states", 3_000_000))
         beam = int(extra.pop("beam", 300))
         share = None if options.time_limit is None else 0.5 * options.time_limit
         if options.mip_gap == 0.0:

@@ -113,6 +113,54 @@ def _count_table(problem: Problem, w: np.ndarray, a: np.ndarray, R: int) -> np.n
     return T
 
 
+def _resource_tables(problem: Problem, G: np.ndarray, h: np.ndarray, tolh: np.ndarray,
+                     lams: list[np.ndarray], buckets: int = 16384,
+                     scales: tuple[float, ...] = (0.7, 1.0, 1.4)) -> list[tuple]:
+    """Per row ``r``: a suffix table treating row ``r`` exactly (up to buckets) and the others by multipliers.
+
+    Row ``r`` is shifted per layer to be non-negative (every exact cover pays
+    the same total shift ``S[L]``), divided into buckets of width ``delta`` and
+    rounded *down*, so any completion feasible for the row is feasible in the
+    table: ``T[q, k]`` (least ``c + λ G`` weight, ``λ_r = 0``, of a cover of
+    ``q..L-1`` using at most ``k`` buckets) is a valid bound.  Rows with small
+    non-negative integer coefficients (diversity cuts) get ``delta = 1``:
+    exact.
+    """
+    L, m = problem.num_layers, G.shape[0]
+    if m < 2:
+        return []  # one row: the Lagrangian bound of that row is as good, and cheaper
+    c = problem.c
+    span = problem.span.astype(float)
+    out = []
+    lam_sets = [lams[0] * f for f in scales] if lams else [np.zeros(m)]
+    for r in range(m):
+        g = G[r]
+        if not np.any(g):
+            continue
+        need = np.maximum(0.0, -g) / span  # per-layer shift making every candidate's shifted cost >= 0
+        s_layer = np.zeros(L)
+        np.maximum.at(s_layer, problem.first, need) if problem.single_layer else None
+        if not problem.single_layer:
+            for j in np.flatnonzero(need > 0):
+                seg = slice(int(problem.first[j]), int(problem.last[j]) + 1)
+                s_layer[seg] = np.maximum(s_layer[seg], need[j])
+        S = np.concatenate([[0.0], np.cumsum(s_layer)])
+        gs = g + (S[problem.last + 1] - S[problem.first])
+        Hs = float(h[r] + tolh[r] + S[L])
+        if Hs <= 0:
+            continue
+        integral = np.all(gs == np.round(gs)) and Hs <= 8 * L
+        delta = 1.0 if integral else Hs / buckets
+        a = np.floor(gs / delta + (0.0 if integral else -1e-7)).clip(0).astype(np.int64)
+        R = int(math.floor(Hs / delta + 1e-6))
+        for lam in (np.zeros(m), *lam_sets) if integral else lam_sets:
+            lam = lam.copy()
+            lam[r] = 0.0
+            T = _count_table(problem, c + lam @ G, a, R)
+            out.append((lam, float(lam @ h), r, delta, S, Hs, R, T))
+    return out
+
+
 def _pareto_on_row(keys: np.ndarray, Ob: np.ndarray, r: int, idx: np.ndarray) -> np.ndarray:
     """Drop states dominated within their group of equal activities on every row but ``r``.
 
@@ -137,7 +185,7 @@ def _pareto_on_row(keys: np.ndarray, Ob: np.ndarray, r: int, idx: np.ndarray) ->
 
 def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: list[tuple[np.ndarray, np.ndarray]],
          minrest: np.ndarray, target: float, beam: int | None, max_states: int,
-         deadline: float | None, counts: list[tuple[np.ndarray, float, int, int, np.ndarray]] = (),
+         deadline: float | None, counts: list[tuple] = (),
          ) -> tuple[np.ndarray | None, float, int]:
     """One pass of the programme; returns ``(chosen, value, states kept)``; raises _GaveUp."""
     L, m = problem.num_layers, G.shape[0]
@@ -208,9 +256,10 @@ def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: l
                 bnd = NO + bw[0, q]
                 for t in range(1, lam_mat.shape[0]):
                     bnd = np.maximum(bnd, NO + (bw[t, q] - lam_h[t]) + NU @ lam_mat[t])
-                for lam, lh, r, R, T in counts:
-                    left = R - np.rint(NU[:, :, r]).astype(np.int64)  # >= 0: rows were checked above
-                    rest = T[q][np.minimum(left, R)]
+                for lam, lh, r, delta, S, Hs, R, T in counts:
+                    # bucket of the residual (rounded up: the table is non-increasing, so still a bound)
+                    left = np.floor((Hs - S[q] - NU[:, :, r]) / delta + 1e-6).astype(np.int64)
+                    rest = T[q][np.clip(left, 0, R)]  # left < 0 only where ok is already False
                     bnd = np.maximum(bnd, NO + rest - lh + NU @ lam)
                 ok &= bnd <= target + tol
             si, jj = np.nonzero(ok)
@@ -266,18 +315,8 @@ def solve_exact(
     lams, lb = multipliers(problem, G, h, paths)
     res.lower_bound = lb
     bounds = [(np.zeros(m), paths.backward(c))] + [(lam, paths.backward(c + lam @ G)) for lam in lams]
-    counts = []
-    for r in range(m):
-        g = G[r]
-        R = math.floor(h[r] + tolh[r])
-        if not (np.all(g >= 0) and np.all(g == np.round(g)) and 0 <= R <= 8 * L and np.any(g)):
-            continue
-        for lam in [np.zeros(m), *lams]:
-            lam = lam.copy()
-            lam[r] = 0.0
-            T = _count_table(problem, c + lam @ G, g, R)
-            counts.append((lam, float(lam @ h), r, R, T))
-    res.info["count_tables"] = len(counts)
+    counts = _resource_tables(problem, G, h, tolh, lams)
+    res.info["resource_tables"] = len(counts)
     ub, x_inc = math.inf, None
 
     def consider(x: np.ndarray | None) -> None:
