@@ -2,7 +2,7 @@
 
 Trains a model with two long attention-free FFN runs on a structured synthetic
 language (a random Markov chain; order 2 needs attention to predict) for a
-minute or two on CPU, measures the dependency matrix on calibration sequences,
+few minutes on CPU, measures the dependency matrix on calibration sequences,
 then for several budgets (sequential FFN steps saved) fuses
 
 * the groups :func:`make_plan` picks from the dependency matrix, and
@@ -36,8 +36,9 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=64)
     ap.add_argument("--intermediate", type=int, default=128)
     ap.add_argument("--vocab", type=int, default=64)
-    ap.add_argument("--order", type=int, default=2, choices=[1, 2])
-    ap.add_argument("--steps", type=int, default=300, help="training steps")
+    ap.add_argument("--order", type=int, default=1, choices=[1, 2], help="Markov order (2 needs attention and much longer training)")
+    ap.add_argument("--steps", type=int, default=150, help="training steps")
+    ap.add_argument("--lr", type=float, default=1e-2, help="peak learning rate")
     ap.add_argument("--draws", type=int, default=8, help="random plans per budget")
     ap.add_argument("--budgets", default="2,4,6,8,10", help="sequential FFN steps saved")
     ap.add_argument("--threads", type=int, default=2)
@@ -56,7 +57,7 @@ def main() -> None:
     calib = markov_data(32, 32, args.vocab, seed=args.seed + 1, order=args.order)
     heldout = markov_data(64, 32, args.vocab, seed=args.seed + 2, order=args.order)
     t0 = time.perf_counter()
-    model = train_toy_model(arch, train, steps=args.steps, batch_size=32, lr=3e-3, seed=args.seed)
+    model = train_toy_model(arch, train, steps=args.steps, batch_size=32, lr=args.lr, seed=args.seed)
     with torch.no_grad():
         loss = model(input_ids=heldout, labels=heldout).loss.item()
     train_s = time.perf_counter() - t0
