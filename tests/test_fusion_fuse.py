@@ -216,3 +216,25 @@ def test_dependency_plan_beats_random_plans(trained):
     assert row["steps_saved"] == 3
     assert row["kl_dependency"] < row["kl_random_mean"]
     assert plan_kl(model, FusionPlan([]), heldout) == 0.0
+
+
+def test_cli_text_data_and_auto_plan(tmp_path, capsys):
+    """--data as text, tokenised with the model folder's tokenizer; --plan auto with a threshold."""
+    from puzzlekit.cli import main
+    from puzzlekit.demo.teacher import train_tokenizer
+
+    text = " ".join(f"the cat {w} sat on the mat {w}" for w in ("red", "blue", "green", "old", "new")) * 20
+    src = tmp_path / "model"
+    m = _model("AFFFA", vocab_size=320)
+    m.save_pretrained(src)
+    train_tokenizer([text], 300, src)
+    (tmp_path / "corpus.txt").write_text(text)
+    rc = main(["fuse", str(src), "--data", str(tmp_path / "corpus.txt"), "--seq-len", "16", "--plan", "auto",
+               "--threshold", "1.0", "-o", str(tmp_path / "out")])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "run 0-3 (4 FFNs)" in out and "saved to" in out
+    report = json.loads((tmp_path / "out" / "fusion_report.json").read_text())
+    assert report["plan"]["groups"] == [[0, 1, 2, 3]] and report["changes"][0]["rel_error"] <= 1e-5
+    assert (tmp_path / "out" / "tokenizer.json").exists()
+    assert main(["fuse", str(src), "--plan-only", "--threshold", "0.1"]) == 2  # needs --data on a model
