@@ -17,8 +17,9 @@ Both are the same engine on the same batches (same seed, steps, evaluation, init
 saving), so the ratio measures the parent passes saved.  The headline is the training loop's
 throughput (parent passes + candidate steps, timed by the engine); the whole-run ratio, which also
 counts each run's fixed setup (held-out pass, initialisation, evaluation, saving), is printed too.
-Rounds alternate the two orders; the ratio of each round and their median are printed (the
-machine is shared: compare within a run).
+Rounds alternate the two orders; the ratio of each round and their median are printed, in wall
+time and in this process's CPU time (1 thread: the CPU-time ratio is the one other jobs on a shared
+machine disturb least).
 """
 
 from __future__ import annotations
@@ -84,46 +85,49 @@ def throughput(args) -> None:
     print(f"[bld] 8 candidates per layer: {', '.join(a.short() for a in att)} (attention); "
           f"{', '.join(f.short() for f in ffn)} (FFN)")
     singles = [SearchSpace((a,), (pb.ffn,)) for a in att] + [SearchSpace((pb.attention,), (f,)) for f in ffn]
-    loops: list[float] = []  # training-loop seconds reported by the engine (parent passes + unit steps)
+    loops: list[tuple[float, float]] = []  # training-loop (wall, CPU) seconds reported by the engine
 
     class Loop(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             if hasattr(record, "bld_loop"):
-                loops.append(record.bld_loop["seconds"])
+                loops.append((record.bld_loop["seconds"], record.bld_loop["cpu_seconds"]))
 
     log = logging.getLogger("puzzlekit.bld.engine")
     log.addHandler(Loop())
     log.setLevel(logging.INFO)
     log.propagate = False
-    loop_ratios, run_ratios = [], []
+    loop_ratios, cpu_ratios, run_ratios = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            def shared(r: int = r) -> tuple[float, float]:
+            def shared(r: int = r) -> tuple[float, float, float]:
                 loops.clear()
                 t0 = time.perf_counter()
                 run_bld(parent, data, Path(tmp) / f"shared{r}", SearchSpace(att, ffn), cfg, progress=False)
-                return time.perf_counter() - t0, sum(loops)
+                return time.perf_counter() - t0, sum(w for w, _ in loops), sum(c for _, c in loops)
 
-            def separate(r: int = r) -> tuple[float, float]:
+            def separate(r: int = r) -> tuple[float, float, float]:
                 loops.clear()
                 t0 = time.perf_counter()
                 for k, sp in enumerate(singles):
                     run_bld(parent, data, Path(tmp) / f"sep{r}-{k}", sp, cfg, progress=False)
-                return time.perf_counter() - t0, sum(loops)
+                return time.perf_counter() - t0, sum(w for w, _ in loops), sum(c for _, c in loops)
 
             if r % 2 == 0:
-                (t_one, l_one), (t_sep, l_sep) = shared(), separate()
+                (t_one, l_one, c_one), (t_sep, l_sep, c_sep) = shared(), separate()
             else:
-                (t_sep, l_sep), (t_one, l_one) = separate(), shared()
+                (t_sep, l_sep, c_sep), (t_one, l_one, c_one) = separate(), shared()
             loop_ratios.append(l_sep / l_one)
+            cpu_ratios.append(c_sep / c_one)
             run_ratios.append(t_sep / t_one)
             tok = 8 * spec.num_hidden_layers * cfg.steps(seq) * args.batch_size * seq
             print(f"[bld] round {r + 1}: training loop: shared {l_one:.1f}s ({tok / l_one:,.0f} candidate-tokens/s), "
-                  f"8 separate {l_sep:.1f}s ({tok / l_sep:,.0f}) -> {l_sep / l_one:.2f}x; whole runs (with "
+                  f"8 separate {l_sep:.1f}s ({tok / l_sep:,.0f}) -> {l_sep / l_one:.2f}x (CPU time "
+                  f"{c_one:.1f}s vs {c_sep:.1f}s -> {c_sep / c_one:.2f}x); whole runs (with "
                   f"setup, evaluation, saving): {t_one:.1f}s vs {t_sep:.1f}s -> {t_sep / t_one:.2f}x")
     print(f"[bld] shared-pass training throughput / 8 separate passes: median {statistics.median(loop_ratios):.2f}x "
-          f"over {len(loop_ratios)} rounds ({', '.join(f'{x:.2f}' for x in loop_ratios)}); whole runs "
-          f"{statistics.median(run_ratios):.2f}x")
+          f"wall over {len(loop_ratios)} rounds ({', '.join(f'{x:.2f}' for x in loop_ratios)}), "
+          f"{statistics.median(cpu_ratios):.2f}x CPU time ({', '.join(f'{x:.2f}' for x in cpu_ratios)}); "
+          f"whole runs {statistics.median(run_ratios):.2f}x wall")
 
 
 def quality(args) -> None:
@@ -148,11 +152,11 @@ def quality(args) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         lib = run_bld(parent, data, Path(tmp) / "q", space, cfg, progress=False)
         res = unit_results(Path(tmp) / "q")
+        score_library(parent, lib, data, eval_sequences=16, progress=False, save=False)
     trained = {k: v for k, v in res.items() if "no_op" not in k and v["bld_nmse_init"] > 0}
     better = sum(v["bld_nmse"] < v["bld_nmse_init"] for v in trained.values())
     print(f"[bld] tiny teacher ({spec.num_hidden_layers} layers): NMSE below its initial value after "
           f"{cfg.steps(64)} steps: {better}/{len(trained)} pruned candidates")
-    score_library(parent, lib, data, eval_sequences=16, progress=False, save=False)
 
     def size(c):
         return attention_params(spec, c.block.attention) + ffn_params(spec, c.block.ffn)

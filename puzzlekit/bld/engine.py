@@ -492,7 +492,7 @@ class _Runner:
         start = min((j.step for j in live), default=self.total)
         bar = tqdm(total=self.total, initial=start, disable=not self.progress, unit="step",
                    desc=f"BLD {cfg.mode} group {gi + 1}/{ng} (layers {layers[0]}-{layers[-1]}, {len(live)} units)")
-        t0, tokens = time.perf_counter(), 0
+        t0, c0, tokens = time.perf_counter(), time.process_time(), 0
         last_ckpt = time.monotonic()
         players = self.parent.model.layers
         # the parent FFN that attention units run through, as constants (prepared once per group)
@@ -536,7 +536,7 @@ class _Runner:
             logger.info("BLD group %d/%d: %d steps of %d units in %.2fs (%.0f tokens/s per unit)", gi + 1, ng,
                         self.total - start, len(live), secs, tokens / max(secs, 1e-9),
                         extra={"bld_loop": {"steps": self.total - start, "units": len(live), "seconds": secs,
-                                            "tokens": tokens}})
+                                            "cpu_seconds": time.process_time() - c0, "tokens": tokens}})
         for j in jobs:
             nmse = self._eval(j, eval_acts)
             rel = self._save_final(j)
