@@ -3,7 +3,8 @@
 The model is passed in one call (``passModel`` with a column-wise matrix), so
 building it costs little more than copying the problem's arrays.  HiGHS'
 default relative gap (1e-4) is replaced by ``SolveOptions.mip_gap`` (0: a
-proven optimum) and its absolute gap (1e-6) kept.
+proven optimum) and its absolute gap (1e-6) by 1e-9, so an optimum is proven
+to 1e-9 in objective (what answers "equal to 1e-6" need).
 """
 
 from __future__ import annotations
@@ -95,6 +96,7 @@ class HighsBackend(Backend):
         h = new_highs()
         h.setOptionValue("output_flag", bool(options.verbose))
         h.setOptionValue("mip_rel_gap", float(options.mip_gap))
+        h.setOptionValue("mip_abs_gap", 1e-9)  # the default 1e-6 could stop short of "equal to 1e-6"
         if options.time_limit is not None:
             h.setOptionValue("time_limit", max(1e-3, float(options.time_limit)))
         for k, v in options.extra.items():

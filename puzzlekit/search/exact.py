@@ -183,6 +183,9 @@ def _pareto_on_row(keys: np.ndarray, Ob: np.ndarray, r: int, idx: np.ndarray) ->
     return idx[np.sort(o[keep])]
 
 
+_PAIRS = 1 << 20  # (state, candidate) pairs expanded at once
+
+
 def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: list[tuple[np.ndarray, np.ndarray]],
          minrest: np.ndarray, target: float, beam: int | None, max_states: int,
          deadline: float | None, counts: list[tuple] = (),
@@ -224,7 +227,7 @@ def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: l
                 o = o[new]
             else:
                 o = np.array([int(np.argmin(Ob))])
-            if m and o.size > 128:
+            if m and o.size > 128 and beam is None:  # (the beam pass is a heuristic: dedupe only)
                 for r in ((m - 1, m - 2) if m > 1 else (0,)):
                     o = _pareto_on_row(keys[o], Ob[o], r, o)
             if beam is not None and o.size > beam:
@@ -245,27 +248,32 @@ def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: l
         ends = [p + 1] if single else np.unique(problem.last[J] + 1)
         for q in ends:
             Jq = J if single else J[problem.last[J] + 1 == q]
-            # activities and objectives of every (state, candidate) pair, pruned
-            NO = Ob[:, None] + c[Jq][None, :]  # s x j
-            ok = np.ones(NO.shape, dtype=bool)
-            if m:
-                NU = U[:, None, :] + Gt[Jq][None, :, :]  # s x j x m
-                ok &= np.all(NU + minrest[:, q] <= h + tolh, axis=2)
-            if math.isfinite(target):
-                # the plain objective bound (t = 0) and the Lagrangian bounds on the rest
-                bnd = NO + bw[0, q]
-                for t in range(1, lam_mat.shape[0]):
-                    bnd = np.maximum(bnd, NO + (bw[t, q] - lam_h[t]) + NU @ lam_mat[t])
-                for lam, lh, r, delta, S, Hs, R, T in counts:
-                    # bucket of the residual (rounded up: the table is non-increasing, so still a bound)
-                    left = np.floor((Hs - S[q] - NU[:, :, r]) / delta + 1e-6).astype(np.int64)
-                    rest = T[q][np.clip(left, 0, R)]  # left < 0 only where ok is already False
-                    bnd = np.maximum(bnd, NO + rest - lh + NU @ lam)
-                ok &= bnd <= target + tol
-            si, jj = np.nonzero(ok)
-            if si.size == 0:
-                continue
-            pend[q].append((NU[si, jj] if m else np.zeros((si.size, 0)), NO[si, jj], si, Jq[jj]))
+            cJ, GJ = c[Jq], Gt[Jq]
+            chunk = max(1, _PAIRS // (Jq.size * max(1, m)))
+            for a0 in range(0, Ob.size, chunk):  # bounded memory: at most _PAIRS pairs at a time
+                a1 = min(Ob.size, a0 + chunk)
+                # every (state, candidate) pair, flat; each test keeps the survivors only
+                NO = (Ob[a0:a1, None] + cJ[None, :]).ravel()
+                idx = np.arange(NO.size)
+                NU = (U[a0:a1, None, :] + GJ[None, :, :]).reshape(-1, m)
+                if m:
+                    keep = np.all(NU + minrest[:, q] <= h + tolh, axis=1)
+                    idx, NO, NU = idx[keep], NO[keep], NU[keep]
+                if math.isfinite(target):
+                    lim = target + tol
+                    keep = NO + bw[0, q] <= lim  # the plain objective bound on the rest
+                    idx, NO, NU = idx[keep], NO[keep], NU[keep]
+                    for t in range(1, lam_mat.shape[0]):  # Lagrangian bounds on the rest
+                        keep = NO + (bw[t, q] - lam_h[t]) + NU @ lam_mat[t] <= lim
+                        idx, NO, NU = idx[keep], NO[keep], NU[keep]
+                    for lam, lh, r, delta, S, Hs, R, T in counts:  # resource tables
+                        # the residual's bucket, rounded up (the table is non-increasing: still a bound)
+                        left = np.floor((Hs - S[q] - NU[:, r]) / delta + 1e-6).astype(np.int64)
+                        keep = NO + T[q][np.clip(left, 0, R)] - lh + NU @ lam <= lim
+                        idx, NO, NU = idx[keep], NO[keep], NU[keep]
+                if idx.size:
+                    si, jj = np.divmod(idx, Jq.size)
+                    pend[q].append((NU, NO, si + a0, Jq[jj]))
     if back[L] is None or Ob.size == 0:
         return None, math.inf, total
     i = int(np.argmin(Ob))

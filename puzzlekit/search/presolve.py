@@ -132,8 +132,13 @@ def dominance_mask(problem: Problem, G: np.ndarray | None = None) -> np.ndarray:
             continue
         idx = order[a:b]
         X = V[idx]
-        le = np.all(X[:, None, :] <= X[None, :, :], axis=2)  # le[k, j]: k no worse than j everywhere
-        eq = np.all(X[:, None, :] == X[None, :, :], axis=2)
+        col = X[:, 0]
+        le = col[:, None] <= col[None, :]  # le[k, j]: k no worse than j everywhere
+        eq = col[:, None] == col[None, :]
+        for t in range(1, X.shape[1]):  # column by column: much faster than a reduction over a short axis
+            col = X[:, t]
+            le &= col[:, None] <= col[None, :]
+            eq &= col[:, None] == col[None, :]
         s = idx.size
         earlier = np.arange(s)[:, None] < np.arange(s)[None, :]
         dom = le & (~eq | earlier)
