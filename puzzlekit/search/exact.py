@@ -255,7 +255,7 @@ def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: l
                 # every (state, candidate) pair, flat; each test keeps the survivors only
                 NO = (Ob[a0:a1, None] + cJ[None, :]).ravel()
                 idx = np.arange(NO.size)
-                NU = (U[a0:a1, None, :] + GJ[None, :, :]).reshape(-1, m)
+                NU = (U[a0:a1, None, :] + GJ[None, :, :]).reshape(NO.size, m)
                 if m:
                     keep = np.all(NU + minrest[:, q] <= h + tolh, axis=1)
                     idx, NO, NU = idx[keep], NO[keep], NU[keep]
