@@ -114,7 +114,7 @@ def _count_table(problem: Problem, w: np.ndarray, a: np.ndarray, R: int) -> np.n
 
 
 def _resource_tables(problem: Problem, G: np.ndarray, h: np.ndarray, tolh: np.ndarray,
-                     lams: list[np.ndarray], buckets: int = 16384,
+                     lams: list[np.ndarray], buckets: int = 8192,
                      scales: tuple[float, ...] = (0.7, 1.0, 1.4)) -> list[tuple]:
     """Per row ``r``: a suffix table treating row ``r`` exactly (up to buckets) and the others by multipliers.
 
@@ -269,7 +269,9 @@ def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: l
                     for lam, lh, r, delta, S, Hs, R, T in counts:  # resource tables
                         # the residual's bucket, rounded up (the table is non-increasing: still a bound)
                         left = np.floor((Hs - S[q] - NU[:, r]) / delta + 1e-6).astype(np.int64)
-                        keep = NO + T[q][np.clip(left, 0, R)] - lh + NU @ lam <= lim
+                        np.minimum(left, R, out=left)
+                        np.maximum(left, 0, out=left)  # (np.clip costs far more per call)
+                        keep = NO + T[q][left] - lh + NU @ lam <= lim
                         idx, NO, NU = idx[keep], NO[keep], NU[keep]
                 if idx.size:
                     si, jj = np.divmod(idx, Jq.size)

@@ -18,6 +18,7 @@ every answer is turned into a :class:`~puzzlekit.search.Solution` by
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -49,6 +50,46 @@ def _f64(a: Any, shape: tuple[int, ...], what: str) -> np.ndarray:
     if arr.shape != shape:
         raise ConfigError(f"problem: {what} must have shape {shape}, got {arr.shape}")
     return arr
+
+
+_LIB_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _library_layout(library: Any) -> tuple[np.ndarray, np.ndarray, tuple[str, ...], np.ndarray, list[str]]:
+    """``first``, ``last``, block keys, index of each candidate's key in the unique keys, unique keys.
+
+    Cached per library while its candidates (and their blocks and spans) are the
+    same objects, so repeated searches on one library do not rebuild block keys.
+    """
+    cands = library.candidates
+    sig = [(c, c.block, c.first, c.last) for c in cands]
+    try:
+        hit = _LIB_CACHE.get(library)
+    except TypeError:  # an unhashable library: no cache
+        hit = None
+    if hit is not None and len(hit[0]) == len(sig) and all(
+            a[0] is b[0] and a[1] is b[1] and a[2] == b[2] and a[3] == b[3] for a, b in zip(hit[0], sig)):
+        return hit[1]
+    keys = tuple(c.block.key for c in cands)
+    uniq = list(dict.fromkeys(keys))
+    pos = {k: i for i, k in enumerate(uniq)}
+    out = (np.array([c.first for c in cands], dtype=np.int64), np.array([c.last for c in cands], dtype=np.int64),
+           keys, np.array([pos[k] for k in keys], dtype=np.int64), uniq)
+    try:
+        _LIB_CACHE[library] = (sig, out)
+    except TypeError:
+        pass
+    return out
+
+
+def _cost_columns(library: Any, names: Sequence[str], scenario: Any, inv: np.ndarray, uniq: list[str]) -> np.ndarray:
+    """``library.cost_matrix(names, scenario)``, read once per distinct block (its errors when anything is missing)."""
+    try:
+        table = library.costs.get(library.resolve_scenario(scenario), {})
+        rows = np.array([[float(table[k][n]) for n in names] for k in uniq], dtype=float)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return library.cost_matrix(names, scenario)
+    return rows[inv]
 
 
 @dataclass(frozen=True, eq=False)
@@ -172,9 +213,10 @@ class Problem:
         names = list(dict.fromkeys([*budgets, *extra_costs]))
         lib_names = [n for n in names if n not in extra_costs]
         obj = library.metric_vector(objective)
+        first, last, labels, inv, uniq = _library_layout(library)
         cols = []
         if lib_names:
-            cm = library.cost_matrix(lib_names, scenario)
+            cm = _cost_columns(library, lib_names, scenario, inv, uniq)
             lib_cols = {n: cm[:, i] for i, n in enumerate(lib_names)}
         else:
             lib_cols = {}
@@ -196,9 +238,6 @@ class Problem:
         unknown = set(constants or {}) - set(names)
         if unknown:
             raise ConfigError(f"constants given for {sorted(unknown)}, which are not budgets; budgets: {names}")
-        first = np.array([c.first for c in library.candidates], dtype=np.int64)
-        last = np.array([c.last for c in library.candidates], dtype=np.int64)
-        labels = tuple(c.block.key for c in library.candidates)
         p = cls(library.num_layers, first, last, obj, costs, tuple(names), lo, hi, const,
                 maximize=maximize, objective_name=objective, labels=labels)
         if allowed is not None:
