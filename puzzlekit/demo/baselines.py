@@ -30,6 +30,10 @@ from ..blocks import AttentionConfig, BlockConfig, FFNConfig
 from ..errors import PuzzlekitError
 from ..library import BlockLibrary
 
+#: Below this relative difference two measured speeds count as equal (the timer's resolution on a
+#: shared machine), when a baseline must be "at least as fast" as the child.
+RESOLUTION = 0.01
+
 __all__ = ["Recipe", "CostModel", "greedy_choices", "random_choices_at", "uniform_ffn_recipe",
            "drop_order", "drop_recipe", "match_speed"]
 
@@ -238,26 +242,37 @@ def drop_knob_for(spec: Any, order: Sequence[tuple[str, int]], cm: CostModel, ta
 
 def match_speed(make: Callable[[float], tuple[Recipe, float]], measure: Callable[[Recipe], float],
                 target_speedup: float, predicted_over_measured: float, *, tol: float = 0.05,
-                max_iters: int = 4) -> tuple[Recipe, float, list[dict[str, float]]]:
+                max_iters: int = 4, at_least: bool = False) -> tuple[Recipe, float, list[dict[str, float]]]:
     """Turn a baseline's knob until its measured speed-up is within ``tol`` of ``target_speedup``.
 
     ``make(predicted_speedup)`` returns the recipe whose predicted speed-up best meets the
     requested one (and that prediction); ``measure(recipe)`` its measured speed-up.  The
     request starts at ``target · predicted_over_measured`` (the child's own calibration)
     and is corrected by the measured miss each round.  Returns the closest recipe found,
-    its measured speed-up and the trace.
+    its measured speed-up and the trace.  ``at_least``: only a model at least as fast as the
+    target counts as matched (``target·(1 - RESOLUTION) <= s <= target·(1 + tol)``): a baseline is never given a
+    speed advantage over the model it is compared with; among unmatched tries the closest wins.
     """
+
+    def miss_of(s: float) -> float:
+        r = s / target_speedup - 1
+        if at_least and r < -RESOLUTION:
+            return tol + abs(r)  # slower than the target: never matched, ranked after any match
+        return abs(r)
+
     want = target_speedup * predicted_over_measured
     best: tuple[float, Recipe, float] | None = None
     trace: list[dict[str, float]] = []
     seen: dict[str, float] = {}
     for _ in range(max_iters):
         recipe, pred = make(want)
-        key = repr(recipe.to_dict())
-        s = seen[key] if key in seen else measure(recipe)
+        key = repr((recipe.choices, recipe.architecture, recipe.fusion))  # the model, not the knob
+        if key in seen:  # the knob cannot reach another model: measuring it again only samples noise
+            break
+        s = measure(recipe)
         seen[key] = s
         trace.append({"requested_predicted": want, "predicted": pred, "measured": s, "knob": recipe.knob or 0.0})
-        miss = abs(s / target_speedup - 1)
+        miss = miss_of(s)
         if best is None or miss < best[0]:
             best = (miss, recipe, s)
         if miss <= tol:
@@ -272,8 +287,6 @@ def match_speed(make: Callable[[float], tuple[Recipe, float]], measure: Callable
             f = (math.log(target_speedup) - math.log(lo["measured"])) / (
                 math.log(hi["measured"]) - math.log(lo["measured"]))
             nxt = math.exp(math.log(lo["predicted"]) + f * (math.log(hi["predicted"]) - math.log(lo["predicted"])))
-            if abs(nxt / want - 1) < 1e-3:  # the knob cannot move between the two: stop
-                break
             want = nxt
         else:
             want *= target_speedup / s

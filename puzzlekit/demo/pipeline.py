@@ -45,6 +45,7 @@ from ..errors import ConfigError, PuzzlekitError
 from ..io import atomic_write_json, read_json
 from ..rundir import RunDir, State
 from .baselines import (
+    RESOLUTION,
     CostModel,
     Recipe,
     drop_knob_for,
@@ -63,6 +64,8 @@ __all__ = ["DemoConfig", "DEMO_PRESETS", "run_demo"]
 logger = logging.getLogger(__name__)
 
 BASELINES = ("uniform-ffn", "drop-attention", "greedy", "random")
+#: How baselines are timed for speed matching (part of the stage's identity, so a change re-runs it).
+MATCH_METHOD = "interleaved-with-child, at least as fast (1 % resolution)"
 
 
 @dataclass(frozen=True)
@@ -417,7 +420,6 @@ def _stage_search(ctx: _Ctx, prof: dict[str, Any]) -> dict[str, Any]:
     front = pareto_front(lib, "kl_div", cost="runtime_ms", scenario=sc)
     pts = [{"runtime_ms": s.costs["runtime_ms"] + nb, "kl_sum": s.objective, "blocks": s.blocks} for s in front]
     return {"parent_predicted_ms": parent_pred, "budget_ms": budget, "choices": sol.candidates,
-            "scenario": sc, "non_block_ms": nb,
             "predicted_ms": sol.costs["runtime_ms"], "predicted_speedup": parent_pred / sol.costs["runtime_ms"],
             "kl_sum": sol.objective, "solver": sol.solver, "blocks": sol.blocks, "front": pts,
             "parent_choices": parent_ch}
@@ -451,20 +453,20 @@ def _kl(ctx: _Ctx, model: Any) -> dict[str, float]:
     return evaluate_kl(model, ctx.parent, ctx.heldout(), batch_size=8)
 
 
-def _search_at(ctx: _Ctx, srch: dict[str, Any], speedup: float) -> tuple[Recipe, dict[str, Any]]:
+def _search_at(ctx: _Ctx, prof: dict[str, Any], srch: dict[str, Any], speedup: float) -> tuple[Recipe, dict[str, Any]]:
     """The search optimum at a requested predicted speed-up (the budget ``parent / speedup``)."""
     from ..search import search
 
-    nb = srch["non_block_ms"]
+    nb = prof["non_block_ms"]
     sol = search(ctx.library, "kl_div", {"runtime_ms": srch["parent_predicted_ms"] / speedup},
-                 scenario=srch["scenario"], constants={"runtime_ms": nb})
+                 scenario=prof["scenario"], constants={"runtime_ms": nb})
     info = {"choices": sol.candidates, "predicted_ms": sol.costs["runtime_ms"],
             "predicted_speedup": srch["parent_predicted_ms"] / sol.costs["runtime_ms"], "kl_sum": sol.objective,
             "blocks": sol.blocks, "requested_speedup": speedup}
     return Recipe("puzzle", choices=list(sol.candidates)), info
 
 
-def _stage_child(ctx: _Ctx, srch: dict[str, Any]) -> dict[str, Any]:
+def _stage_child(ctx: _Ctx, prof: dict[str, Any], srch: dict[str, Any]) -> dict[str, Any]:
     """Assemble the searched child and measure it; the target is a *measured* speed-up, so when the
     measurement misses it by more than ``match_tol`` the search is repeated at a corrected budget."""
     from ..fusion import fuse as fusion
@@ -474,7 +476,7 @@ def _stage_child(ctx: _Ctx, srch: dict[str, Any]) -> dict[str, Any]:
     measures: dict[str, dict[str, Any]] = {}
 
     def make(want: float) -> tuple[Recipe, float]:
-        r, info = _search_at(ctx, srch, want)
+        r, info = _search_at(ctx, prof, srch, want)
         infos[repr(r.to_dict())] = info
         return r, info["predicted_speedup"]
 
@@ -517,9 +519,14 @@ def _stage_baselines(ctx: _Ctx, prof: dict[str, Any], srch: dict[str, Any], chil
     target = child["measured"]["speedup"]
     p_over_m = child["predicted_speedup"] / target
 
+    child_model = build_model(ctx, Recipe.from_dict(child["recipe"]))
+
     def measure(recipe: Recipe) -> float:
-        return measured_speedup(ctx.parent, build_model(ctx, recipe), c.scenario, c.measure_rounds,
-                                c.measure_threads)["speedup"]
+        # timed against the child itself (interleaved rounds): the ratio that matters for matching,
+        # with half the noise of two separate speed-ups over the parent
+        rel = measured_speedup(child_model, build_model(ctx, recipe), c.scenario, c.measure_rounds,
+                               c.measure_threads)["speedup"]
+        return target * rel
 
     def pred(recipe: Recipe) -> float:
         return parent_pred / cm.runtime(recipe.blocks(lib))
@@ -548,7 +555,7 @@ def _stage_baselines(ctx: _Ctx, prof: dict[str, Any], srch: dict[str, Any], chil
               "random": make_random}
     # each finished baseline is kept, so a run killed in this stage resumes with the next one
     parts_path = ctx.rd.path / "stages" / "baseline_parts.json"
-    key = _hash([c.to_dict(), child["recipe"], target])
+    key = _hash([c.to_dict(), child["recipe"], target, MATCH_METHOD])
     parts = read_json(parts_path, what="baseline parts") if parts_path.exists() else {}
     if parts.get("key") != key:
         parts = {"key": key, "baselines": {}}
@@ -557,10 +564,17 @@ def _stage_baselines(ctx: _Ctx, prof: dict[str, Any], srch: dict[str, Any], chil
         if name in out:
             continue
         recipe, s, trace = match_speed(makers[name], measure, target, p_over_m, tol=c.match_tol,
-                                       max_iters=c.match_iters)
+                                       max_iters=c.match_iters, at_least=True)
         recipe.name = name
+        matched = -RESOLUTION <= s / target - 1 <= c.match_tol
+        fastest = (name == "uniform-ffn" and recipe.knob == 0.0) or (name == "drop-attention"
+                                                                    and (recipe.knob or 0) >= len(order))
+        tried = ", ".join(f"{t['measured']:.2f}x" for t in trace)
+        note = "" if matched else (f"measured {tried} for the child's {target:.2f}x; kept {s:.2f}x, the closest"
+                                   + ("; this is its fastest setting" if fastest and s < target else
+                                      "; its knob reaches no model in between" if len(trace) < c.match_iters else ""))
         out[name] = {"recipe": recipe.to_dict(), "measured_speedup": s, "predicted_speedup": pred(recipe),
-                     "matched": abs(s / target - 1) <= c.match_tol, "trace": trace}
+                     "matched": matched, "trace": trace, "note": note}
         atomic_write_json(parts_path, parts)
     return {"target_speedup": target, "baselines": {n: out[n] for n in BASELINES}}
 
@@ -573,7 +587,8 @@ def _heal_one(ctx: _Ctx, name: str, recipe: Recipe) -> dict[str, Any]:
     _set_train_threads(c)
     model = build_model(ctx, recipe)
     before = _kl(ctx, model)
-    out = ctx.rd.path / "heal" / name
+    # one checkpoint folder per (model, healing settings): a changed recipe never resumes another's weights
+    out = ctx.rd.path / "heal" / name / _hash([recipe.to_dict(), c.to_dict()])[:10]
     chunk = max(1, c.heal_steps // 5)
     cfg = DistillConfig(max_steps=c.heal_steps, batch_size=c.heal_batch, learning_rate=c.heal_lr,
                         warmup_steps=max(1, c.heal_steps // 10), output_dir=str(out), save_every=chunk,
@@ -658,8 +673,8 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *, da
         srch = st.run("search", {"target_speedup": cfg.target_speedup}, lambda: _stage_search(ctx, prof))
         child = st.run("child", {k: d[k] for k in ("measure_rounds", "eval_sequences", "fusion_max_kl_increase",
                                                   "match_tol", "child_iters")},
-                       lambda: _stage_child(ctx, srch))
-        base = st.run("baselines", {k: d[k] for k in ("match_tol", "match_iters")},
+                       lambda: _stage_child(ctx, prof, srch))
+        base = st.run("baselines", {**{k: d[k] for k in ("match_tol", "match_iters")}, "method": MATCH_METHOD},
                       lambda: _stage_baselines(ctx, prof, srch, child))
         heal = st.run("heal", {k: d[k] for k in ("heal_steps", "heal_batch", "heal_lr", "train_threads")},
                       lambda: _stage_heal(ctx, child, base))
