@@ -421,3 +421,14 @@ def test_per_layer_rules(nvlabs_library):
     assert key not in nk.blocks
     with pytest.raises(ConfigError, match="name an attention kind"):
         search(lib, "kl_div", {"memory_mib": 40000}, constraints=[Forbid()])
+
+
+@pytest.mark.slow
+def test_synthetic_full_size_default_proves_optimum():
+    from puzzlekit.search.synthetic import synthetic_problem
+
+    p = synthetic_problem()  # 162 layers x 200 candidates x 3 budgets
+    s = search(p)
+    assert s.status is Status.OPTIMAL and s.solver == "puzzlekit-exact" and s.solve_seconds < 30
+    ref = search(p, solver="highs")
+    assert abs(s.objective - ref.objective) < 1e-9

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from .presolve import Paths, _improve, _lp_duals, lagrangian_1d
+from .presolve import Paths, _improve, _lead, _lp_duals, lagrangian_1d
 from .problem import Problem
 
 __all__ = ["ExactResult", "solve_exact", "multipliers"]
@@ -172,14 +172,14 @@ def _pareto_on_row(keys: np.ndarray, Ob: np.ndarray, r: int, idx: np.ndarray) ->
     o = np.lexsort((Ob, keys[:, r], *others.T[::-1]))
     if others.shape[1]:
         so = others[o]
-        g = np.cumsum(np.r_[True, np.any(so[1:] != so[:-1], axis=1)]) - 1
+        g = np.cumsum(_lead(np.any(so[1:] != so[:-1], axis=1))) - 1
     else:
         g = np.zeros(o.size, dtype=np.int64)
     rank = np.unique(Ob, return_inverse=True)[1].reshape(-1)[o].astype(np.int64)
     n = o.size
     val = (int(g[-1]) - g) * (n + 1) + rank
     run = np.minimum.accumulate(val)
-    keep = np.r_[True, val[1:] < run[:-1]]
+    keep = _lead(val[1:] < run[:-1])
     return idx[np.sort(o[keep])]
 
 
@@ -223,7 +223,7 @@ def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: l
                 keys = np.round(U / key_scale)
                 o = np.lexsort((Ob, *keys.T[::-1]))
                 ks = keys[o]
-                new = np.r_[True, np.any(ks[1:] != ks[:-1], axis=1)]
+                new = _lead(np.any(ks[1:] != ks[:-1], axis=1))
                 o = o[new]
             else:
                 o = np.array([int(np.argmin(Ob))])
