@@ -86,7 +86,7 @@ def test_multi_replacement_validation(built):
 
 def test_metrics_match_a_direct_computation_and_stacking(built):
     """The chunked metrics equal the textbook formulas on whole tensors, and stacking candidates through
-    the suffix (suffix_batch) does not change them."""
+    the suffix (suffix_tokens) does not change them."""
     import torch.nn.functional as F
 
     from puzzlekit.library import BlockLibrary
@@ -96,7 +96,7 @@ def test_metrics_match_a_direct_computation_and_stacking(built):
     lib = BlockLibrary.load(run / "library.json")
     kw = dict(eval_sequences=5, batch_size=3, progress=False, save=False)
     a = score_library(parent, BlockLibrary.load(run / "library.json"), data, **kw)
-    b = score_library(parent, BlockLibrary.load(run / "library.json"), data, suffix_batch=1, **kw)
+    b = score_library(parent, BlockLibrary.load(run / "library.json"), data, suffix_tokens=1, **kw)
     for ca, cb in zip(a.candidates, b.candidates):
         for m in ca.metrics:
             assert ca.metrics[m] == pytest.approx(cb.metrics[m], rel=1e-5, abs=1e-6)

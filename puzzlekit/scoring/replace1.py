@@ -176,7 +176,7 @@ def score_library(
     eval_sequences: int = 32,
     batch_size: int = 8,
     prefix_reuse: bool = True,
-    suffix_batch: int = 8,
+    suffix_tokens: int = 2048,
     progress: bool = True,
     save: bool = True,
 ) -> BlockLibrary:
@@ -185,7 +185,8 @@ def score_library(
     With ``run_dir`` each candidate's result is journaled (kind ``score``) and a re-run skips
     finished ones; the library document is saved (atomically) after each layer when
     ``save`` and the library has a folder.  With ``prefix_reuse`` (default) each batch's layer
-    inputs come from one parent pass and up to ``suffix_batch`` candidates of a layer run stacked
+    inputs come from one parent pass and the candidates of a layer run stacked (up to
+    ``suffix_tokens`` tokens at a time: larger stacks fall out of CPU caches and run slower there)
     through the parent's later layers; ``prefix_reuse=False`` runs the whole child per candidate
     (the naive baseline the benchmark compares against; same numbers up to float rounding).
     A candidate identical to the parent layer gets the parent's own numbers without a pass.
@@ -223,11 +224,11 @@ def score_library(
         accs: dict[int, dict[str, float]] = {ci: {} for ci, _ in cands}
         same = {ci for ci, m in cands if _is_parent_layer(m, layers[li])}  # = the parent: no pass needed
         others = [(ci, m) for ci, m in cands if ci not in same]
-        step = max(1, int(suffix_batch))
         for ref in refs:
             for ci in same:
                 _add(accs[ci], ref.parent_metrics())
             B = ref.ids.shape[0]
+            step = max(1, int(suffix_tokens) // ref.ids.numel())
             if prefix_reuse:  # the candidates of layer li, stacked, through the parent's layers li+1..
                 for g in range(0, len(others), step):
                     grp = others[g:g + step]
