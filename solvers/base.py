@@ -48,6 +48,9 @@ class SolveOptions:
     warm_start: np.ndarray | None = None
     verbose: bool = False
     extra: Mapping[str, Any] = field(default_factory=dict)
+    #: what the front end already knows, for backends that can use it (never needed for correctness):
+    #: ``lower_bound`` (minimisation form) on the optimum, ``lp_duals`` (one per ``le_rows`` row)
+    hints: Mapping[str, Any] = field(default_factory=dict)
 
 
 class Backend(abc.ABC):

@@ -44,7 +44,8 @@ class ExactBackend(Backend):
         share = None if options.time_limit is None else 0.5 * options.time_limit
         if options.mip_gap == 0.0:
             r = solve_exact(problem, incumbent=options.warm_start, beam=beam, max_states=max_states,
-                            time_limit=share)
+                            time_limit=share, lower_bound=options.hints.get("lower_bound"),
+                            lp_duals=options.hints.get("lp_duals"))
             info = {"states": r.states, "exact_seconds": r.seconds, **{f"exact_{k}": v for k, v in r.info.items()}}
             if r.status == "optimal":
                 return problem.make_solution(r.chosen, Status.OPTIMAL, solver=self.name,
@@ -52,10 +53,10 @@ class ExactBackend(Backend):
             if r.status == "infeasible":
                 return problem.make_solution(None, Status.INFEASIBLE, solver=self.name,
                                              seconds=time.perf_counter() - t0, info=info)
-            info["fallback"] = f"puzzlekit-exact gave up ({r.info.get('reason', '')}); HiGHS solved it"
+            info["fallback"] = f"puzzlekit-exact gave up ({r.info.get('reason', '')}); handed to HiGHS"
             warm = r.incumbent if r.incumbent is not None else options.warm_start
         else:
-            info = {"fallback": "a nonzero mip_gap was asked: HiGHS solved it"}
+            info = {"fallback": "a nonzero mip_gap was asked: handed to HiGHS"}
             warm = options.warm_start
         left = None
         if options.time_limit is not None:

@@ -110,8 +110,13 @@ def solve_problem(
     incumbent: Sequence[int] | None = None,
     solver_options: Mapping[str, Any] | None = None,
     verbose: bool = False,
+    lower_bound: float | None = None,
 ) -> Solution:
-    """Solve one problem; returns a Solution of any status (never raises for infeasibility)."""
+    """Solve one problem; returns a Solution of any status (never raises for infeasibility).
+
+    ``lower_bound`` (minimisation form) is a known bound on the optimum that a
+    backend may use to go faster (e.g. the previous diverse solution's objective).
+    """
     from ..solvers import get_solver
 
     backend = get_solver(solver)
@@ -133,6 +138,13 @@ def solve_problem(
         warm = None
     left = None if time_limit is None else max(1e-3, time_limit - (time.perf_counter() - t0))
     opts = _options(left, mip_gap, threads, warm, solver_options, verbose)
+    hints: dict[str, Any] = {}
+    lbs = [b for b in (lower_bound, None if red is None else red.lower_bound) if b is not None and math.isfinite(b)]
+    if lbs:
+        hints["lower_bound"] = max(lbs)
+    if red is not None and red.lam is not None and red.lam.size > 1:
+        hints["lp_duals"] = red.lam
+    opts = replace(opts, hints=hints)
     try:
         raw = backend.solve(sub, opts)
     except SolverError:
@@ -231,9 +243,10 @@ def search_diverse(
         raise ConfigError(f"min_diversity must be an integer in 1..{problem.num_layers}, got {min_diversity!r}")
     pres = kw.pop("presolve", True)
     out: list[Solution] = []
+    prev_min: float | None = None  # each cut can only make the optimum worse: a lower bound for the next
     for k in range(num_solutions):
         t1 = time.perf_counter()
-        sol = solve_problem(problem, presolve_=pres, **kw)
+        sol = solve_problem(problem, presolve_=pres, lower_bound=prev_min, **kw)
         sol.solve_seconds = time.perf_counter() - (t0 if k == 0 else t1)
         if sol.status is Status.INFEASIBLE:
             if k == 0:
@@ -242,6 +255,7 @@ def search_diverse(
         if sol.status is Status.ERROR:
             raise SolverError(f"solver {sol.solver!r} failed on solution {k + 1}: {sol.message or 'no solution'}")
         out.append(sol)
+        prev_min = -sol.objective if problem.maximize else sol.objective
         problem = problem.with_cut(problem.origin_to_local(sol.candidates), min_diversity)
     return out
 

@@ -63,8 +63,13 @@ class _GaveUp(Exception):
     pass
 
 
-def multipliers(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths) -> tuple[list[np.ndarray], float]:
-    """Multiplier vectors for the bounds (LP duals first) and the best Lagrangian bound among them."""
+def multipliers(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths,
+                lp_duals: np.ndarray | None = None) -> tuple[list[np.ndarray], float]:
+    """Multiplier vectors for the bounds (LP duals first) and the best Lagrangian bound among them.
+
+    ``lp_duals`` (one per row of ``G``, e.g. from the front end's presolve of the same rows) saves the LP
+    solve; any non-negative multipliers give valid bounds, so they only affect speed.
+    """
     c = problem.c
     m = G.shape[0]
     lams: list[np.ndarray] = []
@@ -74,7 +79,8 @@ def multipliers(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths) ->
     if m == 1:
         lb, l1, _ = lagrangian_1d(paths, c, G[0], float(h[0]), float(tol[0]))
         return [np.array([l1])], lb
-    lp = _lp_duals(problem, G, h)
+    lp = (np.maximum(np.asarray(lp_duals, dtype=float), 0.0) if lp_duals is not None and len(lp_duals) == m
+          else _lp_duals(problem, G, h))
     if lp is not None:
         lams.append(lp)
     for r in range(m):
@@ -153,7 +159,7 @@ def _resource_tables(problem: Problem, G: np.ndarray, h: np.ndarray, tolh: np.nd
         delta = 1.0 if integral else Hs / buckets
         a = np.floor(gs / delta + (0.0 if integral else -1e-7)).clip(0).astype(np.int64)
         R = int(math.floor(Hs / delta + 1e-6))
-        for lam in (np.zeros(m), *lam_sets) if integral else lam_sets:
+        for lam in (np.zeros(m), lam_sets[len(lam_sets) // 2]) if integral else lam_sets:
             lam = lam.copy()
             lam[r] = 0.0
             T = _count_table(problem, c + lam @ G, a, R)
@@ -300,10 +306,15 @@ def solve_exact(
     beam: int = 300,
     max_states: int = 4_000_000,
     time_limit: float | None = None,
+    lower_bound: float | None = None,
+    lp_duals: np.ndarray | None = None,
 ) -> ExactResult:
     """The proven optimum of ``problem`` by the Lagrangian-pruned programme (see the module docstring).
 
-    ``incumbent`` (indices into ``problem``) seeds the target.  Returns status
+    ``incumbent`` (indices into ``problem``) seeds the target; ``lower_bound``
+    (minimisation form) is a known bound on the optimum, e.g. the previous
+    solution's objective in a diverse top-k (more cuts never improve it), and
+    ``lp_duals`` multipliers of the rows; both only make it faster.  Returns status
     ``"optimal"``, ``"infeasible"`` (proven: no state reaches the last layer) or
     ``"gave_up"`` (too many states, or ``time_limit`` seconds passed), with the
     best feasible architecture seen and the Lagrangian lower bound.
@@ -322,7 +333,9 @@ def solve_exact(
         res.status, res.seconds = "infeasible", time.perf_counter() - t0
         res.info["reason"] = "a row cannot be met by any cover"
         return res
-    lams, lb = multipliers(problem, G, h, paths)
+    lams, lb = multipliers(problem, G, h, paths, lp_duals)
+    if lower_bound is not None and math.isfinite(lower_bound):
+        lb = max(lb, float(lower_bound) - 1e-12 * (1.0 + abs(lower_bound)))
     res.lower_bound = lb
     bounds = [(np.zeros(m), paths.backward(c))] + [(lam, paths.backward(c + lam @ G)) for lam in lams]
     counts = _resource_tables(problem, G, h, tolh, lams)
