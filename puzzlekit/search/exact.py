@@ -139,6 +139,9 @@ def _resource_tables(problem: Problem, G: np.ndarray, h: np.ndarray, tolh: np.nd
     span = problem.span.astype(float)
     out = []
     lam_sets = [lams[0] * f for f in scales] if lams else [np.zeros(m)]
+    # at most _TABLE_BYTES for the bucketed tables together (fewer buckets on deep or many-row problems)
+    real_rows = sum(1 for r in range(m) if np.any(G[r]) and not np.all(G[r] == np.round(G[r])))
+    buckets = int(max(256, min(buckets, _TABLE_BYTES // (8 * (L + 1) * max(1, real_rows * len(lam_sets))))))
     for r in range(m):
         g = G[r]
         if not np.any(g):
@@ -190,6 +193,7 @@ def _pareto_on_row(keys: np.ndarray, Ob: np.ndarray, r: int, idx: np.ndarray) ->
 
 
 _PAIRS = 1 << 20  # (state, candidate) pairs expanded at once
+_TABLE_BYTES = 96 << 20  # the bucketed resource tables together
 
 
 def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: list[tuple[np.ndarray, np.ndarray]],
