@@ -1,4 +1,4 @@
-"""HiGHS through highspy's matrix API (the default backend).
+"""HiGHS through highspy's matrix API (the fallback of the default ``puzzlekit-exact``).
 
 The model is passed in one call (``passModel`` with a column-wise matrix), so
 building it costs little more than copying the problem's arrays.  HiGHS'
@@ -84,7 +84,7 @@ class HighsBackend(Backend):
     required_modules = ("highspy",)
     capabilities = frozenset({"time_limit", "mip_gap", "warm_start", "float_exact", "bound"})
     install_hint = "pip install highspy"
-    description = "HiGHS via highspy's matrix API (default)"
+    description = "HiGHS via highspy's matrix API (also the exact solver's fallback)"
     presolve_fixing = False  # HiGHS' own reduced-cost fixing with restarts beats ours on the MIP
 
     def solve(self, problem: Any, options: SolveOptions) -> Any:
