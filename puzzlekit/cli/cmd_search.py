@@ -33,7 +33,7 @@ def parse_budgets(items: list[str]) -> dict:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("search", help="find the best architecture under budgets (MIP)")
     add_common(p)
-    p.add_argument("--solver", help="backend (see `puzzlekit solvers`; default: exact DP for one budget, else highs)")
+    p.add_argument("--solver", help="backend (see `puzzlekit solvers`; default: the one-budget DP, else puzzlekit-exact)")
     p.add_argument("--num-solutions", type=int, default=1, metavar="K", help="diverse top-K solutions")
     p.add_argument("--min-diversity", type=int, default=1, metavar="D",
                    help="each solution differs from every earlier one in at least D layers")
