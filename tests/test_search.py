@@ -274,11 +274,15 @@ def diverse_brute(p: Problem, k: int, d: int) -> list[float]:
     return out
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(st.integers(0, 10**6), st.integers(2, 5), st.integers(1, 4), st.integers(1, 3), st.booleans(),
-       st.integers(1, 3), st.booleans())
-def test_hypothesis_exact_diverse_vs_brute(seed, L, k, m, spans, d, lower):
+       st.integers(1, 3), st.booleans(), st.booleans())
+def test_hypothesis_exact_diverse_vs_brute(seed, L, k, m, spans, d, lower, maximize):
+    from dataclasses import replace
+
     p = rand_problem(seed, L, k, m, spans)
+    if maximize:
+        p = replace(p, maximize=True)
     if lower:  # a lower bound on the first cost as well
         r = np.random.default_rng(seed + 1)
         lo = float(p.costs[:, 0].mean() * L * r.uniform(0.3, 0.9))
@@ -292,7 +296,14 @@ def test_hypothesis_exact_diverse_vs_brute(seed, L, k, m, spans, d, lower):
     assert len(got) == len(ref)
     # the k-th objective is determined (ties may pick different architectures but the same values
     # only for the first; later cuts depend on which tie was taken, so compare the first exactly)
-    assert abs(got[0].objective - ref[0]) < 1e-9 * max(1, abs(ref[0]))
+    first = -got[0].objective if maximize else got[0].objective
+    assert abs(first - ref[0]) < 1e-9 * max(1, abs(ref[0]))
+    # each later solution is optimal given the cuts of the solutions actually returned
+    q = p
+    for a, b in zip(got, got[1:]):
+        q = q.with_cut(q.origin_to_local(a.candidates), min(d, L))
+        bv = -b.objective if maximize else b.objective
+        assert abs(bv - brute(q)) < 1e-9 * max(1, abs(bv))
     assert all(s.solver == "puzzlekit-exact" and s.status is Status.OPTIMAL for s in got)
 
 
