@@ -234,8 +234,8 @@ def _plots(run: Path, report: dict[str, Any], srch: dict, child: dict, library: 
     ax.fill_between([lo, hi], [lo / 1.15, hi / 1.15], [lo * 1.15, hi * 1.15], color="gray", alpha=0.15,
                     label="±15 %")
     tol = report["checks"]["speed_match_tolerance"]
-    ax.axhspan(pts[0][2] * (1 - tol), pts[0][2] * (1 + tol), color="C3", alpha=0.1,
-               label=f"child ±{100 * tol:.0f} % (speed matching)")
+    ax.axhspan(pts[0][2] * 0.99, pts[0][2] * (1 + tol), color="C3", alpha=0.1,
+               label=f"matching window (child -1 % .. +{100 * tol:.0f} %)")
     for i, (n, p, m) in enumerate(pts):
         ax.scatter([p], [m], s=60 if i == 0 else 30, marker="*" if i == 0 else "o", color=f"C{3 if i == 0 else i + 3}",
                    label=n, zorder=5)
