@@ -250,6 +250,30 @@ class BlockLibrary:
             raise LibraryError("the library has no folder (root) to resolve weight paths against; save or load it first")
         return resolve_inside(self.root, c.weights, what=f"candidate {index} weights")
 
+    def architecture(self, choices: Sequence[int], parent: ParentSpec | None = None):
+        """The child :class:`~puzzlekit.Architecture` of chosen candidates (one per span, in layer order).
+
+        ``choices`` is e.g. ``Solution.candidates``; they must cover every layer exactly once.
+        ``parent`` defaults to the library's parent spec.
+        """
+        from .architecture import Architecture
+
+        spec = parent or self.parent
+        if spec is None:
+            raise LibraryError("the library has no parent spec; pass parent=ParentSpec.from_hf_config(...)")
+        chosen = sorted((self.candidates[i] for i in choices), key=lambda c: c.first)
+        nxt = 0
+        for c in chosen:
+            if c.first != nxt:
+                raise LibraryError(
+                    f"choices do not cover the layers exactly once: expected a candidate starting at layer {nxt}, "
+                    f"got one spanning {c.first}..{c.last}"
+                )
+            nxt = c.last + 1
+        if nxt != self.num_layers:
+            raise LibraryError(f"choices cover layers 0..{nxt - 1}, the library has {self.num_layers}")
+        return Architecture(spec, tuple(c.block for c in chosen))
+
     # ---- validation ----------------------------------------------------------------------
     def validate(self, *, drop_nonfinite: bool = False) -> list[str]:
         """Check the library; returns a description of what was dropped (with ``drop_nonfinite``).

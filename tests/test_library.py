@@ -144,3 +144,25 @@ def test_library_document_round_trip_property(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("lib") / "lib.json"
     lib.save(path)
     assert BlockLibrary.load(path).to_dict() == lib.to_dict()
+
+
+def test_architecture_from_choices():
+    lib = small_library()
+    arch = lib.architecture([0, 3, 5])
+    assert [b.key for b in arch.blocks] == [A8.key, NOP.key, NOP.key]
+    span = lib.architecture([6, 5])  # candidate 6 spans layers 0..1
+    assert span.num_layers == 2
+    with pytest.raises(LibraryError, match="exactly once"):
+        lib.architecture([0, 6, 4])
+    with pytest.raises(LibraryError, match="cover layers 0..1"):
+        lib.architecture([0, 2])
+
+
+def test_architecture_of_a_search_solution(nvlabs_library):
+    sol = pk.search(nvlabs_library, "kl_div", {"memory_mib": 80000, "runtime_ms": 51200})
+    spec = pk.ParentSpec.from_hf_config(tiny_llama_config(hidden_size=8192, num_attention_heads=64,
+                                                          num_key_value_heads=8, intermediate_size=28672,
+                                                          num_hidden_layers=80, vocab_size=128256))
+    arch = nvlabs_library.architecture(sol.candidates, parent=spec)
+    assert arch.num_layers == 80
+    assert abs(sol.objective - 6.861455) < 1e-6
