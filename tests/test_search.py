@@ -443,3 +443,14 @@ def test_synthetic_full_size_default_proves_optimum():
     assert s.status is Status.OPTIMAL and s.solver == "puzzlekit-exact" and s.solve_seconds < 30
     ref = search(p, solver="highs")
     assert abs(s.objective - ref.objective) < 1e-9
+
+
+def test_long_sweep_one_programme_matches_point_by_point(nvlabs_library):
+    vals = np.linspace(30000, 115000, 20)  # >= 16 points: one programme answers them all
+    r = sweep(nvlabs_library, "kl_div", "memory_mib", vals)
+    for v, s in r.points:
+        one = search(nvlabs_library, "kl_div", {"memory_mib": v})  # one point: its own pruned programme
+        assert s.status is Status.OPTIMAL and abs(s.objective - one.objective) < 1e-9
+        assert s.costs["memory_mib"] <= v + 1e-6
+    assert abs(r.points[7][1].objective - search(nvlabs_library, "kl_div", {"memory_mib": vals[7]},
+                                                 solver="highs").objective) < 1e-9

@@ -27,6 +27,10 @@ __all__ = ["build_problem", "search", "search_diverse", "solve_problem", "sweep"
            "SweepResult", "infeasible_error"]
 
 DP_SOLVER = "puzzlekit-dp"
+#: from this many points on, a one-budget sweep is answered by a single programme over the whole range (its
+#: final states are the frontier); fewer points get one pruned programme each (measured on NVIDIA's library:
+#: 100 points 0.54 s vs 0.83 s CPU; segments of 4-16 points were slower than either)
+_SWEEP_ONE_PROGRAMME = 16
 
 
 def build_problem(
@@ -375,33 +379,41 @@ def sweep(
         c, g = sub0.c, sub0.costs[:, i]
         const = sub0.constants[i]
         tmin = paths.best(g)[0]
+        feasible = []
         for k in order:
-            t1 = time.perf_counter()
             H = vals[k] - const
-            tol = 1e-9 * max(1.0, abs(H))
-            p = sub0.with_budgets({vary: (lo_i, vals[k])})
-            if tmin > H + tol:
-                results[k] = problem.make_solution(None, Status.INFEASIBLE, solver=DP_SOLVER,
-                                                   seconds=time.perf_counter() - t1)
-                continue
-            lb, lam, feas = lagrangian_1d(paths, c, g, H, tol)
+            if tmin > H + 1e-9 * max(1.0, abs(H)):
+                results[k] = problem.make_solution(None, Status.INFEASIBLE, solver=DP_SOLVER, seconds=0.0)
+            else:
+                feasible.append(k)
+        # points sharing one programme (its final states are the frontier) are pruned with the incumbent of
+        # their smallest budget, whose optimum bounds every other point's
+        size = len(feasible) if len(feasible) >= _SWEEP_ONE_PROGRAMME else 1
+        for s0 in range(0, len(feasible), size):
+            t1 = time.perf_counter()
+            seg = feasible[s0:s0 + size]
+            Ha = vals[seg[0]] - const
+            tol = 1e-9 * max(1.0, abs(Ha))
+            lb, lam, feas = lagrangian_1d(paths, c, g, Ha, tol)
             if prev is not None:
                 feas.append(prev)
-            ub, G1, h1 = math.inf, g[None, :], np.array([H])
-            feas = sorted(feas, key=lambda x: float(c[x].sum()))[:2]
-            for x in feas:
-                x = _improve(p, G1, h1, x, np.array([tol]))
-                if g[x].sum() <= H + tol:
+            ub, G1, h1 = math.inf, g[None, :], np.array([Ha])
+            for x in sorted(feas, key=lambda x: float(c[x].sum()))[:2]:
+                x = _improve(sub0, G1, h1, x, np.array([tol]))
+                if g[x].sum() <= Ha + tol:
                     ub = min(ub, float(c[x].sum()))
-            x, v = dp_one_budget(p, ub, lam, paths)
-            if x is None:
-                raise SolverError(f"sweep: the dynamic programme found nothing at {vary} = {vals[k]} although "
-                                  "a cover meets the budget (please report this)")
-            prev = x
-            chosen = problem.origin_to_local(sub0.origin[x])
-            results[k] = problem.with_budgets({vary: (lo_i, vals[k])}).make_solution(
-                chosen, Status.OPTIMAL, solver=DP_SOLVER, seconds=time.perf_counter() - t1, bound=v,
-                info={"lagrangian_bound": lb})
+            p = sub0.with_budgets({vary: (lo_i, vals[seg[-1]])})
+            answers = dp_one_budget(p, ub, lam, paths, answer_at=[vals[k] - const for k in seg])
+            share = (time.perf_counter() - t1) / len(seg)
+            for k, (x, v) in zip(seg, answers):
+                if x is None:
+                    raise SolverError(f"sweep: the dynamic programme found nothing at {vary} = {vals[k]} although "
+                                      "a cover meets the budget (please report this)")
+                prev = x
+                chosen = problem.origin_to_local(sub0.origin[x])
+                results[k] = problem.with_budgets({vary: (lo_i, vals[k])}).make_solution(
+                    chosen, Status.OPTIMAL, solver=DP_SOLVER, seconds=share, bound=v,
+                    info={"lagrangian_bound": lb if k == seg[0] else None, "segment": len(seg)})
     else:
         for k in order:
             p = problem.with_budgets({vary: (lo_i, vals[k])})

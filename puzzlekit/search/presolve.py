@@ -361,12 +361,17 @@ def presolve(problem: Problem, incumbent: np.ndarray | None = None, *, dominance
 
 
 def dp_one_budget(problem: Problem, upper_bound: float = math.inf, lam: float | None = None,
-                  paths: Paths | None = None, strict_below: float | None = None) -> tuple[np.ndarray | None, float]:
+                  paths: Paths | None = None, strict_below: float | None = None,
+                  answer_at: list[float] | None = None) -> Any:
     """Exact optimum of a problem with a single ``<=`` side row and no cuts (min form).
 
     Returns ``(chosen, value)``; ``(None, inf)`` when infeasible.  ``strict_below``
     (optional) additionally demands a row total below that value (used to walk
-    a Pareto frontier).
+    a Pareto frontier).  ``answer_at`` (row budgets, each at most the problem's)
+    returns a list of ``(chosen, value)``, the optimum at each of them, from one
+    programme: its final states are the Pareto frontier (row total, objective),
+    and the pruning is valid for every smaller budget as long as ``upper_bound``
+    is at least the optimum at the smallest one.
     """
     G, h = problem.le_rows()
     if G.shape[0] != 1 or problem.cuts:
@@ -428,21 +433,27 @@ def dp_one_budget(problem: Problem, upper_bound: float = math.inf, lam: float | 
             cj = np.tile(Jq, cs.size)[ok]
             pend[q].append((nc[ok], no[ok], pi, cj))
     final = states[L]
-    if final is None or final[0].size == 0:
-        return None, math.inf
-    cost, obj, pidx, cand = final
-    ok = cost <= H + tolh
-    if not ok.any():
-        return None, math.inf
-    i = int(np.flatnonzero(ok)[np.argmin(obj[ok])])
-    chosen = []
-    q = L
-    while q > 0:
-        _, _, pi, cd = states[q]
-        j = int(cd[i])
-        chosen.append(j)
-        i = int(pi[i])
-        q = int(problem.first[j])
-    chosen.reverse()
-    x = np.array(chosen, dtype=np.int64)
-    return x, float(c[x].sum())
+
+    def answer(Hb: float, tb: float) -> tuple[np.ndarray | None, float]:
+        if final is None or final[0].size == 0:
+            return None, math.inf
+        cost, obj = final[0], final[1]
+        ok = cost <= Hb + tb
+        if not ok.any():
+            return None, math.inf
+        i = int(np.flatnonzero(ok)[np.argmin(obj[ok])])
+        chosen = []
+        q = L
+        while q > 0:
+            _, _, pi, cd = states[q]
+            j = int(cd[i])
+            chosen.append(j)
+            i = int(pi[i])
+            q = int(problem.first[j])
+        chosen.reverse()
+        x = np.array(chosen, dtype=np.int64)
+        return x, float(c[x].sum())
+
+    if answer_at is not None:
+        return [answer(float(b), 1e-9 * max(1.0, abs(float(b)))) for b in answer_at]
+    return answer(H, tolh)
