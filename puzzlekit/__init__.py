@@ -54,13 +54,6 @@ _LAZY: dict[str, str] = {
     "default_search_space": "puzzlekit.bld",
     "score_library": "puzzlekit.scoring",
     "validate_additivity": "puzzlekit.scoring",
-    "search": "puzzlekit.search",
-    "search_diverse": "puzzlekit.search",
-    "sweep": "puzzlekit.search",
-    "pareto_front": "puzzlekit.search",
-    "Problem": "puzzlekit.search",
-    "Solution": "puzzlekit.search",
-    "Status": "puzzlekit.search",
     # Each subsystem adds its public names here as it lands, e.g.
     # "search": "puzzlekit.search",  "PuzzleForCausalLM": "puzzlekit.model".
     "find_fusable": "puzzlekit.fusion",
@@ -124,6 +117,15 @@ __all__ = [
     "UnsafeInputError",
     *_LAZY,
 ]
+
+
+# The search front end is numpy-only and cheap to import.  It is bound eagerly because the
+# function `puzzlekit.search` shares its name with the subpackage `puzzlekit.search`: bound
+# lazily, any earlier `from puzzlekit.search import ...` would leave the attribute pointing at
+# the module.  (`from puzzlekit.search import X` keeps working; it reads sys.modules.)
+from .search import Problem, Solution, Status, pareto_front, search, search_diverse, sweep  # noqa: E402
+
+__all__ += ["search", "search_diverse", "sweep", "pareto_front", "Problem", "Solution", "Status"]
 
 
 def __getattr__(name: str) -> Any:

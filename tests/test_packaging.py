@@ -38,3 +38,10 @@ def test_ci_runs_the_readme_test_command():
     line = next(x for x in ci.splitlines() if x.startswith("TEST_CMD="))
     cmd = line.split("=", 1)[1].strip('"')
     assert cmd in readme
+
+
+def test_search_function_survives_importing_the_subpackage_first():
+    code = ("import puzzlekit.search.api, puzzlekit as pk, sys; from puzzlekit.search import Problem; "
+            "print(callable(pk.search), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "False"]
