@@ -55,6 +55,11 @@ __all__ = [
     "save_measurements",
     "load_measurements",
     "MEASUREMENTS_FORMAT",
+    "CacheSpill",
+    "subblock_working_set_bytes",
+    "non_block_working_set_bytes",
+    "working_set_bytes",
+    "measure_spill_gamma",
 ]
 
 MEASUREMENTS_FORMAT = "puzzlekit.measurements"
@@ -286,9 +291,13 @@ def measure_model(model_or_arch: Any, scenario: Scenario, *, device: str | None 
     return Timing(t_pre * 1e3, t_dec * 1e3, param_bytes=int(params))
 
 
-def measure_non_block(spec: ParentSpec, scenario: Scenario, **kw: Any) -> Timing:
-    """The part outside the blocks (embeddings, final norm, LM head, harness): a model whose layers are all no-op."""
-    arch = Architecture(spec, (BlockConfig(AttentionConfig.make_no_op(), FFNConfig.make_no_op()),))
+def measure_non_block(spec: ParentSpec, scenario: Scenario, *, layers: int = 1, **kw: Any) -> Timing:
+    """The part outside the blocks (embeddings, final norm, LM head, harness): a model of ``layers``
+    all-no-op layers.  ``layers=spec.num_hidden_layers`` also counts the per-layer constant (the layer's
+    Python call and its residual adds), which every model of that depth pays whatever its blocks."""
+    if layers < 1:
+        raise ConfigError(f"measure_non_block: layers must be >= 1, got {layers}")
+    arch = Architecture(spec, (BlockConfig(AttentionConfig.make_no_op(), FFNConfig.make_no_op()),) * layers)
     return measure_model(arch, scenario, **kw)
 
 
@@ -377,3 +386,88 @@ def load_measurements(path: str | os.PathLike) -> tuple[list[Measurement], str]:
             seen.add(k)
             uniq.append(m)
     return uniq, str(d.get("hardware", "local-cpu"))
+
+
+# ---- cache spill: the one non-additive effect of whole-model decode on a CPU ------------------------
+#
+# A sub-block timed with the repeated-block method runs in a stack of a few copies, whose working set
+# (weights + KV cache) fits in the CPU's caches.  A whole model whose decode working set exceeds the
+# cache streams the excess from DRAM on every decode step, so it decodes slower than its summed
+# sub-blocks; a smaller model (a child) fits and is additive.  Measured on a 2-vCPU EPYC VM (demo
+# parent, H=192, fp32, batch 8, prefill 128, decode 32): the parent decodes 15 % slower than its sum,
+# a 2x child 2-4 % — so a plain sum under-predicts the child's speed-up.  The correction:
+#     decode_extra = gamma * max(0, W(model) - capacity)
+# with gamma (ms per byte beyond the cache, over the scenario's decode) measured by a stack too big for
+# the cache, and capacity fitted on the parent (its measured whole-model decode).  Since max(0, .) is
+# convex, "sum + extra <= T" is exactly two linear budgets, so the search stays a MIP.
+
+
+@dataclass(frozen=True)
+class CacheSpill:
+    """``gamma_ms_per_byte * max(0, working_set - capacity_bytes)``: extra decode ms beyond the cache."""
+
+    gamma_ms_per_byte: float
+    capacity_bytes: float
+
+    def extra_ms(self, working_set_bytes: float) -> float:
+        return self.gamma_ms_per_byte * max(0.0, float(working_set_bytes) - self.capacity_bytes)
+
+    def to_dict(self) -> dict[str, float]:
+        return {"gamma_ms_per_mib": self.gamma_ms_per_byte * 2**20, "capacity_mib": self.capacity_bytes / 2**20}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, float]) -> CacheSpill:
+        return cls(float(d["gamma_ms_per_mib"]) / 2**20, float(d["capacity_mib"]) * 2**20)
+
+    @classmethod
+    def fit_capacity(cls, gamma_ms_per_byte: float, working_set_bytes: float, excess_ms: float) -> CacheSpill:
+        """The capacity that explains a model's measured decode ``excess_ms`` over its summed sub-blocks."""
+        if gamma_ms_per_byte <= 0 or excess_ms <= 0:
+            return cls(max(gamma_ms_per_byte, 0.0), float(working_set_bytes))  # additive: no spill
+        return cls(gamma_ms_per_byte, max(0.0, working_set_bytes - excess_ms / gamma_ms_per_byte))
+
+
+def subblock_working_set_bytes(spec: ParentSpec, sub: AttentionConfig | FFNConfig, scenario: Scenario) -> float:
+    """Bytes a decode step of one sub-block touches: its weights + its KV cache at the mean decode context."""
+    from puzzlekit.accounting import attention_params, block_kv_bytes_per_token, dtype_bytes, ffn_params
+
+    if sub.no_op:
+        return 0.0
+    w = dtype_bytes(scenario.dtype)
+    if isinstance(sub, AttentionConfig):
+        ctx = scenario.prefill + scenario.decode / 2
+        return attention_params(spec, sub) * w + block_kv_bytes_per_token(spec, sub, scenario.dtype) * ctx * scenario.batch
+    return ffn_params(spec, sub) * w
+
+
+def non_block_working_set_bytes(spec: ParentSpec, scenario: Scenario) -> float:
+    """Bytes of the non-block weights a decode step touches (the LM head; the embedding only if untied)."""
+    from puzzlekit.accounting import dtype_bytes
+
+    w = dtype_bytes(scenario.dtype)
+    return (spec.vocab_size * spec.hidden_size + spec.hidden_size) * w
+
+
+def working_set_bytes(arch: Architecture, scenario: Scenario) -> float:
+    """Decode working set of a whole model: every sub-block's (see :func:`subblock_working_set_bytes`) + the LM head."""
+    return non_block_working_set_bytes(arch.parent, scenario) + sum(
+        subblock_working_set_bytes(arch.parent, s, scenario) for b in arch.blocks for s in (b.attention, b.ffn))
+
+
+def measure_spill_gamma(spec: ParentSpec, scenario: Scenario, *, sub: FFNConfig | None = None,
+                        device: str | None = None, threads: int | None = None, cache_bytes: float = 32 * 2**20,
+                        repeats: int = 3, seed: int = 0) -> tuple[float, dict[str, float]]:
+    """Extra decode ms per byte beyond the cache: a sub-block's decode marginal in a stack too big for
+    the cache (``cache_bytes``, default 32 MiB, beyond a typical L3 share) minus its marginal in a
+    small stack, over its working set.  Returns (gamma in ms per byte, details)."""
+    sub = sub or FFNConfig.swiglu(spec.intermediate_size)
+    ws = subblock_working_set_bytes(spec, sub, scenario)
+    n_big = max(8, int(cache_bytes // max(ws, 1.0)) + 1)
+    n_big = min(n_big, 64)
+    small = time_subblock(spec, sub, scenario, device=device, threads=threads, n_lo=1, n_hi=4, warmup=1,
+                          repeats=repeats, seed=seed)
+    big = time_subblock(spec, sub, scenario, device=device, threads=threads, n_lo=n_big, n_hi=n_big + 8, warmup=1,
+                        repeats=repeats, seed=seed)
+    gamma = max(0.0, big.decode_ms - small.decode_ms) / ws
+    return gamma, {"sub": sub.short(), "in_cache_decode_ms": small.decode_ms, "spilled_decode_ms": big.decode_ms,
+                   "working_set_mib": ws / 2**20, "copies": n_big}

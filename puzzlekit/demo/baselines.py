@@ -70,11 +70,15 @@ class CostModel:
 
     ``attn``: measured runtime per attention variant; ``ffn_widths``/``ffn_ms``: measured
     SwiGLU runtimes at some widths (linearly interpolated in between, 0 at width 0);
-    ``linear_ffn_ms``; ``non_block_ms``.
+    ``linear_ffn_ms``; ``non_block_ms``.  ``spill`` (a
+    :class:`~puzzlekit.profilers.measured.CacheSpill`) with ``working_set(blocks)`` (bytes) adds the
+    decode cache-spill correction of models too big for the CPU cache.
     """
 
     def __init__(self, attn: dict[AttentionConfig, float], ffn_widths: Sequence[int], ffn_ms: Sequence[float],
-                 linear_ffn_ms: float, non_block_ms: float):
+                 linear_ffn_ms: float, non_block_ms: float, *, spill: Any = None,
+                 working_set: Callable[[Sequence[BlockConfig]], float] | None = None):
+        self.spill, self.working_set = spill, working_set
         self.attn = dict(attn)
         order = np.argsort(ffn_widths)
         self.w = np.concatenate([[0.0], np.asarray(ffn_widths, float)[order]])
@@ -97,7 +101,12 @@ class CostModel:
         return self.attn[a]
 
     def runtime(self, blocks: Sequence[BlockConfig]) -> float:
-        return self.non_block_ms + sum(self.attention(b.attention) + self.ffn(b.ffn) for b in blocks)
+        """Predicted whole-model runtime (ms) of a model with these blocks."""
+        blocks = list(blocks)
+        t = self.non_block_ms + sum(self.attention(b.attention) + self.ffn(b.ffn) for b in blocks)
+        if self.spill is not None and self.working_set is not None:
+            t += self.spill.extra_ms(self.working_set(blocks))
+        return t
 
 
 def _table(library: BlockLibrary, metric: str, cost: str, scenario: str) -> tuple[np.ndarray, np.ndarray]:
@@ -165,24 +174,36 @@ def random_choices_at(library: BlockLibrary, budget_ms: float, *, scenario: str,
     return [int(c) for c in picks[ok[np.argmax(tot[ok])]]]
 
 
-def uniform_ffn_recipe(spec: Any, width: int) -> Recipe:
-    """Every layer: the parent's attention and a SwiGLU of ``width`` (no-op at width 0)."""
-    pb = spec.parent_block()
-    ffn = FFNConfig.make_no_op() if width <= 0 else FFNConfig.swiglu(int(width))
-    return Recipe("uniform-ffn", architecture=[BlockConfig(pb.attention, ffn).to_dict()
-                                              for _ in range(spec.num_hidden_layers)], knob=float(width))
+def uniform_ffn_recipe(spec: Any, width: float, multiple_of: int = 8) -> Recipe:
+    """Every layer: the parent's attention and a SwiGLU of ``width`` (no-op at width 0).
 
-
-def uniform_width_for(spec: Any, cm: CostModel, target_ms: float, multiple_of: int = 8) -> int:
-    """The widest uniform FFN whose predicted whole-model runtime is at most ``target_ms``."""
+    The knob is made finer below the narrowest width ``multiple_of``, where the next step (every FFN
+    removed) would jump the speed: a knob ``0 < width < multiple_of`` keeps ``multiple_of`` channels
+    in ``round(L * width / multiple_of)`` layers and removes the FFN of the others (the last layers
+    first), so the width stays uniform wherever an FFN is kept.
+    """
     pb = spec.parent_block()
     L = spec.num_hidden_layers
-    per_layer = (target_ms - cm.non_block_ms) / L - cm.attention(pb.attention)
-    best = 0
-    for w in range(multiple_of, spec.intermediate_size + 1, multiple_of):
-        if cm.ffn(FFNConfig.swiglu(w)) <= per_layer:
-            best = w
-    return best
+    if width >= multiple_of or width <= 0:
+        w = int(width)
+        ffns = [FFNConfig.make_no_op() if w <= 0 else FFNConfig.swiglu(w)] * L
+    else:
+        kept = int(round(L * width / multiple_of))
+        ffns = [FFNConfig.swiglu(multiple_of)] * kept + [FFNConfig.make_no_op()] * (L - kept)
+    return Recipe("uniform-ffn", architecture=[BlockConfig(pb.attention, f).to_dict() for f in ffns],
+                  knob=float(width))
+
+
+def uniform_width_for(spec: Any, cm: CostModel, target_ms: float, multiple_of: int = 8) -> float:
+    """The widest uniform-FFN knob (see :func:`uniform_ffn_recipe`) whose predicted whole-model
+    runtime is at most ``target_ms``: widths in steps of ``multiple_of``, then layer by layer removed."""
+    L = spec.num_hidden_layers
+    knobs = [float(w) for w in range(spec.intermediate_size, multiple_of - 1, -multiple_of)]
+    knobs += [multiple_of * k / L for k in range(L - 1, -1, -1)]
+    for k in knobs:
+        if cm.runtime(uniform_ffn_recipe(spec, k, multiple_of).blocks()) <= target_ms:
+            return k
+    return 0.0
 
 
 def drop_order(library: BlockLibrary, metric: str = "kl_div") -> list[tuple[str, int]]:

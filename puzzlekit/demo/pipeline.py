@@ -66,6 +66,8 @@ logger = logging.getLogger(__name__)
 BASELINES = ("uniform-ffn", "drop-attention", "greedy", "random")
 #: How baselines are timed for speed matching (part of the stage's identity, so a change re-runs it).
 MATCH_METHOD = "interleaved-with-child, at least as fast (1 % resolution)"
+#: How sub-blocks are profiled (part of the profile stage's identity).
+PROFILE_METHOD = "repeated-block, non-block of L no-op layers, decode cache-spill fitted on the parent"
 
 
 @dataclass(frozen=True)
@@ -323,7 +325,16 @@ def _stage_profile(ctx: _Ctx) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from ..profilers import profile_library
-    from ..profilers.measured import measure_non_block, time_subblock
+    from ..profilers.measured import (
+        CacheSpill,
+        measure_model,
+        measure_non_block,
+        measure_spill_gamma,
+        non_block_working_set_bytes,
+        subblock_working_set_bytes,
+        time_subblock,
+        working_set_bytes,
+    )
 
     c, spec = ctx.cfg, ctx.spec
     sc = c.scenario
@@ -334,49 +345,87 @@ def _stage_profile(ctx: _Ctx) -> dict[str, Any]:
             if not s.no_op and s not in subs:
                 subs.append(s)
     # widths for the uniform-FFN baseline's cost model, beyond the library's
-    widths = sorted({max(8, 8 * round(spec.intermediate_size * f / 8)) for f in (0.0625, 0.375, 0.625, 0.875)})
+    widths = sorted({8} | {max(8, 8 * round(spec.intermediate_size * f / 8)) for f in (0.0625, 0.375, 0.625, 0.875)})
     for w in widths:
         f = FFNConfig.swiglu(w)
         if f not in subs:
             subs.append(f)
     # three passes over every sub-block (each measurement a median of repeats), the median per
     # sub-block: load from other jobs on the shared cores drifts over time, and passes spread it
-    # evenly instead of inflating whichever sub-blocks were timed during a burst
+    # evenly instead of inflating whichever sub-blocks were timed during a burst.  Each pass also
+    # times the non-block part (a model of L no-op layers: embeddings, LM head, harness and the
+    # per-layer constant) and the parent whole, for the cache-spill correction (below).
+    L = spec.num_hidden_layers
     runs: dict[str, list[Any]] = {_subkey(s): [] for s in subs}
-    bar = tqdm(total=3 * len(subs), desc="profile (measured sub-blocks, 3 passes)", disable=not ctx.progress,
-               unit="sub")
+    nbs, parents, excess = [], [], []
+    bar = tqdm(total=3 * (len(subs) + 2) + 1, desc="profile (measured sub-blocks, 3 passes)",
+               disable=not ctx.progress, unit="sub")
     for k in range(3):
         for s in subs:
             runs[_subkey(s)].append(time_subblock(spec, s, sc, threads=c.measure_threads, repeats=c.profile_repeats,
                                                   warmup=1, seed=c.seed + k))
             bar.update(1)
+        nbs.append(measure_non_block(spec, sc, layers=L, threads=c.measure_threads,
+                                     repeats=max(3, c.profile_repeats), warmup=1, seed=k))
+        bar.update(1)
+        parents.append(measure_model(ctx.parent, sc, threads=c.measure_threads, repeats=max(3, c.profile_repeats),
+                                     warmup=1, seed=k))
+        bar.update(1)
+        summed = nbs[-1].decode_ms + sum(runs[_subkey(x)][-1].decode_ms for b in ctx.parent.architecture.blocks
+                                         for x in (b.attention, b.ffn) if not x.no_op)
+        excess.append(parents[-1].decode_ms - summed)
+    # cache spill: decode of a model whose working set exceeds the CPU cache costs more than its
+    # summed sub-blocks (timed in small, cache-resident stacks); gamma measured, capacity fitted on the parent
+    gamma, gdetail = measure_spill_gamma(spec, sc, threads=c.measure_threads, repeats=max(2, c.profile_repeats // 2),
+                                         seed=c.seed)
+    bar.update(1)
     bar.close()
+    w_parent = working_set_bytes(ctx.parent.architecture, sc)
+    spill = CacheSpill.fit_capacity(gamma, w_parent, statistics.median(excess))
     timings: dict[str, dict[str, float]] = {}
     for key, ts in runs.items():
         t = sorted(ts, key=lambda x: x.runtime_ms)[len(ts) // 2]
         timings[key] = {"prefill_ms": t.prefill_ms, "decode_ms": t.decode_ms, "runtime_ms": t.runtime_ms,
-                        "spread_ms": max(x.runtime_ms for x in ts) - min(x.runtime_ms for x in ts)}
-    nbs = [measure_non_block(spec, sc, threads=c.measure_threads, repeats=max(3, c.profile_repeats), warmup=1,
-                             seed=k) for k in range(3)]
+                        "spread_ms": max(x.runtime_ms for x in ts) - min(x.runtime_ms for x in ts),
+                        "working_set_bytes": subblock_working_set_bytes(spec, _sub_from_key(key), sc)}
     nb = sorted(nbs, key=lambda x: x.runtime_ms)[1]
     name = lib.add_scenario(sc, default=True)
     for b in lib.blocks:
-        zero = {"runtime_ms": 0.0, "prefill_ms": 0.0, "decode_ms": 0.0}
+        zero = {"runtime_ms": 0.0, "prefill_ms": 0.0, "decode_ms": 0.0, "working_set_bytes": 0.0}
         a = timings.get(_subkey(b.attention), zero)
         f = timings.get(_subkey(b.ffn), zero)
-        lib.set_costs(name, b, {"runtime_ms": a["runtime_ms"] + f["runtime_ms"],
-                                "prefill_ms": a["prefill_ms"] + f["prefill_ms"],
+        rt = a["runtime_ms"] + f["runtime_ms"]
+        lib.set_costs(name, b, {"runtime_ms": rt, "prefill_ms": a["prefill_ms"] + f["prefill_ms"],
                                 "decode_ms": a["decode_ms"] + f["decode_ms"],
-                                "attention_runtime_ms": a["runtime_ms"], "ffn_runtime_ms": f["runtime_ms"]})
-    lib.meta.setdefault("non_block_costs", {})[name] = {"runtime_ms": nb.runtime_ms}
+                                "attention_runtime_ms": a["runtime_ms"], "ffn_runtime_ms": f["runtime_ms"],
+                                SPILL_COST: rt + spill.gamma_ms_per_byte * (a["working_set_bytes"]
+                                                                            + f["working_set_bytes"])})
+    nb_ws = non_block_working_set_bytes(spec, sc)
+    lib.meta.setdefault("non_block_costs", {})[name] = {
+        "runtime_ms": nb.runtime_ms, SPILL_COST: nb.runtime_ms + spill.gamma_ms_per_byte * nb_ws
+        - spill.gamma_ms_per_byte * spill.capacity_bytes}
     lib.meta.setdefault("profiles", {})[name] = {"profiler": "measured", "threads": c.measure_threads,
-                                                 "repeats": c.profile_repeats}
+                                                 "repeats": c.profile_repeats, "cache_spill": spill.to_dict()}
     h100 = Scenario("h100-sxm", "fp8", 256, 1000, 200)
     profile_library(lib, h100, default=False)
     lib.default_scenario = name
     lib.save(ctx.rd.path / "library.json")
     ctx._lib = None
-    return {"scenario": name, "h100_scenario": h100.name, "subblocks": timings, "non_block_ms": nb.runtime_ms}
+    return {"scenario": name, "h100_scenario": h100.name, "subblocks": timings, "non_block_ms": nb.runtime_ms,
+            "non_block_layers": L, "non_block_working_set_bytes": nb_ws, "cache_spill": spill.to_dict(),
+            "cache_spill_gamma_detail": gdetail, "parent_working_set_bytes": w_parent,
+            "parent_measured_ms": statistics.median(p.runtime_ms for p in parents),
+            "parent_decode_excess_ms": excess, "scenario_dims": [sc.dtype, sc.batch, sc.prefill, sc.decode]}
+
+
+#: The library cost that adds the cache-spill term's linear part (see :func:`_stage_profile`).
+SPILL_COST = "runtime_spill_ms"
+
+
+def _spill(prof: dict[str, Any]) -> Any:
+    from ..profilers.measured import CacheSpill
+
+    return CacheSpill.from_dict(prof["cache_spill"]) if "cache_spill" in prof else CacheSpill(0.0, 0.0)
 
 
 def _subkey(s: Any) -> str:
@@ -391,7 +440,9 @@ def _sub_from_key(key: str) -> Any:
     return BlockConfig.from_key(f"attn=no_op|ffn={short}").ffn
 
 
-def _cost_model(prof: dict[str, Any]) -> CostModel:
+def _cost_model(prof: dict[str, Any], spec: Any = None) -> CostModel:
+    """Predicted whole-model runtime from the profile: non-block part + summed measured sub-blocks
+    (FFN widths interpolated) + the cache-spill correction of the decode working set."""
     attn, fw, fms, linear = {}, [], [], 0.0
     for key, t in prof["subblocks"].items():
         s = _sub_from_key(key)
@@ -402,7 +453,29 @@ def _cost_model(prof: dict[str, Any]) -> CostModel:
         else:
             fw.append(s.intermediate_size)
             fms.append(t["runtime_ms"])
-    return CostModel(attn, fw, fms, linear, prof["non_block_ms"])
+    spill, ws = None, None
+    if spec is not None and "cache_spill" in prof:
+        from ..profilers.measured import subblock_working_set_bytes
+
+        sc = Scenario("local-cpu", *prof["scenario_dims"]) if "scenario_dims" in prof else None
+        spill = _spill(prof)
+        nb_ws = prof["non_block_working_set_bytes"]
+
+        def ws(blocks: Any) -> float:
+            return nb_ws + sum(subblock_working_set_bytes(spec, x, sc) for b in blocks for x in (b.attention, b.ffn))
+    return CostModel(attn, fw, fms, linear, prof["non_block_ms"], spill=spill, working_set=ws)
+
+
+def _budgets(lib: Any, prof: dict[str, Any], budget_ms: float) -> tuple[dict[str, float], dict[str, float]]:
+    """Search budgets and non-block constants for a predicted whole-model runtime of at most ``budget_ms``:
+    ``sum + gamma * max(0, W - C) <= T`` is exactly ``sum <= T`` and ``sum + gamma * (W - C) <= T``."""
+    sc = prof["scenario"]
+    nbc = lib.meta.get("non_block_costs", {}).get(sc, {})
+    budgets, consts = {"runtime_ms": budget_ms}, {"runtime_ms": prof["non_block_ms"]}
+    if "cache_spill" in prof and SPILL_COST in nbc:
+        budgets[SPILL_COST] = budget_ms
+        consts[SPILL_COST] = nbc[SPILL_COST]
+    return budgets, consts
 
 
 def _stage_search(ctx: _Ctx, prof: dict[str, Any]) -> dict[str, Any]:
@@ -412,15 +485,19 @@ def _stage_search(ctx: _Ctx, prof: dict[str, Any]) -> dict[str, Any]:
     lib = ctx.library
     sc = prof["scenario"]
     nb = prof["non_block_ms"]
+    cm = _cost_model(prof, ctx.spec)
     parent_ch = _parent_choices_idx(lib)
-    rt = lib.cost_matrix(["runtime_ms"], sc)[:, 0]
-    parent_pred = nb + float(sum(rt[i] for i in parent_ch))
+    parent_pred = cm.runtime([lib.candidates[i].block for i in parent_ch])
     budget = parent_pred / c.target_speedup
-    sol = search(lib, "kl_div", {"runtime_ms": budget}, scenario=sc, constants={"runtime_ms": nb})
+    budgets, consts = _budgets(lib, prof, budget)
+    sol = search(lib, "kl_div", budgets, scenario=sc, constants=consts)
+    pred = cm.runtime([lib.candidates[i].block for i in sol.candidates])
     front = pareto_front(lib, "kl_div", cost="runtime_ms", scenario=sc)
-    pts = [{"runtime_ms": s.costs["runtime_ms"] + nb, "kl_sum": s.objective, "blocks": s.blocks} for s in front]
+    pts = [{"runtime_ms": cm.runtime([BlockConfig.from_key(k) for k in s.blocks]), "kl_sum": s.objective,
+            "blocks": s.blocks} for s in front]
+    del nb
     return {"parent_predicted_ms": parent_pred, "budget_ms": budget, "choices": sol.candidates,
-            "predicted_ms": sol.costs["runtime_ms"], "predicted_speedup": parent_pred / sol.costs["runtime_ms"],
+            "predicted_ms": pred, "predicted_speedup": parent_pred / pred,
             "kl_sum": sol.objective, "solver": sol.solver, "blocks": sol.blocks, "front": pts,
             "parent_choices": parent_ch}
 
@@ -457,11 +534,12 @@ def _search_at(ctx: _Ctx, prof: dict[str, Any], srch: dict[str, Any], speedup: f
     """The search optimum at a requested predicted speed-up (the budget ``parent / speedup``)."""
     from ..search import search
 
-    nb = prof["non_block_ms"]
-    sol = search(ctx.library, "kl_div", {"runtime_ms": srch["parent_predicted_ms"] / speedup},
-                 scenario=prof["scenario"], constants={"runtime_ms": nb})
-    info = {"choices": sol.candidates, "predicted_ms": sol.costs["runtime_ms"],
-            "predicted_speedup": srch["parent_predicted_ms"] / sol.costs["runtime_ms"], "kl_sum": sol.objective,
+    lib = ctx.library
+    budgets, consts = _budgets(lib, prof, srch["parent_predicted_ms"] / speedup)
+    sol = search(lib, "kl_div", budgets, scenario=prof["scenario"], constants=consts)
+    pred = _cost_model(prof, ctx.spec).runtime([lib.candidates[i].block for i in sol.candidates])
+    info = {"choices": sol.candidates, "predicted_ms": pred,
+            "predicted_speedup": srch["parent_predicted_ms"] / pred, "kl_sum": sol.objective,
             "blocks": sol.blocks, "requested_speedup": speedup}
     return Recipe("puzzle", choices=list(sol.candidates)), info
 
@@ -513,7 +591,7 @@ def _stage_baselines(ctx: _Ctx, prof: dict[str, Any], srch: dict[str, Any], chil
 
     c, spec, lib = ctx.cfg, ctx.spec, ctx.library
     sc = prof["scenario"]
-    cm = _cost_model(prof)
+    cm = _cost_model(prof, spec)
     nb = prof["non_block_ms"]
     parent_pred = srch["parent_predicted_ms"]
     target = child["measured"]["speedup"]
@@ -668,8 +746,9 @@ def run_demo(out_dir: str | os.PathLike, config: DemoConfig | None = None, *, da
         st.run("bld", {k: d[k] for k in ("ffn_fractions", "linear", "no_op", "bld_tokens", "bld_batch", "bld_lr",
                                          "seed")}, lambda: _stage_bld(ctx))
         st.run("score", {"score_sequences": cfg.score_sequences}, lambda: _stage_score(ctx))
-        prof = st.run("profile", {k: d[k] for k in ("batch", "prefill", "decode", "profile_repeats",
-                                                    "measure_threads")}, lambda: _stage_profile(ctx))
+        prof = st.run("profile", {**{k: d[k] for k in ("batch", "prefill", "decode", "profile_repeats",
+                                                       "measure_threads")}, "method": PROFILE_METHOD},
+                      lambda: _stage_profile(ctx))
         srch = st.run("search", {"target_speedup": cfg.target_speedup}, lambda: _stage_search(ctx, prof))
         child = st.run("child", {k: d[k] for k in ("measure_rounds", "eval_sequences", "fusion_max_kl_increase",
                                                   "match_tol", "child_iters")},
