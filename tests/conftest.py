@@ -50,6 +50,19 @@ def tiny_llama_config(**over) -> dict:
     return d
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """Reset accelerate's process-wide AcceleratorState after each test. A test that trains in-process
+    through TRL/transformers (whose SFTConfig defaults to bf16) leaves the singleton initialised,
+    and any later ``Accelerator(mixed_precision="no")`` (``puzzlekit.distill``) then raises ValueError."""
+    yield
+    import sys
+
+    state = sys.modules.get("accelerate.state")  # never import accelerate (torch) for tests that did not
+    if state is not None and state.AcceleratorState._shared_state:
+        state.AcceleratorState._reset_state(reset_partial_state=True)
+
+
 # ---- reliability record (docs/RELIABILITY.md) ----------------------------------------------
 # Reliability tests call `reliability(category, what, cases)`; the outcome of the test is
 # recorded and, with PUZZLEKIT_WRITE_RELIABILITY=1, written to docs/RELIABILITY.md at the end.
