@@ -11,9 +11,14 @@ the catalogue entry of the detected GPU), (2) times every sub-block of a search
 space with the repeated-block method, (3) fits the roofline's factors (at most
 three) to those times and writes ``hardware.json`` + ``measurements.json``,
 (4) prints the per-sub-block error, and (5) the additivity check: the sum of the
-measured blocks plus the non-block part against the whole model measured in the
-same run, for several heterogeneous architectures.  Every figure is a ratio of
-times measured in this run, never an absolute time alone.
+measured blocks plus the non-block part (a model of L no-op layers) against the
+whole model, for the parent and several heterogeneous architectures, with and
+without the decode cache-spill correction (gamma measured on a stack too big for
+the cache, capacity fitted on the parent: see ``puzzlekit.profilers.measured``).
+Everything is measured in interleaved rounds (each sub-block, the non-block part
+and each whole model once per round); ratios are taken per round and the median
+over rounds is reported.  Every figure is a ratio of times measured in this run,
+never an absolute time alone.
 """
 
 from __future__ import annotations
@@ -35,7 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--prefill", type=int, default=128)
     ap.add_argument("--decode", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=3, help="repetitions per measurement (median)")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds over everything (median)")
+    ap.add_argument("--archs", type=int, default=5, help="random heterogeneous architectures besides the parent")
     ap.add_argument("--fit", default="compute_efficiency,memory_efficiency,kernel_overhead")
     ap.add_argument("-o", "--output", default="runs/profile_hardware")
     args = ap.parse_args(argv)
@@ -44,10 +51,15 @@ def main(argv: list[str] | None = None) -> int:
     from puzzlekit.profilers import architecture_cost, get_hardware, measure_local_cpu, save_hardware_profile
     from puzzlekit.profilers.calibrate import fit_factors
     from puzzlekit.profilers.measured import (
+        CacheSpill,
         MeasuredProfiler,
+        Timing,
         load_measurements,
         measure_model,
         measure_non_block,
+        measure_spill_gamma,
+        time_subblock,
+        working_set_bytes,
     )
 
     import puzzlekit as pk
@@ -80,47 +92,112 @@ def main(argv: list[str] | None = None) -> int:
     inter = spec.intermediate_size
     ffns = [pk.FFNConfig.swiglu(max(256, int(f * inter) // 256 * 256)) for f in (1.0, 0.5, 0.25)]
     ffns.append(pk.FFNConfig.make_linear())
-    blocks = [pk.BlockConfig(a, f) for a in atts for f in ffns]
-    prof = MeasuredProfiler(spec, sc, device=args.device, threads=args.threads, repeats=args.repeats)
-    rows = prof.measure(blocks)
+    subs = [*atts, *ffns]
+    L = spec.num_hidden_layers
+    # heterogeneous architectures for the additivity check; the first is the parent (the cache-spill
+    # capacity is fitted on it, so the others are out-of-sample)
+    rng = np.random.default_rng(0)
+    archs = [pk.Architecture(spec, (spec.parent_block(),) * L)]
+    for _ in range(args.archs):
+        layers = [pk.BlockConfig(atts[rng.integers(len(atts))] if rng.random() > 0.2 else pk.AttentionConfig.make_no_op(),
+                                 ffns[rng.integers(len(ffns))] if rng.random() > 0.15 else pk.FFNConfig.make_no_op())
+                  for _ in range(L)]
+        archs.append(pk.Architecture(spec, tuple(layers)))
+    from puzzlekit.model import PuzzleForCausalLM
+
+    models = []
+    for a in archs:
+        torch.manual_seed(0)
+        models.append(PuzzleForCausalLM.from_architecture(a))
+
+    # interleaved rounds: every sub-block, the non-block part and every whole model once per round, so
+    # slow drifts of a shared machine hit all of them alike; per-round ratios, medians over rounds
+    kw = dict(device=args.device, threads=args.threads)
+    sub_runs = {s: [] for s in subs}
+    nb_runs, whole_runs = [], [[] for _ in archs]
+    for r in range(args.rounds):
+        for s in subs:
+            sub_runs[s].append(time_subblock(spec, s, sc, repeats=args.repeats, warmup=1, seed=r, **kw))
+        nb_runs.append(measure_non_block(spec, sc, layers=L, repeats=args.repeats, warmup=1, seed=r, **kw))
+        for i, m in enumerate(models):
+            whole_runs[i].append(measure_model(m, sc, repeats=args.repeats, warmup=1, seed=r, **kw))
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+    gamma, gdet = measure_spill_gamma(spec, sc, repeats=args.repeats, **kw)
+
+    def med(xs, f):
+        return float(np.median([f(x) for x in xs]))
+
+    rows = {}
+    for b in [pk.BlockConfig(a, f) for a in atts for f in ffns]:
+        rows[b.key] = {p: Timing(med(sub_runs[s], lambda t: t.prefill_ms), med(sub_runs[s], lambda t: t.decode_ms),
+                                 sub_runs[s][0].param_bytes, sub_runs[s][0].kv_cache_bytes)
+                       for p, s in (("attention", b.attention), ("ffn", b.ffn))}
+    noise = {s.short(): float(np.median([abs(t.runtime_ms / med(sub_runs[s], lambda x: x.runtime_ms) - 1)
+                                         for t in sub_runs[s]])) for s in subs}
+    prof = MeasuredProfiler(spec, sc, **kw)
     mpath = prof.save(out / "measurements.json", rows, hw_name)
     ms, _ = load_measurements(mpath)
     fit = tuple(x for x in args.fit.split(",") if x)
     res = fit_factors(ms, hw, fit)
     save_hardware_profile(res.hardware, out / "hardware.json")
-    print(f"\nper sub-block (fitted {', '.join(f'{k}={v:.3g}' for k, v in res.fitted.items())}):")
-    for r in res.table():
-        print(f"  {r['label']:<22} measured/predicted {r['measured_ms'] / r['predicted_ms']:6.3f}  "
-              f"({r['error_pct']:+6.1f} %)")
+    print(f"\nper sub-block (median of {args.rounds} interleaved rounds; fitted "
+          f"{', '.join(f'{k}={v:.3g}' for k, v in res.fitted.items())}):")
+    for r_ in res.table():
+        print(f"  {r_['label']:<22} measured/predicted {r_['measured_ms'] / r_['predicted_ms']:6.3f}  "
+              f"({r_['error_pct']:+6.1f} %)")
     print(f"per-sub-block MAPE: {100 * res.mape_before:.1f} % uncalibrated -> {100 * res.mape_after:.1f} % calibrated "
-          f"(max {100 * res.max_abs_pct_error:.1f} %)")
+          f"(max {100 * res.max_abs_pct_error:.1f} %); measurement noise (median |round/median - 1|): "
+          f"{100 * float(np.median(list(noise.values()))):.1f} %")
 
-    # additivity: heterogeneous architectures, measured whole vs (measured blocks + measured non-block)
-    rng = np.random.default_rng(0)
-    nb = measure_non_block(spec, sc, device=args.device, threads=args.threads, repeats=args.repeats)
-    print(f"\nadditivity (non-block part measured: {nb.runtime_ms:.2f} ms):")
-    sub_ms = {}
-    for key, parts in rows.items():
-        b = pk.BlockConfig.from_key(key)
-        sub_ms[b.attention] = parts["attention"].runtime_ms
-        sub_ms[b.ffn] = parts["ffn"].runtime_ms
-    errs, errs_model = [], []
-    for trial in range(4):
-        layers = [pk.BlockConfig(atts[rng.integers(len(atts))] if rng.random() > 0.2 else pk.AttentionConfig.make_no_op(),
-                                 ffns[rng.integers(len(ffns))]) for _ in range(spec.num_hidden_layers)]
-        arch = pk.Architecture(spec, tuple(layers))
-        whole = measure_model(arch, sc, device=args.device, threads=args.threads, repeats=args.repeats).runtime_ms
-        summed = nb.runtime_ms + sum(sub_ms.get(b.attention, 0.0) + sub_ms.get(b.ffn, 0.0) for b in layers)
+    # additivity, per round: non-block (L no-op layers) + summed sub-blocks [+ cache spill] against the whole
+    def summed(arch, r, phase):
+        t = nb_runs[r]
+        tot = getattr(t, phase)
+        for b in arch.blocks:
+            for x in (b.attention, b.ffn):
+                if not x.no_op:
+                    tot += getattr(sub_runs[x][r], phase)
+        return tot
+
+    excess = [whole_runs[0][r].decode_ms - summed(archs[0], r, "decode_ms") for r in range(args.rounds)]
+    spill = CacheSpill.fit_capacity(gamma, working_set_bytes(archs[0], sc), float(np.median(excess)))
+    print(f"\nadditivity (non-block part: {L} no-op layers, {med(nb_runs, lambda t: t.runtime_ms):.2f} ms; "
+          f"cache spill: gamma {spill.to_dict()['gamma_ms_per_mib']:.3f} ms/MiB measured on "
+          f"{gdet['copies']} copies of {gdet['sub']}, capacity {spill.to_dict()['capacity_mib']:.1f} MiB fitted on "
+          f"arch 0 = the parent):")
+    errs, errs_plain, errs_model, detail = [], [], [], []
+    for i, arch in enumerate(archs):
+        ws = working_set_bytes(arch, sc)
+        rp = [summed(arch, r, "prefill_ms") / whole_runs[i][r].prefill_ms for r in range(args.rounds)]
+        rd = [summed(arch, r, "decode_ms") / whole_runs[i][r].decode_ms for r in range(args.rounds)]
+        plain = [(summed(arch, r, "prefill_ms") + summed(arch, r, "decode_ms")) / whole_runs[i][r].runtime_ms
+                 for r in range(args.rounds)]
+        corr = [(summed(arch, r, "prefill_ms") + summed(arch, r, "decode_ms") + spill.extra_ms(ws))
+                / whole_runs[i][r].runtime_ms for r in range(args.rounds)]
+        whole = med(whole_runs[i], lambda t: t.runtime_ms)
         model = architecture_cost(arch, sc, res.hardware).runtime_ms
-        errs.append(summed / whole - 1)
+        e, ep = float(np.median(corr)) - 1, float(np.median(plain)) - 1
+        errs.append(e)
+        errs_plain.append(ep)
         errs_model.append(model / whole - 1)
-        print(f"  arch {trial}: sum-of-measured-blocks / whole = {summed / whole:.3f};"
-              f"  calibrated roofline / whole = {model / whole:.3f}")
-    print(f"additivity: mean |error| {100 * np.mean(np.abs(errs)):.1f} % (bias {100 * np.mean(errs):+.1f} %); "
-          f"roofline whole-model mean |error| {100 * np.mean(np.abs(errs_model)):.1f} %")
+        detail.append({"blocks": [b.key for b in arch.blocks], "working_set_mib": ws / 2**20,
+                       "prefill_ratio": float(np.median(rp)), "decode_ratio": float(np.median(rd)),
+                       "sum_over_whole": 1 + ep, "sum_plus_spill_over_whole": 1 + e})
+        print(f"  arch {i}{' (parent)' if i == 0 else ''}: working set {ws / 2**20:5.1f} MiB; sum/whole prefill "
+              f"{np.median(rp):.3f} decode {np.median(rd):.3f} total {1 + ep:.3f}; with spill {1 + e:.3f};"
+              f"  calibrated roofline / whole {model / whole:.3f}")
+    out_of_sample = errs[1:]
+    print(f"additivity: mean |error| {100 * np.mean(np.abs(out_of_sample)):.1f} % (max {100 * np.max(np.abs(out_of_sample)):.1f} %,"
+          f" bias {100 * np.mean(out_of_sample):+.1f} %) with the spill correction on the {len(out_of_sample)} non-parent "
+          f"architectures; plain sum {100 * np.mean(np.abs(errs_plain[1:])):.1f} % (bias {100 * np.mean(errs_plain[1:]):+.1f} %);"
+          f" roofline whole-model mean |error| {100 * np.mean(np.abs(errs_model)):.1f} %")
     summary = {"hardware": res.hardware.to_dict(), "per_subblock_mape": res.mape_after,
-               "per_subblock_mape_uncalibrated": res.mape_before, "additivity_errors": errs,
-               "roofline_whole_model_errors": errs_model}
+               "per_subblock_mape_uncalibrated": res.mape_before, "per_subblock_max_error": res.max_abs_pct_error,
+               "per_subblock_rows": res.table(), "measurement_noise": noise, "rounds": args.rounds,
+               "additivity_errors": errs, "additivity_errors_plain_sum": errs_plain,
+               "additivity_mean_abs_error_out_of_sample": float(np.mean(np.abs(out_of_sample))),
+               "cache_spill": spill.to_dict(), "cache_spill_gamma_detail": gdet, "parent_decode_excess_ms": excess,
+               "architectures": detail, "roofline_whole_model_errors": errs_model}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(f"\nwrote {out / 'hardware.json'} (use: puzzlekit profile PARENT --hardware {out / 'hardware.json'} ...)")
     return 0

@@ -46,7 +46,9 @@ __all__ = [
 
 #: The factors fitted by default (three numbers).
 DEFAULT_FIT = ("compute_efficiency", "attention_efficiency", "kernel_overhead")
-_FACTORS = {"compute_efficiency": (1e-3, 1.5), "memory_efficiency": (1e-3, 1.5),
+# memory_efficiency may exceed 1: on a CPU the catalogue bandwidth is a DRAM copy, while the
+# repeated-block stacks of a tiny model stay in cache, several times faster (the fit hit 1.5 before)
+_FACTORS = {"compute_efficiency": (1e-3, 1.5), "memory_efficiency": (1e-3, 10.0),
             "attention_efficiency": (1e-3, 1.5), "kernel_overhead": (1e-9, 1e-2)}
 
 

@@ -125,3 +125,30 @@ def test_fast_demo_end_to_end(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     rep = json.loads((tmp_path / "fast" / "report.json").read_text())
     assert REQUIRED["child"] <= set(rep["child"]) and len(rep["baselines"]) == 4
+
+
+def test_uniform_ffn_knob_is_fine_below_the_narrowest_width():
+    from puzzlekit.profilers.measured import CacheSpill
+
+    import puzzlekit as pk
+    from puzzlekit.demo.baselines import CostModel, uniform_ffn_recipe, uniform_width_for
+
+    spec = pk.ParentSpec(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         intermediate_size=64, vocab_size=128, num_hidden_layers=4)
+    blocks = uniform_ffn_recipe(spec, 4.0).blocks()  # half the layers keep 8 channels, the rest none
+    assert [b.ffn.intermediate_size for b in blocks] == [8, 8, None, None]
+    assert all(b.attention == spec.parent_block().attention for b in blocks)
+    assert [b.ffn.intermediate_size for b in uniform_ffn_recipe(spec, 16.0).blocks()] == [16] * 4
+    assert all(b.ffn.no_op for b in uniform_ffn_recipe(spec, 0.0).blocks())
+    # an FFN costs 1 ms + 0.1 ms per channel; attention 2 ms; non-block 1 ms
+    cm = CostModel({spec.parent_block().attention: 2.0}, [8, 64], [1.8, 7.4], 0.5, 1.0)
+    assert uniform_width_for(spec, cm, 1 + 4 * 2 + 2 * 1.8 + 1e-9) == 4.0  # between width 8 and all removed
+    assert uniform_width_for(spec, cm, 1 + 4 * 2 + 4 * 1.8) == 8.0
+    assert uniform_width_for(spec, cm, 0.5) == 0.0
+    # the cache-spill term: extra ms beyond the capacity, on top of the plain sum
+    spill = CacheSpill(1.0, 10.0)
+    cms = CostModel({spec.parent_block().attention: 2.0}, [8, 64], [1.8, 7.4], 0.5, 1.0, spill=spill,
+                    working_set=lambda bs: 3.0 * len([b for b in bs if not b.ffn.no_op]))
+    full = uniform_ffn_recipe(spec, 64.0).blocks()
+    assert cms.runtime(full) == cm.runtime(full) + 2.0  # 12 bytes, 2 beyond the capacity
+    assert cms.runtime(blocks) == cm.runtime(blocks)

@@ -88,3 +88,45 @@ def test_cpu_fidelity_per_subblock_and_additivity(tmp_path):
 
     s = json.loads((tmp_path / "summary.json").read_text())
     assert s["per_subblock_mape"] <= s["per_subblock_mape_uncalibrated"] + 1e-12
+
+
+def test_cache_spill_fit_and_linearisation():
+    from puzzlekit.profilers.measured import CacheSpill
+
+    s = CacheSpill.fit_capacity(2.0, 10.0, 6.0)  # 6 ms excess at 2 ms/byte beyond capacity: 3 bytes over
+    assert s.capacity_bytes == 7.0 and s.extra_ms(10.0) == 6.0 and s.extra_ms(5.0) == 0.0
+    assert CacheSpill.fit_capacity(2.0, 10.0, -1.0).extra_ms(10.0) == 0.0  # parent additive: no spill at its size
+    assert CacheSpill.fit_capacity(2.0, 10.0, 100.0).capacity_bytes == 0.0  # clamped
+    assert CacheSpill.from_dict(s.to_dict()) == s
+    # max(0, W - C) is convex: sum + extra <= T  <=>  sum <= T and sum + gamma (W - C) <= T
+    for tot, w, T in ((5.0, 9.0, 6.0), (5.0, 7.5, 6.0), (5.0, 12.0, 12.0), (7.0, 1.0, 6.0)):
+        assert (tot + s.extra_ms(w) <= T) == (tot <= T and tot + 2.0 * (w - 7.0) <= T)
+
+
+def test_working_set_bytes_counts_weights_and_mean_context_kv():
+    from puzzlekit.profilers.measured import (
+        non_block_working_set_bytes,
+        subblock_working_set_bytes,
+        working_set_bytes,
+    )
+
+    a, f = pk.AttentionConfig.gqa(2), pk.FFNConfig.swiglu(128)
+    ctx = SC.prefill + SC.decode / 2
+    assert subblock_working_set_bytes(SPEC, a, SC) == (pk.accounting.attention_params(SPEC, a) * 4
+                                                       + 2 * 2 * 16 * 4 * ctx * SC.batch)
+    assert subblock_working_set_bytes(SPEC, f, SC) == pk.accounting.ffn_params(SPEC, f) * 4
+    assert subblock_working_set_bytes(SPEC, pk.FFNConfig.make_no_op(), SC) == 0
+    assert subblock_working_set_bytes(SPEC, pk.AttentionConfig.make_linear(), SC) == (64 * 64 + 64) * 4  # + its norm
+    arch = pk.Architecture(SPEC, (pk.BlockConfig(a, f), pk.BlockConfig(pk.AttentionConfig.make_no_op(), f)))
+    assert working_set_bytes(arch, SC) == (non_block_working_set_bytes(SPEC, SC)
+                                           + subblock_working_set_bytes(SPEC, a, SC)
+                                           + 2 * subblock_working_set_bytes(SPEC, f, SC))
+
+
+def test_non_block_part_with_all_layers():
+    from puzzlekit.profilers.measured import measure_non_block
+
+    t = measure_non_block(SPEC, SC, layers=3, threads=1, warmup=0, repeats=1)
+    assert t.prefill_ms > 0 and t.decode_ms > 0
+    with pytest.raises(ConfigError, match="layers"):
+        measure_non_block(SPEC, SC, layers=0)
