@@ -209,8 +209,14 @@ def _tp_split(kernels: list[Kernel], tp: int) -> list[Kernel]:
 
 
 def attention_work(spec: ParentSpec, att: AttentionConfig, scenario: Scenario, *,
-                   max_batched_tokens: int = 8192) -> SubBlockWork:
-    """The work of an attention sub-block (GQA with any KV heads, linear, or no-op)."""
+                   max_batched_tokens: int = 8192, concat_cache: bool = False) -> SubBlockWork:
+    """The work of an attention sub-block (GQA with any KV heads, linear, or no-op).
+
+    ``concat_cache``: the KV cache grows by concatenation (eager PyTorch with a transformers
+    ``DynamicCache``: ``torch.cat`` each decode step), so every step also reads the old cache and
+    writes the new one (2 more passes over it) besides attention's read; a serving engine's paged
+    cache appends in place (``False``).
+    """
     dt = scenario.dtype
     w, a = dtype_bytes(dt), act_bytes(dt)
     H, nq, d = spec.hidden_size, spec.num_attention_heads, spec.head_dim
@@ -264,6 +270,8 @@ def attention_work(spec: ParentSpec, att: AttentionConfig, scenario: Scenario, *
         ctx = P + np.arange(1, D + 1, dtype=float)
         core_flops = 4.0 * nq * d * B * ctx
         core_bytes = B * ctx * kv_tok + B * kv_tok + B * 2 * nq * d * a
+        if concat_cache:
+            core_bytes = core_bytes + 2.0 * B * ctx * kv_tok
         ks = [
             _norm_kernel("input_norm", T, H, a, D),
             _gemm("qkv_proj", T, H, qkv_out, w, a, D, dt),
@@ -457,7 +465,8 @@ def block_costs(spec: ParentSpec, block: BlockConfig, scenario: Scenario, hardwa
     tot = ZERO_LATENCY
     works = []
     for part, sub, fn in (("attention", block.attention, attention_work), ("ffn", block.ffn, ffn_work)):
-        wk = fn(spec, sub, scenario, max_batched_tokens=hw.max_batched_tokens)
+        extra = {"concat_cache": hw.eager} if fn is attention_work else {}
+        wk = fn(spec, sub, scenario, max_batched_tokens=hw.max_batched_tokens, **extra)
         works.append(wk)
         lat = roofline_latency(wk, hw)
         mem = subblock_memory_bytes(spec, sub, scenario, memory)

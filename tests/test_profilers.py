@@ -127,6 +127,11 @@ def test_flops_formulas():
     core = next(k for k in aw.prefill if k.name == "attention")
     assert core.flops.sum() == pytest.approx(4 * 4 * 16 * 2 * 10 * 11 / 2)
     assert attention_work(TINY, pk.AttentionConfig.make_no_op(), sc).prefill_flops == 0
+    # eager DynamicCache: each decode step's torch.cat reads the old cache and writes the new one
+    cat = attention_work(TINY, pk.AttentionConfig.gqa(2), sc, concat_cache=True)
+    kv_tok = 2 * 2 * 16 * 2  # K and V, 2 KV heads, head_dim 16, bf16
+    extra = sum(2 * 2 * (10 + s) * kv_tok for s in (1, 2, 3))
+    assert cat.decode_bytes - aw.decode_bytes == pytest.approx(extra)
 
 
 def test_fewer_kv_heads_and_smaller_ffn_are_cheaper():
