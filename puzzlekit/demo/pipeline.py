@@ -619,13 +619,31 @@ def _stage_baselines(ctx: _Ctx, prof: dict[str, Any], srch: dict[str, Any], chil
         r = drop_recipe(spec, order, drop_knob_for(spec, order, cm, parent_pred / s))
         return r, pred(r)
 
+    def within(choose: Callable[[float], list[int]], target_ms: float) -> list[int]:
+        """``choose(budget)`` on the summed block runtimes, its budget bisected so that the predicted
+        whole-model runtime (cache spill included: not a plain sum) is at most ``target_ms``."""
+        lo, hi = 0.0, max(0.0, target_ms - nb)
+        best = choose(lo) if lo > 0 else None
+        for _ in range(20):
+            mid = 0.5 * (lo + hi)
+            try:
+                ch = choose(mid)
+            except PuzzlekitError:
+                lo = mid
+                continue
+            if cm.runtime([lib.candidates[i].block for i in ch]) <= target_ms:
+                best, lo = ch, mid
+            else:
+                hi = mid
+        return best if best is not None else choose(max(0.0, target_ms - nb))
+
     def make_greedy(s: float) -> tuple[Recipe, float]:
-        ch = greedy_choices(lib, parent_pred / s - nb, scenario=sc)
+        ch = within(lambda b: greedy_choices(lib, b, scenario=sc), parent_pred / s)
         r = Recipe("greedy", choices=ch, knob=s)
         return r, pred(r)
 
     def make_random(s: float) -> tuple[Recipe, float]:
-        ch = random_choices_at(lib, parent_pred / s - nb, scenario=sc, seed=c.seed)
+        ch = within(lambda b: random_choices_at(lib, b, scenario=sc, seed=c.seed), parent_pred / s)
         r = Recipe("random", choices=ch, knob=s)
         return r, pred(r)
 
