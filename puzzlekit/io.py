@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -55,6 +56,34 @@ def _writable_parent(path: Path) -> None:
         raise PuzzlekitError(f"{parent}: cannot create the folder ({e.strerror}); choose a writable location") from e
 
 
+_HOST = "".join(c if c.isalnum() else "_" for c in socket.gethostname()) or "host"
+
+
+def _remove_orphaned_temps(path: Path) -> None:
+    """Delete temporary files of ``path`` left by a writer on this host that no longer runs (killed
+    mid-write); temporaries of live processes and of other hosts are left alone."""
+    head = f".{path.name}.{_HOST}-"
+    try:
+        names = [e.name for e in os.scandir(path.parent) if e.name.startswith(head) and e.name.endswith(".tmp")]
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(head):].split(".", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except OSError:  # exists, owned by someone else
+            continue
+        try:
+            (path.parent / name).unlink()
+        except OSError:
+            pass
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success rename it onto ``path``.
@@ -64,8 +93,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     """
     path = Path(path)
     _writable_parent(path)
+    owner = f"{_HOST}-{os.getpid()}"
+    _remove_orphaned_temps(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix + ".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{owner}.", suffix=suffix + ".tmp", dir=path.parent)
     except OSError as e:
         raise PuzzlekitError(f"{path}: cannot write here ({e.strerror}); check the folder's permissions and free space") from e
     os.close(fd)
