@@ -48,9 +48,10 @@ def checkpoint_step(latest: Path):
     return progress
 
 
-def run_to_end(cmd: list[str], progress, timeout: float = 600) -> tuple[float, int]:
+def run_to_end(cmd: list[str], progress, timeout: float = 600) -> tuple[float, int, float]:
     """Run ``cmd`` uninterrupted; returns (seconds it worked after its first progress event,
-    number of progress events).  Raises with stderr on failure."""
+    number of progress events, seconds from launch to its first progress event).  Raises with
+    stderr on failure."""
     p = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     t0 = time.monotonic()
     t_first = None
@@ -61,35 +62,52 @@ def run_to_end(cmd: list[str], progress, timeout: float = 600) -> tuple[float, i
     _, err = p.communicate(timeout=timeout)
     if p.returncode != 0:
         raise AssertionError(f"{cmd} exited {p.returncode}:\n{err.decode()[-3000:]}")
-    return time.monotonic() - (t_first or t0), progress()
+    t_end = time.monotonic()
+    return t_end - (t_first or t0), progress(), (t_first or t_end) - t0
 
 
-def kill_and_resume(cmd: list[str], progress, work: tuple[float, int], *, kills: int = 5, seed: int = 0,
-                    timeout: float = 600) -> dict:
+def random_points(work: tuple, kills: int, seed: int) -> list[tuple[int, float]]:
+    """``kills`` kill points ``(event index, delay)``: an index uniform in the first 60 % of the
+    uninterrupted run's events, plus a random delay of up to one event's mean duration."""
+    seconds, events = work[0], work[1]
+    rng = random.Random(seed)
+    per_event = seconds / max(1, events)
+    return sorted((rng.randrange(0, max(1, int(0.6 * events))), rng.uniform(0.0, per_event)) for _ in range(kills))
+
+
+def kill_and_resume(cmd: list[str], progress, work: tuple, *, kills: int = 5, seed: int = 0,
+                    timeout: float = 600, points: list[tuple[int, float]] | None = None,
+                    lead_in_kill: float | None = None, where=None) -> dict:
     """SIGKILL ``cmd`` at ``kills`` random points of its work, then let it finish.
 
     ``progress``: a callable counting the stage's durable progress events (journal
     records, checkpoint step); ``work``: what :func:`run_to_end` returned for an
-    uninterrupted run (seconds, events).  Kill points are drawn at random: an event
-    index uniform in the first 60 % of the events plus a random delay of up to one
-    event's duration; each run is killed at the next point, so every kill lands in
-    work not done yet, whatever the machine's load.  Returns the kill points.
+    uninterrupted run.  A kill point ``(at, delay)`` (default :func:`random_points`) is
+    tied to saved progress: the run is killed ``delay`` seconds after the progress count
+    reaches ``at`` *and* this run has saved at least one new event itself (so a kill never
+    lands in the start-up of a run whose point an earlier run already passed: each kill
+    interrupts real work after a resume).  ``lead_in_kill``: first, one more run killed
+    that many seconds after launch, before its first event (for a stage that saves nothing
+    for a while, e.g. the demo's teacher).  Returns the kill points as
+    ``(progress at the kill, delay)`` and the number of runs.
     """
-    seconds, events = work
-    rng = random.Random(seed)
-    per_event = seconds / max(1, events)
-    points = sorted((rng.randrange(0, max(1, int(0.6 * events))), rng.uniform(0.0, per_event)) for _ in range(kills))
-    done: list[tuple[int, float]] = []
+    if points is None:
+        points = random_points(work, kills, seed)
+    plan: list[tuple[int | None, float]] = ([(None, lead_in_kill)] if lead_in_kill is not None else []) + list(points)
+    done: list[tuple[int, float, object]] = []
     attempts = 0
-    for at, extra in points:
+    for at, extra in plan:
         attempts += 1
+        p0 = progress()
         p = subprocess.Popen(cmd, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         t0 = time.monotonic()
-        while progress() < at and p.poll() is None and time.monotonic() - t0 < timeout:
-            time.sleep(0.005)
+        if at is not None:
+            goal = max(at, p0 + 1)
+            while progress() < goal and p.poll() is None and time.monotonic() - t0 < timeout:
+                time.sleep(0.002)
         deadline = time.monotonic() + extra
         while p.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.005)
+            time.sleep(0.002)
         if p.poll() is not None:  # finished before the kill: nothing left to kill
             err = p.stderr.read().decode()
             p.stderr.close()
@@ -99,7 +117,7 @@ def kill_and_resume(cmd: list[str], progress, work: tuple[float, int], *, kills:
         p.send_signal(signal.SIGKILL)
         p.wait()
         p.stderr.close()
-        done.append((at, round(extra, 3)))
+        done.append((progress(), round(extra, 3), where() if where is not None else None))
     p = subprocess.run(cmd, env=env(), capture_output=True, timeout=timeout)
     if p.returncode != 0:
         raise AssertionError(f"{cmd} failed after {len(done)} kills:\n{p.stderr.decode()[-3000:]}")

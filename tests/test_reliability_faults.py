@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -158,6 +159,170 @@ def test_gkd_killed_at_random_points_resumes_to_the_same_weights(tmp_path, relia
                           "weights and loss history bit-identical, no half-written checkpoint", KILLS)
 
 
+# ---- the demo ---------------------------------------------------------------------------------
+
+DEMO_STAGES = ("teacher", "tokens", "bld", "score", "profile", "search", "child", "baselines", "heal")
+#: stages whose results depend on timings measured on this machine (profiling and speed matching)
+DEMO_TIMED = ("profile", "search", "child", "baselines", "heal")
+
+
+def _demo_events(run: Path) -> dict[str, int]:
+    """Durable progress of a demo run, per stage: the stage's completion in the manifest, plus its
+    journal records (BLD units, scoring), finished baselines, healing checkpoints and finished
+    healings. Every count only grows across kills and resumes."""
+    ev = dict.fromkeys(DEMO_STAGES, 0)
+    try:
+        stages = json.loads((run / "manifest.json").read_text()).get("stages", {})
+    except (OSError, ValueError):
+        stages = {}
+    for name in DEMO_STAGES:
+        ev[name] += stages.get(f"demo/{name}", {}).get("state") == "COMPLETE"
+    try:
+        lines = (run / "journal.jsonl").read_bytes().split(b"\n")[:-1]
+    except OSError:
+        lines = []
+    finished = set()  # (kind, item) finished: a resumed unit is journaled RUNNING again, so count each once
+    for line in lines:
+        try:
+            r = json.loads(line)
+        except ValueError:  # a line torn by a kill
+            continue
+        if r.get("state") == "COMPLETE" and r.get("kind") in ("bld-unit", "score"):
+            finished.add((r["kind"], r.get("item")))
+    for kind, _ in finished:
+        ev["bld" if kind == "bld-unit" else "score"] += 1
+    for doc, stage, key in (("baseline_parts.json", "baselines", "baselines"), ("heal_parts.json", "heal", "models")):
+        try:
+            ev[stage] += len(json.loads((run / "stages" / doc).read_text())[key])
+        except (OSError, ValueError, KeyError):
+            pass
+    for latest in (run / "heal").glob("*/*/checkpoints/latest.json"):
+        try:
+            ev["heal"] += int(json.loads(latest.read_text())["step"])
+        except (OSError, ValueError, KeyError):
+            pass
+    return ev
+
+
+def _demo_progress(run: Path):
+    return lambda: sum(_demo_events(run).values())
+
+
+def _demo_stage(run: Path):
+    """The stage a demo run is in (the first one not complete)."""
+    def where() -> str:
+        try:
+            stages = json.loads((run / "manifest.json").read_text()).get("stages", {})
+        except (OSError, ValueError):
+            stages = {}
+        return next((s for s in DEMO_STAGES if stages.get(f"demo/{s}", {}).get("state") != "COMPLETE"), "report")
+    return where
+
+
+def _demo_points(ref: Path, rng, n: int) -> tuple[list[tuple[int, float]], list[str]]:
+    """``n`` kill points in ``n`` distinct stages drawn at random (each stage's first event index
+    plus a random one of its events, and a random delay within one of its events' mean duration in
+    the uninterrupted run ``ref``)."""
+    ev = _demo_events(ref)
+    secs = {s: json.loads((ref / "stages" / f"{s}.json").read_text())["seconds"] for s in DEMO_STAGES}
+    start, first = 0, {}
+    for s in DEMO_STAGES:
+        first[s] = start
+        start += ev[s]
+    eligible = [s for s in DEMO_STAGES if s not in ("teacher", "tokens", "search")]  # search/tokens: ~0.03 s
+    chosen = sorted(rng.sample(eligible, n), key=DEMO_STAGES.index)
+    pts = []
+    for s in chosen:
+        k = rng.randrange(ev[s])  # events of the stage saved before the kill
+        pts.append((first[s] + k, rng.uniform(0.0, secs[s] / ev[s])))
+    return pts, chosen
+
+
+def _demo_deterministic(run: Path) -> dict:
+    """What a demo run computes independently of timings: teacher weights and tokenizer, token data,
+    the BLD library (blocks, metrics, scores) and block tensors, the deterministic stage records."""
+    from safetensors import safe_open
+
+    def tensors(p: Path) -> str:
+        h = hashlib.sha256()
+        with safe_open(str(p), framework="pt") as f:
+            h.update(json.dumps(f.metadata(), sort_keys=True).encode())
+            for k in sorted(f.keys()):
+                h.update(k.encode() + f.get_tensor(k).numpy().tobytes())
+        return h.hexdigest()
+
+    (teacher,) = [p for p in (run / "teacher").iterdir() if p.is_dir()]
+    rec = json.loads((teacher / "teacher.json").read_text())
+    out = {
+        "teacher_weights": tensors(teacher / "model.safetensors"),
+        "tokenizer": (teacher / "tokenizer.json").read_bytes(),
+        "teacher_record": {k: rec[k] for k in ("settings", "steps_done", "train_tokens", "train_loss", "val_loss",
+                                                "num_params", "data")},
+    }
+    with np.load(run / "tokens.npz", allow_pickle=False) as z:
+        out["tokens"] = {k: z[k].tobytes() for k in z.files}
+    lib = json.loads((run / "library.json").read_text())
+    out["candidates"] = lib["candidates"]
+    out["blocks"] = {str(p.relative_to(run)): tensors(p) for p in sorted((run / "blocks").rglob("*.safetensors"))}
+    for s in ("tokens", "bld", "score"):
+        out[f"stage_{s}"] = {k: v for k, v in json.loads((run / "stages" / f"{s}.json").read_text()).items()
+                             if k != "seconds"}
+    return out
+
+
+@pytest.mark.slow
+def test_demo_killed_at_random_points_resumes_to_the_same_results(tmp_path, reliability):
+    import random
+
+    text = tmp_path / "text"  # local text (a frozen copy of the docs): nothing downloaded
+    shutil.copytree(Path(__file__).resolve().parents[1] / "docs", text, ignore=shutil.ignore_patterns("*.png"))
+
+    def cmd(out: Path) -> list[str]:
+        return [python(), "-m", "puzzlekit", "demo", "--preset", "tiny", "--data", str(text), "--out", str(out),
+                "--cache", str(tmp_path / "cache"), "--no-progress", "--json"]
+
+    ref, run = tmp_path / "ref", tmp_path / "killed"
+    work = run_to_end(cmd(ref), _demo_progress(ref))
+    rng = random.Random(int(os.environ.get("PUZZLEKIT_KILL_SEED", "404")))
+    points, stages = _demo_points(ref, rng, KILLS)
+    lead_in = rng.uniform(0.55, 0.9) * work[2]  # one kill while the teacher trains (it saves nothing until done)
+    info = kill_and_resume(cmd(run), _demo_progress(run), work, points=points, lead_in_kill=lead_in,
+                           where=_demo_stage(run))
+    assert len(info["kill_points"]) >= KILLS + 1, (info, stages)
+    print("demo kills", stages, info)
+    landed = [k[2] for k in info["kill_points"]]
+    assert landed[0] == "teacher" and info["kill_points"][0][0] == 0, info  # in the teacher's training
+    assert len(set(landed)) >= 4, info  # spread over the pipeline
+    # deterministic parts: equal to the uninterrupted run
+    a, b = _demo_deterministic(ref), _demo_deterministic(run)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k] == b[k], k
+    # timing-dependent parts: every stage complete, documents parse, nothing half-written
+    manifest = json.loads((run / "manifest.json").read_text())
+    for s in DEMO_STAGES:
+        assert manifest["stages"][f"demo/{s}"]["state"] == "COMPLETE", s
+    rep = json.loads((run / "report.json").read_text())
+    assert [x["name"] for x in rep["baselines"]] == ["uniform-ffn", "drop-attention", "greedy", "random"]
+    assert rep["child"]["measured_speedup"] > 0 and rep["child"]["kl_to_teacher"] >= 0
+    ref_rep = json.loads((ref / "report.json").read_text())
+    assert rep["teacher"]["train_val_loss"] == a["teacher_record"]["val_loss"]
+    assert rep["teacher"]["val_loss"] == ref_rep["teacher"]["val_loss"]  # the teacher on the held-out rows
+    assert set(json.loads((run / "stages" / "heal_parts.json").read_text())["models"]) == \
+        {"puzzle", "uniform-ffn", "drop-attention", "greedy", "random"}
+    for name in ("pareto", "architecture", "speed"):
+        assert (run / rep["plots"][name]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| **Puzzle child** |" in (run / "report.md").read_text()
+    counts = check_no_half_files(run)
+    assert counts["safetensors"] >= 1 and counts["json"] >= 1
+    assert not [p for p in run.rglob(".*")], "hidden temporary files left behind"
+    reliability("faults", f"demo (`puzzlekit demo --preset tiny`) SIGKILLed at {KILLS + 1} random points (one in "
+                          "the teacher's training, one in each of 5 stages drawn at random from BLD, scoring, "
+                          "profiling, child, baselines, healing), re-run: teacher weights, tokens, BLD blocks, "
+                          "library metrics and scores equal to an uninterrupted run; timed stages complete, "
+                          "documents parse, no half-written file", KILLS + 1)
+
+
 # ---- journal ---------------------------------------------------------------------------------
 
 def test_torn_journal_line_does_not_swallow_the_next_record(tmp_path, reliability):
@@ -170,6 +335,38 @@ def test_torn_journal_line_does_not_swallow_the_next_record(tmp_path, reliabilit
     j.set_state("unit", "c", State.COMPLETE)
     assert set(j.states("unit")) == {"a", "c"}
     reliability("faults", "journal line torn by a kill, then appended to: the next record is kept", 1)
+
+
+def test_temp_file_of_a_writer_killed_mid_write_is_removed_by_the_next_write(tmp_path, reliability):
+    """A SIGKILL inside ``atomic_path`` (e.g. BLD killed while saving a unit's safetensors) leaves
+    its temporary file; the resumed run's write of the same file removes it, and leaves a live
+    writer's temporary alone."""
+    import signal
+    import sys
+
+    from puzzlekit.io import atomic_path, atomic_write_json
+
+    target = tmp_path / "unit.safetensors"
+    code = ("import sys, time\nfrom puzzlekit.io import atomic_path\n"
+            "with atomic_path(sys.argv[1], suffix='.safetensors') as t:\n"
+            "    t.write_bytes(b'half'); print('in', flush=True); time.sleep(60)\n")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(target)], stdout=subprocess.PIPE) for _ in range(2)]
+    for p in procs:
+        assert p.stdout.readline().strip() == b"in"
+    procs[0].send_signal(signal.SIGKILL)  # killed mid-write
+    procs[0].wait()
+    temps = lambda: sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp"))  # noqa: E731
+    assert len(temps()) == 2
+    with atomic_path(target, suffix=".safetensors") as t:  # the resumed run writes the same file
+        t.write_bytes(b"whole")
+    left = temps()
+    assert len(left) == 1 and f"-{procs[1].pid}." in left[0], left  # only the live writer's
+    procs[1].send_signal(signal.SIGKILL)
+    procs[1].wait()
+    atomic_write_json(tmp_path / "unit.safetensors", {"x": 1})
+    assert temps() == [] and (tmp_path / "unit.safetensors").read_text().startswith("{")
+    reliability("faults", "writer SIGKILLed inside an atomic write: its temporary file is removed by the next write "
+                          "of that file (a live writer's is kept)", 2)
 
 
 # ---- full disk and read-only run directory during BLD / scoring ------------------------------
