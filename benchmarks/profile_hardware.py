@@ -122,7 +122,10 @@ def main(argv: list[str] | None = None) -> int:
         for i, m in enumerate(models):
             whole_runs[i].append(measure_model(m, sc, repeats=args.repeats, warmup=1, seed=r, **kw))
         print(f"round {r + 1}/{args.rounds} done", flush=True)
-    gamma, gdet = measure_spill_gamma(spec, sc, repeats=args.repeats, **kw)
+    gs = [measure_spill_gamma(spec, sc, at_bytes=working_set_bytes(archs[0], sc), repeats=args.repeats, seed=r, **kw)
+          for r in range(3)]
+    gamma = float(np.median([g for g, _ in gs]))
+    gdet = {**gs[0][1], "gammas_ms_per_mib": [g * 2**20 for g, _ in gs]}
 
     def med(xs, f):
         return float(np.median([f(x) for x in xs]))
@@ -163,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     spill = CacheSpill.fit_capacity(gamma, working_set_bytes(archs[0], sc), float(np.median(excess)))
     print(f"\nadditivity (non-block part: {L} no-op layers, {med(nb_runs, lambda t: t.runtime_ms):.2f} ms; "
           f"cache spill: gamma {spill.to_dict()['gamma_ms_per_mib']:.3f} ms/MiB measured on "
-          f"{gdet['copies']} copies of {gdet['sub']}, capacity {spill.to_dict()['capacity_mib']:.1f} MiB fitted on "
+          f"{gdet['sub']} stacks of {gdet['copies']} copies (~{gdet['at_mib']:.1f} MiB, the parent's size), capacity {spill.to_dict()['capacity_mib']:.1f} MiB fitted on "
           f"arch 0 = the parent):")
     errs, errs_plain, errs_model, detail = [], [], [], []
     for i, arch in enumerate(archs):

@@ -67,7 +67,7 @@ BASELINES = ("uniform-ffn", "drop-attention", "greedy", "random")
 #: How baselines are timed for speed matching (part of the stage's identity, so a change re-runs it).
 MATCH_METHOD = "interleaved-with-child, at least as fast (1 % resolution)"
 #: How sub-blocks are profiled (part of the profile stage's identity).
-PROFILE_METHOD = "repeated-block, non-block of L no-op layers, decode cache-spill fitted on the parent"
+PROFILE_METHOD = "repeated-block, non-block of L no-op layers, decode cache-spill (slope at the parent's size, capacity fitted on the parent)"
 
 
 @dataclass(frozen=True)
@@ -376,11 +376,13 @@ def _stage_profile(ctx: _Ctx) -> dict[str, Any]:
         excess.append(parents[-1].decode_ms - summed)
     # cache spill: decode of a model whose working set exceeds the CPU cache costs more than its
     # summed sub-blocks (timed in small, cache-resident stacks); gamma measured, capacity fitted on the parent
-    gamma, gdetail = measure_spill_gamma(spec, sc, threads=c.measure_threads, repeats=max(2, c.profile_repeats // 2),
-                                         seed=c.seed)
+    w_parent = working_set_bytes(ctx.parent.architecture, sc)
+    gs = [measure_spill_gamma(spec, sc, at_bytes=w_parent, threads=c.measure_threads,
+                              repeats=max(2, c.profile_repeats // 2), seed=c.seed + k) for k in range(3)]
+    gamma = statistics.median(g for g, _ in gs)
+    gdetail = {**gs[0][1], "gammas_ms_per_mib": [g * 2**20 for g, _ in gs]}
     bar.update(1)
     bar.close()
-    w_parent = working_set_bytes(ctx.parent.architecture, sc)
     spill = CacheSpill.fit_capacity(gamma, w_parent, statistics.median(excess))
     timings: dict[str, dict[str, float]] = {}
     for key, ts in runs.items():
