@@ -148,3 +148,20 @@ def test_bad_inputs_are_named():
         DistillConfig(max_steps=1, save_every=1)
     with pytest.raises(ConfigError, match="mixed_precision"):
         DistillConfig(max_steps=1, mixed_precision="fp8")
+
+
+def test_distill_after_another_trainer_set_bf16_in_this_process(tmp_path):
+    """SFT (TRL: bf16 by default) then GKD in one process: accelerate's process-wide state must not
+    make distill raise."""
+    import torch
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    from puzzlekit.distill.trainer import _new_accelerator
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    Accelerator(mixed_precision="bf16")  # what an earlier bf16 trainer leaves behind
+    acc = _new_accelerator("no")
+    assert str(acc.state.mixed_precision) == "no"
+    assert isinstance(acc.prepare(torch.nn.Linear(2, 2)), torch.nn.Module)
+    AcceleratorState._reset_state(reset_partial_state=False)

@@ -152,6 +152,19 @@ def _mixed_precision(requested: str) -> str:
     return "no"  # CPU bf16 autocast works but is slower than fp32 on most CPUs
 
 
+def _new_accelerator(mixed_precision: str) -> Any:
+    """An ``Accelerator`` with ``mixed_precision``, even when an earlier trainer in this process
+    (e.g. TRL's ``SFTTrainer``, bf16 by default) left accelerate's process-wide state set to
+    another precision -- accelerate would raise.  Only the precision part of the state is reset;
+    the process group (``PartialState``) is kept."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if AcceleratorState._shared_state and str(AcceleratorState().mixed_precision) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed_precision)
+
+
 @torch.no_grad()
 def evaluate_kl(model: Any, parent: Any, tokens: torch.Tensor, *, batch_size: int = 8,
                 pairs: list[tuple[int, int]] | None = None, accelerator: Any = None,
@@ -245,7 +258,6 @@ def distill(child: Any, parent: Any | None, train_tokens: torch.Tensor, config: 
     ``stop_after``: return after this optimiser step (a session of a longer
     run; the schedule still follows ``max_steps``; resume later).
     """
-    from accelerate import Accelerator
     from safetensors.torch import load_file
 
     from .loss import layer_pairs_for
@@ -261,7 +273,7 @@ def distill(child: Any, parent: Any | None, train_tokens: torch.Tensor, config: 
     if cfg.weights.cosine > 0 and pairs is None:
         pairs = layer_pairs_for(child, parent)
     if accelerator is None:
-        accelerator = Accelerator(mixed_precision=_mixed_precision(cfg.mixed_precision))
+        accelerator = _new_accelerator(_mixed_precision(cfg.mixed_precision))
     out = Path(cfg.output_dir) if cfg.output_dir else None
     fsdp = accelerator.distributed_type.name == "FSDP"
 
