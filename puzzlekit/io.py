@@ -24,6 +24,7 @@ __all__ = [
     "MAX_JSON_BYTES",
     "atomic_write_bytes",
     "atomic_write_json",
+    "atomic_write_safetensors",
     "atomic_path",
     "read_json",
     "resolve_inside",
@@ -200,3 +201,15 @@ def resolve_inside(root: str | os.PathLike, relative: str, *, what: str = "path"
     if candidate != root_resolved and root_resolved not in candidate.parents:
         raise UnsafeInputError(f"{what} {relative!r} points outside {root}; keep files inside the library's folder")
     return candidate
+
+
+def atomic_write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str] | None = None) -> None:
+    """Serialise ``tensors`` (torch) to safetensors bytes and replace ``path`` atomically.
+
+    Unlike ``safetensors.torch.save_file``, which creates a hidden temporary of its own that a
+    kill can leave behind, only :func:`atomic_write_bytes`'s tracked temporary ever exists.
+    The whole file is built in memory: meant for block-sized files, not whole large models.
+    """
+    from safetensors.torch import save  # lazy: puzzlekit.io must not import torch
+
+    atomic_write_bytes(path, save(tensors, metadata=metadata))

@@ -48,12 +48,12 @@ from typing import Any
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from ..blocks import AttentionConfig, BlockConfig, FFNConfig
 from ..data import TokenData, batch_indices
 from ..errors import PuzzlekitError
-from ..io import atomic_path
+from ..io import atomic_write_safetensors
 from ..library import BlockLibrary
 from ..rundir import RunDir, State
 from .space import SearchSpace, default_search_space
@@ -351,8 +351,7 @@ def _save_block(layer: Any, path: Path) -> Path:
     hash order, so its files differ byte-wise between processes; with the single ``block`` key a resumed
     or sharded run writes byte-identical files."""
     tensors = {k: v.detach().contiguous().cpu() for k, v in layer.state_dict().items()}
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata={"block": layer.block.key})
+    atomic_write_safetensors(path, tensors, metadata={"block": layer.block.key})
     return path
 
 
@@ -443,8 +442,8 @@ class _Runner:
             key = j.unit.filename[: -len(".safetensors")]
             tensors.update(j.ckpt_tensors(key))
             units[j.unit.id] = {**j.ckpt_meta(), "key": key}
-        with atomic_path(path, suffix=".safetensors") as tmp:
-            save_file(tensors, str(tmp), metadata={"puzzlekit": json.dumps({"units": units}, sort_keys=True)})
+        atomic_write_safetensors(path, tensors,
+                                 metadata={"puzzlekit": json.dumps({"units": units}, sort_keys=True)})
 
     @torch.no_grad()
     def _eval(self, job: _Job, eval_acts: list) -> float:

@@ -19,7 +19,7 @@ import torch
 
 from ..architecture import Architecture
 from ..errors import ConfigError, LibraryError
-from ..io import atomic_path, fsync_dir
+from ..io import atomic_write_safetensors, fsync_dir
 from .init import init_child_layer
 from .modeling import PuzzleConfig, PuzzleDecoderLayer, PuzzleForCausalLM
 from .parent import _set_param, empty_model
@@ -36,7 +36,6 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_m
 def save_block_weights(layer: PuzzleDecoderLayer, path: str | os.PathLike,
                        metadata: Mapping[str, str] | None = None) -> Path:
     """Write one layer's weights (layer-relative names) to a safetensors file, atomically."""
-    from safetensors.torch import save_file
 
     if not isinstance(layer, PuzzleDecoderLayer):
         raise ConfigError(f"save_block_weights: expected a PuzzleDecoderLayer, got {type(layer).__name__}")
@@ -44,8 +43,7 @@ def save_block_weights(layer: PuzzleDecoderLayer, path: str | os.PathLike,
     tensors = {k: v.detach().contiguous().cpu() for k, v in layer.state_dict().items()}
     meta = {"format": BLOCK_FORMAT, "block": layer.block.key, "hidden_size": str(layer.spec.hidden_size)}
     meta.update({str(k): str(v) for k, v in (metadata or {}).items()})
-    with atomic_path(path, suffix=".safetensors") as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    atomic_write_safetensors(path, tensors, metadata=meta)
     return path
 
 
