@@ -166,3 +166,41 @@ def test_architecture_of_a_search_solution(nvlabs_library):
     arch = nvlabs_library.architecture(sol.candidates, parent=spec)
     assert arch.num_layers == 80
     assert abs(sol.objective - 6.861455) < 1e-6
+
+
+_NV_BLOCKS = [A8, NOP, BlockConfig(AttentionConfig.make_no_op(), FFNConfig.swiglu(128)),
+              BlockConfig(AttentionConfig.gqa(1), FFNConfig.make_no_op()),
+              BlockConfig(AttentionConfig.make_linear(), FFNConfig.make_linear())]
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 5).flatmap(lambda n: st.tuples(
+    st.just(n),
+    st.lists(st.tuples(st.integers(0, n - 1), st.sampled_from(range(len(_NV_BLOCKS))),
+                       st.floats(0, 10, allow_nan=False), st.floats(0, 1e4, allow_nan=False)),
+             min_size=1, max_size=15))))
+def test_nvlabs_format_round_trip_property(tmp_path_factory, data):
+    """export_nvlabs -> import_nvlabs keeps every candidate, metric and cost (linear sub-blocks included)."""
+    n, cands = data
+    spec = pk.ParentSpec.from_hf_config(tiny_llama_config())
+    lib = BlockLibrary(n, spec)
+    lib.add_scenario(SC)
+    for layer in range(n):
+        lib.add(layer, NOP, {"kl_div": 1.0, "lm_loss": 3.0})
+    for layer, b, kl, _ in cands:
+        block = _NV_BLOCKS[b]
+        if not any(c.first == layer and c.block == block for c in lib.candidates):
+            lib.add(layer, block, {"kl_div": kl, "lm_loss": 2.0 + kl})
+    for i, block in enumerate(_NV_BLOCKS):
+        cost = next((c[3] for c in cands if c[1] == i), 1.0)
+        lib.set_costs(SC, block, {"memory_mib": cost, "runtime_ms": cost / 3,
+                                  "attention_num_params": float(pk.accounting.attention_params(spec, block.attention)),
+                                  "ffn_num_params": float(pk.accounting.ffn_params(spec, block.ffn))})
+    folder = tmp_path_factory.mktemp("nv")
+    export_nvlabs(lib, folder)
+    back = import_nvlabs(folder, parent=spec)
+    key = lambda c: (c.first, c.block.key)  # noqa: E731
+    assert sorted((key(c), c.metrics) for c in back.candidates) == sorted((key(c), c.metrics) for c in lib.candidates)
+    assert back.scenarios == lib.scenarios
+    assert {b: back.costs[SC.name][b] for b in back.costs[SC.name]} == {
+        b.key: lib.costs[SC.name][b.key] for b in {c.block for c in lib.candidates}}

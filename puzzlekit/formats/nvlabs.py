@@ -46,7 +46,8 @@ def scenario_from_measurement_info(info: Mapping[str, Any], where: str = "measur
     """The scenario NVIDIA's costs were measured under.
 
     ``sequence_length`` is split as 5/6 prefill and 1/6 decode (1200 -> 1000 + 200),
-    the split of the Puzzle paper's throughput scenario.
+    the split of the Puzzle paper's throughput scenario, unless ``decode_length`` (written by
+    :func:`export_nvlabs`) gives it.
     """
     try:
         gpu = info["gpu"]
@@ -57,6 +58,10 @@ def scenario_from_measurement_info(info: Mapping[str, Any], where: str = "measur
         raise LibraryError(f"{where}: needs gpu, sequence_length, batch_size ({e})") from None
     hw = GPU_NAMES.get(gpu) or re.sub(r"[^a-z0-9]+", "-", str(gpu).lower()).strip("-")
     decode = seq // 6
+    if "decode_length" in info:  # written by export_nvlabs: the split NVlabs' own fields cannot hold
+        decode = info["decode_length"]
+        if isinstance(decode, bool) or not isinstance(decode, int) or not 0 <= decode <= seq:
+            raise LibraryError(f"{where}: decode_length must be an integer in 0..sequence_length, got {decode!r}")
     return Scenario(hardware=hw, dtype=dtype, batch=batch, prefill=seq - decode, decode=decode)
 
 
@@ -191,5 +196,6 @@ def export_nvlabs(library: BlockLibrary, folder: str | os.PathLike, scenario: st
         gpu = {v: k for k, v in GPU_NAMES.items()}.get(s.hardware, s.hardware)
         atomic_write_json(folder / "measurement_info.json", {
             "batch_size": s.batch, "sequence_length": s.prefill + s.decode, "gpu": gpu, "dtype": s.dtype,
+            "decode_length": s.decode,  # our extension (NVlabs readers ignore it): keeps the prefill/decode split
         }, indent=4)
     return folder
