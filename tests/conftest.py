@@ -29,6 +29,31 @@ def nvlabs_library(nvlabs_lib_path):
     return import_nvlabs(nvlabs_lib_path)
 
 
+def sh(*cmd: str) -> bool:
+    """Run a system command quietly; True when it succeeded (mount, chattr, ...)."""
+    import subprocess
+
+    return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def tmpfs_factory(tmp_path):
+    """``make(size)`` mounts a tmpfs of ``size`` (e.g. ``"256k"``): a real full disk. Skips without root."""
+    mounted = []
+
+    def make(size: str) -> Path:
+        d = tmp_path / f"disk{len(mounted)}"
+        d.mkdir()
+        if not sh("mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(d)):
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        mounted.append(d)
+        return d
+
+    yield make
+    for d in mounted:
+        sh("umount", str(d))
+
+
 def tiny_llama_config(**over) -> dict:
     """A tiny Llama config.json dict (used across tests)."""
     d = {

@@ -6,7 +6,7 @@ import copy
 import json
 
 import pytest
-from conftest import SUPER_49B, tiny_llama_config
+from conftest import SUPER_49B, sh, tiny_llama_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -131,37 +131,26 @@ def test_fuzz_cli_arguments(argv, capsys, reliability):
     reliability("bad input", "random CLI argument lists (inspect / library)", 200)
 
 
-def _sh(*cmd) -> bool:
-    import subprocess
-
-    return subprocess.run(cmd, capture_output=True).returncode == 0
-
-
 @pytest.fixture
 def immutable_dir(tmp_path):
     """A folder nobody, root included, can create files in (chattr +i)."""
     d = tmp_path / "ro"
     d.mkdir()
     yield d
-    _sh("chattr", "-i", str(d))
+    sh("chattr", "-i", str(d))
 
 
 @pytest.fixture
-def tiny_disk(tmp_path):
+def tiny_disk(tmpfs_factory):
     """A 256 KiB tmpfs: a real full disk."""
-    d = tmp_path / "disk"
-    d.mkdir()
-    if not _sh("mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(d)):
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield d
-    _sh("umount", str(d))
+    return tmpfs_factory("256k")
 
 
 def test_read_only_run_directory(immutable_dir, reliability):
     from puzzlekit.io import atomic_write_json
 
     atomic_write_json(immutable_dir / "doc.json", {"v": 1})
-    if not _sh("chattr", "+i", str(immutable_dir)):
+    if not sh("chattr", "+i", str(immutable_dir)):
         pytest.skip("chattr +i is not supported on this filesystem")
     with pytest.raises(pk.PuzzlekitError, match="cannot write"):
         atomic_write_json(immutable_dir / "doc.json", {"v": 2})

@@ -28,6 +28,7 @@ from _rel_kill import (  # noqa: E402
     python,
     run_to_end,
 )
+from conftest import sh  # noqa: E402
 
 import puzzlekit as pk  # noqa: E402
 from puzzlekit.errors import PuzzlekitError  # noqa: E402
@@ -384,10 +385,6 @@ def test_temp_file_of_a_writer_killed_mid_write_is_removed_by_the_next_write(tmp
 
 # ---- full disk and read-only run directory during BLD / scoring ------------------------------
 
-def _sh(*cmd) -> bool:
-    return subprocess.run(cmd, capture_output=True).returncode == 0
-
-
 def _bld_in_process(parent, run: Path):
     from puzzlekit.bld import BLDConfig, default_search_space, run_bld
     from puzzlekit.data import TokenData
@@ -399,13 +396,8 @@ def _bld_in_process(parent, run: Path):
 
 
 @pytest.fixture
-def small_disk(tmp_path):
-    d = tmp_path / "disk"
-    d.mkdir()
-    if not _sh("mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(d)):
-        pytest.skip("cannot mount a tmpfs here (needs root)")
-    yield d
-    _sh("umount", str(d))
+def small_disk(tmpfs_factory):
+    return tmpfs_factory("96k")
 
 
 def test_bld_on_a_full_disk_fails_clearly_and_resumes_after_space_is_freed(parent_dir, small_disk, tmp_path,
@@ -425,7 +417,7 @@ def test_bld_on_a_full_disk_fails_clearly_and_resumes_after_space_is_freed(paren
                    if r.get("state") == "COMPLETE"} if (run / "journal.jsonl").exists() else set()
     files_before = {p.name: p.read_bytes() for p in (run / "blocks").rglob("*.safetensors")} \
         if (run / "blocks").exists() else {}
-    assert _sh("mount", "-o", "remount,size=8m", str(small_disk))
+    assert sh("mount", "-o", "remount,size=8m", str(small_disk))
     for name, data in files_before.items():  # nothing finished was lost or rewritten
         assert next((run / "blocks").rglob(name)).read_bytes() == data
     _bld_in_process(parent, run)
@@ -441,14 +433,14 @@ def immutable(tmp_path):
     made = []
 
     def make(p: Path) -> bool:
-        ok = _sh("chattr", "+i", str(p))
+        ok = sh("chattr", "+i", str(p))
         if ok:
             made.append(p)
         return ok
 
     yield make
     for p in made:
-        _sh("chattr", "-i", str(p))
+        sh("chattr", "-i", str(p))
 
 
 def test_scoring_in_a_read_only_run_directory_fails_clearly_and_keeps_the_library(parent_dir, tmp_path, immutable,
@@ -472,8 +464,8 @@ def test_scoring_in_a_read_only_run_directory_fails_clearly_and_keeps_the_librar
     assert rc == 2, msg
     assert msg.count("\n") == 1 and "Traceback" not in msg and str(run) in msg, msg
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before  # nothing lost or half-written
-    _sh("chattr", "-i", str(run / "journal.jsonl"))
-    _sh("chattr", "-i", str(run))
+    sh("chattr", "-i", str(run / "journal.jsonl"))
+    sh("chattr", "-i", str(run))
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         assert main(["score", "--run", str(run), "--parent", str(parent_dir), "--eval-sequences", "4",
                      "--no-progress"]) == 0
