@@ -173,6 +173,8 @@ def test_estimate_pass_rates_with_a_known_generator():
         estimate_pass_rates(["0"], gen, k=2, answer=[])
     with pytest.raises(ConfigError, match="max_rate"):
         filter_by_pass_rate(rates, max_rate=0)
+    with pytest.raises(ConfigError, match="min_rate"):
+        filter_by_pass_rate(rates, max_rate=0.5, min_rate=0.5)
 
 
 def test_curriculum_moves_from_easy_to_hard():

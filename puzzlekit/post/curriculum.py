@@ -64,9 +64,17 @@ def estimate_pass_rates(prompts: Sequence[Any], generate: Generator, *, k: int =
 
 def filter_by_pass_rate(pass_rates: Sequence[float], *, max_rate: float = 0.75, min_rate: float | None = None
                         ) -> list[int]:
-    """Indices of prompts to keep: pass rate below ``max_rate`` (LN-Ultra: 0.75) and, if given, ≥ ``min_rate``."""
+    """Indices of prompts to keep: pass rate below ``max_rate`` (LN-Ultra: 0.75) and, if given, ≥ ``min_rate``.
+
+    For GRPO a ``min_rate`` of one success in k samples (``1 / k``) also drops the prompts the model never
+    solves: every completion of such a group gets the same reward, so its group-normalised advantage and
+    hence its gradient are zero.
+    """
     if not 0.0 < max_rate <= 1.0:
         raise ConfigError(f"filter_by_pass_rate: max_rate={max_rate}; use a value in (0, 1]")
+    if min_rate is not None and not 0.0 <= min_rate < max_rate:
+        raise ConfigError(f"filter_by_pass_rate: min_rate={min_rate} with max_rate={max_rate}; use "
+                          "0 <= min_rate < max_rate (or leave min_rate out)")
     return [i for i, r in enumerate(pass_rates)
             if r < max_rate and (min_rate is None or r >= min_rate)]
 
