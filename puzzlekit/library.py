@@ -10,7 +10,11 @@ Contract (what readers and writers may rely on):
 * Costs belong to a block under a scenario (they do not depend on the layer):
   ``library.costs[scenario_name][block.key]["runtime_ms"]``.
 * Trained weights are safetensors files named by a path relative to the
-  library document's folder; paths that leave the folder are refused.
+  library document's folder; paths that leave the folder are refused.  A
+  candidate's ``weights`` is one file (the whole block) or a list of files whose
+  tensors together make the block (e.g. its attention sub-block's file and its
+  FFN sub-block's file, shared with the other candidates of the layer: a
+  decoupled BLD library stores each trained sub-block once, not once per pair).
 * The document is canonical JSON with ``schema_version``; :meth:`BlockLibrary.save`
   replaces it atomically, so a reader never sees a half-written library.
 """
@@ -45,8 +49,19 @@ class Candidate:
     last: int
     block: BlockConfig
     metrics: dict[str, float] = field(default_factory=dict)
-    weights: str | None = None
+    weights: str | tuple[str, ...] | None = None
     name: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.weights, list):
+            self.weights = tuple(self.weights)
+
+    @property
+    def weight_files(self) -> tuple[str, ...]:
+        """The candidate's weight files (relative paths): none, one, or its sub-blocks' files."""
+        if self.weights is None:
+            return ()
+        return (self.weights,) if isinstance(self.weights, str) else tuple(self.weights)
 
     @property
     def layers(self) -> range:
@@ -60,7 +75,7 @@ class Candidate:
         d: dict[str, Any] = {"layers": [self.first, self.last], "block": self.block.to_dict(),
                              "metrics": dict(self.metrics)}
         if self.weights is not None:
-            d["weights"] = self.weights
+            d["weights"] = self.weights if isinstance(self.weights, str) else list(self.weights)
         if self.name is not None:
             d["name"] = self.name
         return d
@@ -84,8 +99,13 @@ class Candidate:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise LibraryError(f"{where}.metrics.{k} must be a number, got {v!r}")
         weights = d.get("weights")
-        if weights is not None and not isinstance(weights, str):
-            raise LibraryError(f"{where}.weights must be a relative path string, got {weights!r}")
+        if isinstance(weights, list) and weights and all(isinstance(w, str) for w in weights):
+            if len(set(weights)) != len(weights):
+                raise LibraryError(f"{where}.weights lists a file twice: {weights!r}")
+            weights = tuple(weights)
+        elif weights is not None and not isinstance(weights, str):
+            raise LibraryError(f"{where}.weights must be a relative path string or a non-empty list of them "
+                               f"(the block's sub-block files), got {weights!r}")
         name = d.get("name")
         if name is not None and not isinstance(name, str):
             raise LibraryError(f"{where}.name must be a string, got {name!r}")
@@ -128,10 +148,17 @@ class BlockLibrary:
         block: BlockConfig,
         metrics: Mapping[str, float] | None = None,
         *,
-        weights: str | None = None,
+        weights: str | Sequence[str] | None = None,
         name: str | None = None,
     ) -> int:
-        """Add a candidate for one layer (or a ``(first, last)`` span); returns its index."""
+        """Add a candidate for one layer (or a ``(first, last)`` span); returns its index.
+
+        ``weights``: the block's safetensors file relative to the library folder, or a list of files
+        whose tensors together make the block (e.g. its attention and FFN sub-blocks' files)."""
+        if weights is not None and not isinstance(weights, str):
+            weights = tuple(weights)
+            if not weights or not all(isinstance(w, str) for w in weights) or len(set(weights)) != len(weights):
+                raise LibraryError(f"weights must be a relative path or a non-empty list of distinct paths, got {weights!r}")
         first, last = (layers, layers) if isinstance(layers, int) else layers
         if not (0 <= first <= last < self.num_layers):
             raise LibraryError(
@@ -242,13 +269,22 @@ class BlockLibrary:
         return out
 
     def weights_path(self, index: int) -> Path | None:
-        """The resolved weights file of candidate ``index`` (inside the library folder), or None."""
+        """The resolved weights file of candidate ``index`` (inside the library folder), or None.
+
+        For a candidate stored as several sub-block files use :meth:`weights_paths`."""
+        paths = self.weights_paths(index)
+        if len(paths) > 1:
+            raise LibraryError(f"candidate {index} is stored as {len(paths)} sub-block files; use weights_paths()")
+        return paths[0] if paths else None
+
+    def weights_paths(self, index: int) -> list[Path]:
+        """The resolved weight files of candidate ``index`` (inside the library folder); [] when it has none."""
         c = self.candidates[index]
         if c.weights is None:
-            return None
+            return []
         if self.root is None:
             raise LibraryError("the library has no folder (root) to resolve weight paths against; save or load it first")
-        return resolve_inside(self.root, c.weights, what=f"candidate {index} weights")
+        return [resolve_inside(self.root, w, what=f"candidate {index} weights") for w in c.weight_files]
 
     def architecture(self, choices: Sequence[int], parent: ParentSpec | None = None):
         """The child :class:`~puzzlekit.Architecture` of chosen candidates (one per span, in layer order).
@@ -302,10 +338,8 @@ class BlockLibrary:
                     )
                 dropped.append(f"{where}: non-finite {', '.join(bad)}")
                 continue
-            if c.weights is not None and self.root is not None:
-                resolve_inside(self.root, c.weights, what=f"{where} weights")
-            elif c.weights is not None:
-                resolve_inside(".", c.weights, what=f"{where} weights")
+            for w in c.weight_files:
+                resolve_inside(self.root if self.root is not None else ".", w, what=f"{where} weights")
             keep.append(c)
         if dropped:
             self.candidates = keep

@@ -133,7 +133,7 @@ def test_bld_decoupled_trains_and_registers(tmp_path):
 
     from puzzlekit.bld import BLDConfig, run_bld, unit_results
     from puzzlekit.library import BlockLibrary
-    from puzzlekit.model import make_layer
+    from puzzlekit.model import load_block_weights, make_layer
 
     parent, data = make_parent(), make_data()
     space = small_space(parent)
@@ -150,12 +150,23 @@ def test_bld_decoupled_trains_and_registers(tmp_path):
         if "gqa:2" in k or "ffn:64" in k:  # the parent's own sub-blocks are exact
             assert m["bld_nmse"] == 0.0
     spec = parent.config.parent_spec
-    for c in lib.candidates:  # every weights file loads into its block
+    for idx, c in enumerate(lib.candidates):  # every candidate's files load into its block
         if c.weights:
-            layer = make_layer(spec, c.block, c.first)
-            layer.load_state_dict(load_file(str(tmp_path / c.weights)), strict=True)
+            layer = load_block_weights(make_layer(spec, c.block, c.first), lib.weights_paths(idx))
+            want = {}
+            for w in c.weight_files:  # the pair's layer is exactly its sub-block files' tensors
+                want.update(load_file(str(tmp_path / w)))
+            assert set(want) == set(layer.state_dict())
+            assert all(torch.equal(v, want[k]) for k, v in layer.state_dict().items())
         else:
             assert c.block.attention.no_op and c.block.ffn.no_op
+    # each trained sub-block is stored once and shared by the layer's pairs (no per-pair copies)
+    files = [w for c in lib.candidates for w in c.weight_files]
+    on_disk = {str(p.relative_to(tmp_path)) for p in (tmp_path / "blocks").rglob("*.safetensors")}
+    assert set(files) == on_disk
+    assert len(on_disk) < len(files)
+    assert all(len(c.weight_files) == 2 for c in lib.candidates
+               if not c.block.attention.no_op and not c.block.ffn.no_op)
     # a second call with the same settings is a no-op that returns the same library
     mtime = (tmp_path / "library.json").stat().st_mtime_ns
     assert run_bld(parent, data, tmp_path, space, cfg, progress=False).to_dict() == lib.to_dict()

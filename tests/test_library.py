@@ -102,6 +102,24 @@ def test_weight_paths_must_stay_inside(tmp_path, path):
         BlockLibrary.load(tmp_path / "lib.json")
 
 
+@pytest.mark.parametrize("weights", [[], ["a.safetensors", "a.safetensors"], ["a.safetensors", 3], {"a": 1}])
+def test_bad_weight_lists_are_refused(tmp_path, weights):
+    d = small_library().to_dict()
+    d["candidates"][0]["weights"] = weights
+    p = tmp_path / "lib.json"
+    p.write_text(json.dumps(d))
+    with pytest.raises(LibraryError, match=r"candidates\[0\]\.weights"):
+        BlockLibrary.load(p)
+
+
+def test_weight_lists_stay_inside(tmp_path):
+    lib = small_library()
+    lib.candidates[0].weights = ("ok.safetensors", "../escape.safetensors")
+    lib.save(tmp_path / "lib.json")
+    with pytest.raises(UnsafeInputError):
+        BlockLibrary.load(tmp_path / "lib.json")
+
+
 def test_oversized_and_malformed_documents(tmp_path):
     p = tmp_path / "l.json"
     p.write_text("{" + " " * 100 + "}")

@@ -88,6 +88,53 @@ def test_block_weights_roundtrip_and_checks(parent, tmp_path):
     assert not list(tmp_path.glob(".*tmp"))  # nothing left of the atomic writes
 
 
+def test_block_from_sub_block_files(parent, tmp_path):
+    """A block loads from its attention file + FFN file (as a decoupled BLD library stores it); a file of
+    another sub-block, a tensor given twice, or a missing part is refused with the file named."""
+    spec = parent.config.parent_spec
+    block = CHILD[1]
+    layer = init_child_layer(parent.model.layers[1], block, ffn_method="random")
+    sd = layer.state_dict()
+    att_only = make_layer(spec, BlockConfig(block.attention, F.make_no_op()), 1)
+    att_only.load_state_dict({k: v for k, v in sd.items() if k.startswith(("input_layernorm.", "self_attn."))})
+    ffn_only = make_layer(spec, BlockConfig(A.make_no_op(), block.ffn), 1)
+    ffn_only.load_state_dict({k: v for k, v in sd.items() if k.startswith(("post_attention_layernorm.", "mlp."))})
+    pa = save_block_weights(att_only, tmp_path / "attn.safetensors")
+    pf = save_block_weights(ffn_only, tmp_path / "ffn.safetensors")
+    with torch.device("meta"):
+        from puzzlekit.model import PuzzleDecoderLayer
+
+        fresh = PuzzleDecoderLayer(spec, block, 1)
+    load_block_weights(fresh, [pa, pf])
+    assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in sd.items())
+    with pytest.raises(ConfigError, match="holds block"):  # one file: it must be the whole block
+        load_block_weights(make_layer(spec, block, 1), [pa])
+    from safetensors.torch import save_file
+
+    part = tmp_path / "mlp-only.safetensors"  # the FFN file without its norm weight
+    save_file({k: v.contiguous() for k, v in ffn_only.state_dict().items() if k.startswith("mlp.")}, str(part),
+              metadata={"block": ffn_only.block.key})
+    with pytest.raises(ConfigError, match="missing.*post_attention_layernorm"):
+        load_block_weights(make_layer(spec, block, 1), [pa, part])
+    with pytest.raises(ConfigError, match="also in"):
+        load_block_weights(make_layer(spec, block, 1), [pa, pf, save_block_weights(att_only, tmp_path / "a2.safetensors")])
+    other = make_layer(spec, BlockConfig(A.make_no_op(), F.swiglu(64)), 1)
+    po = save_block_weights(other, tmp_path / "ffn64.safetensors")
+    with pytest.raises(ConfigError, match="holds FFN ffn:64"):
+        load_block_weights(make_layer(spec, block, 1), [pa, po])
+    # a library candidate stored as the two files assembles into the same layer
+    lib = BlockLibrary(4, spec, root=tmp_path)
+    idx = [lib.add(i, spec.parent_block(), {"kl_div": 0.0}) for i in (0, 2, 3)]
+    k = lib.add(1, block, {"kl_div": 0.1}, weights=["attn.safetensors", "ffn.safetensors"])
+    lib.save(tmp_path / "library.json")
+    back = BlockLibrary.load(tmp_path / "library.json")
+    assert back.candidates[k].weight_files == ("attn.safetensors", "ffn.safetensors")
+    with pytest.raises(LibraryError, match="weights_paths"):
+        back.weights_path(k)
+    child = assemble(parent, None, back, [idx[0], k, idx[1], idx[2]])
+    assert all(torch.equal(v, child.model.layers[1].state_dict()[n]) for n, v in sd.items())
+
+
 def _library(parent, tmp_path, trained_layer: int = 1) -> tuple[BlockLibrary, list[int], PuzzleForCausalLM]:
     spec = parent.config.parent_spec
     lib = BlockLibrary(4, spec, root=tmp_path)

@@ -632,14 +632,9 @@ def _compose_library(run: RunDir, parent: Any, space: SearchSpace, cfg: BLDConfi
                 for f in space.ffn:
                     rf = rec(Unit("ffn", i, BlockConfig(_NO_ATT, f)))
                     block = BlockConfig(a, f)
-                    sd: dict[str, torch.Tensor] = {}
-                    for r in (ra, rf):
-                        if r.get("weights"):
-                            sd.update(load_file(str(run.file(r["weights"]))))
-                    rel = None
-                    if sd:
-                        rel = f"blocks/L{i:03d}/{_safe_name(block.key)}.safetensors"
-                        _save_block(_layer_from_state(spec, block, i, sd), run.path / rel)
+                    # the pair's weights are its two sub-block files, shared with the layer's other pairs
+                    files = [r["weights"] for r in (ra, rf) if r.get("weights")]
+                    rel = files[0] if len(files) == 1 else (files or None)
                     lib.add(i, block, {"bld_nmse_attn": ra["metrics"]["bld_nmse"],
                                        "bld_nmse_ffn": rf["metrics"]["bld_nmse"],
                                        "bld_nmse_attn_init": ra["metrics"]["bld_nmse_init"],

@@ -47,41 +47,78 @@ def save_block_weights(layer: PuzzleDecoderLayer, path: str | os.PathLike,
     return path
 
 
-def load_block_weights(layer: PuzzleDecoderLayer, path: str | os.PathLike) -> PuzzleDecoderLayer:
-    """Load a block file into ``layer`` (in place; a layer on the meta device is materialised).
+_ATTN_PREFIXES = ("input_layernorm.", "self_attn.")
+_FFN_PREFIXES = ("post_attention_layernorm.", "mlp.")
 
-    Raises :class:`ConfigError` when the file's block or tensors do not match the layer.
+
+def load_block_weights(layer: PuzzleDecoderLayer,
+                       path: str | os.PathLike | Sequence[str | os.PathLike]) -> PuzzleDecoderLayer:
+    """Load a block file, or several files that together hold the block, into ``layer`` (in place; a
+    layer on the meta device is materialised).
+
+    Several files: each holds some of the layer's sub-blocks (e.g. a decoupled BLD library's attention
+    file and FFN file); each file's block must agree with the layer on the sub-blocks it holds, no
+    tensor may come twice, and together they must hold every tensor.  Raises :class:`ConfigError`
+    when the files' blocks or tensors do not match the layer.
     """
     from safetensors import safe_open
 
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: block weights file not found")
-    try:
-        f = safe_open(str(path), framework="pt", device="cpu")
-    except Exception as e:  # safetensors raises its own error types for malformed files
-        raise ConfigError(f"{path}: not a readable safetensors file ({e})") from None
-    with f:
-        meta = f.metadata() or {}
-        key = meta.get("block")
-        if key is not None and key != layer.block.key:
-            raise ConfigError(f"{path}: holds block {key}, but the layer is {layer.block.key}; "
-                              "pick the file of the chosen candidate")
-        if meta.get("hidden_size") not in (None, str(layer.spec.hidden_size)):
-            raise ConfigError(f"{path}: hidden_size {meta['hidden_size']} != the model's {layer.spec.hidden_size}")
-        names = set(f.keys())
-        params = dict(layer.named_parameters())
-        missing, extra = sorted(set(params) - names), sorted(names - set(params))
-        if missing or extra:
-            raise ConfigError(f"{path}: tensors do not match block {layer.block.key}: "
-                              f"missing {missing[:3]}, unexpected {extra[:3]}")
-        for name, p in params.items():
-            t = f.get_tensor(name)
-            if tuple(t.shape) != tuple(p.shape):
-                raise ConfigError(f"{path}: {name} has shape {tuple(t.shape)}, the layer expects {tuple(p.shape)}")
-            device = torch.device("cpu") if p.is_meta else p.device
-            _set_param(layer, name, t.to(device=device, dtype=p.dtype))
+    paths = [Path(path)] if isinstance(path, (str, os.PathLike)) else [Path(p) for p in path]
+    if not paths:
+        raise ConfigError(f"load_block_weights: no weights file given for block {layer.block.key}")
+    params = dict(layer.named_parameters())
+    seen: dict[str, Path] = {}
+    for p in paths:
+        if not p.is_file():
+            raise ConfigError(f"{p}: block weights file not found")
+        try:
+            f = safe_open(str(p), framework="pt", device="cpu")
+        except Exception as e:  # safetensors raises its own error types for malformed files
+            raise ConfigError(f"{p}: not a readable safetensors file ({e})") from None
+        with f:
+            meta = f.metadata() or {}
+            if meta.get("hidden_size") not in (None, str(layer.spec.hidden_size)):
+                raise ConfigError(f"{p}: hidden_size {meta['hidden_size']} != the model's {layer.spec.hidden_size}")
+            names = set(f.keys())
+            key = meta.get("block")
+            if key is not None and key != layer.block.key:
+                if len(paths) == 1:
+                    raise ConfigError(f"{p}: holds block {key}, but the layer is {layer.block.key}; "
+                                      "pick the file of the chosen candidate")
+                _check_sub_blocks(p, key, names, layer)
+            extra = sorted(names - set(params))
+            twice = sorted(n for n in names if n in seen)
+            if extra or twice:
+                raise ConfigError(f"{p}: tensors do not match block {layer.block.key}: unexpected {extra[:3]}"
+                                  + (f"; {twice[:3]} also in {seen[twice[0]]}" if twice else ""))
+            for name in sorted(names):
+                t, prm = f.get_tensor(name), params[name]
+                if tuple(t.shape) != tuple(prm.shape):
+                    raise ConfigError(f"{p}: {name} has shape {tuple(t.shape)}, the layer expects {tuple(prm.shape)}")
+                seen[name] = p
+                device = torch.device("cpu") if prm.is_meta else prm.device
+                _set_param(layer, name, t.to(device=device, dtype=prm.dtype))
+    missing = sorted(set(params) - set(seen))
+    if missing:
+        where = paths[0] if len(paths) == 1 else f"{len(paths)} files ({', '.join(p.name for p in paths)})"
+        raise ConfigError(f"{where}: tensors do not match block {layer.block.key}: missing {missing[:3]}")
     return layer
+
+
+def _check_sub_blocks(path: Path, key: str, names: set[str], layer: PuzzleDecoderLayer) -> None:
+    """A sub-block file (one of several) must agree with ``layer`` on the sub-blocks it holds."""
+    from ..blocks import BlockConfig
+
+    try:
+        fb = BlockConfig.from_key(key)
+    except Exception:
+        raise ConfigError(f"{path}: its metadata names an unreadable block {key!r}") from None
+    if any(n.startswith(_ATTN_PREFIXES) for n in names) and fb.attention != layer.block.attention:
+        raise ConfigError(f"{path}: holds attention {fb.attention.short()}, but the layer's is "
+                          f"{layer.block.attention.short()} ({layer.block.key}); pick the chosen candidate's files")
+    if any(n.startswith(_FFN_PREFIXES) for n in names) and fb.ffn != layer.block.ffn:
+        raise ConfigError(f"{path}: holds FFN {fb.ffn.short()}, but the layer's is {layer.block.ffn.short()} "
+                          f"({layer.block.key}); pick the chosen candidate's files")
 
 
 def _resolve_choices(parent_layers: int, library: Any, choices: Sequence[int]) -> list[Any]:
@@ -170,8 +207,8 @@ def assemble(parent: PuzzleForCausalLM, architecture: Architecture | None, libra
     if config.tie_word_embeddings:
         child.lm_head.weight = child.model.embed_tokens.weight
     for i, (block, src, idx) in enumerate(zip(blocks, sources, idxs)):
-        wpath = library.weights_path(idx) if idx is not None else None
-        if wpath is not None:
+        wpath = library.weights_paths(idx) if idx is not None else None
+        if wpath:
             with torch.device("meta"):
                 layer = PuzzleDecoderLayer(spec, block, i)
             load_block_weights(layer, wpath)

@@ -69,15 +69,16 @@ def candidate_layer(parent: Any, library: BlockLibrary, index: int) -> Any:
         raise ScoringError("the library has weight paths but no folder; load it with BlockLibrary.load")
     from ..io import resolve_inside
 
-    path = resolve_inside(library.root, c.weights, what=f"candidate {index} weights")
-    if not path.exists():
-        raise ScoringError(f"{path}: weights of candidate {index} ({c.block.key}, layer {c.first}) are missing; "
-                           "re-run build-library")
+    paths = [resolve_inside(library.root, w, what=f"candidate {index} weights") for w in c.weight_files]
+    for path in paths:
+        if not path.exists():
+            raise ScoringError(f"{path}: weights of candidate {index} ({c.block.key}, layer {c.first}) are missing; "
+                               "re-run build-library")
     from ..model import PuzzleDecoderLayer, load_block_weights
 
     with torch.device("meta"):  # no random initialisation: load_block_weights materialises it
         layer = PuzzleDecoderLayer(spec, c.block, c.first)
-    load_block_weights(layer, path)  # checks the file's block and tensor names/shapes (ConfigError)
+    load_block_weights(layer, paths)  # checks the files' blocks and tensor names/shapes (ConfigError)
     p = next(player.parameters(), None)
     if p is not None:
         layer.to(device=p.device, dtype=p.dtype)
