@@ -556,6 +556,13 @@ def _stage_child(ctx: _Ctx, prof: dict[str, Any], srch: dict[str, Any]) -> dict[
     measures: dict[str, dict[str, Any]] = {}
 
     def make(want: float) -> tuple[Recipe, float]:
+        # a request near the parent's own speed only follows a measurement that noise on a busy machine
+        # blew up (a 2x child timed at 4x): corrections may halve the requested gain, never drop it
+        floor = 1.0 + 0.5 * (c.target_speedup - 1.0)
+        if want < floor:
+            logger.warning("child search: corrected request %.3fx is below %.3fx (the measurement was noisy); "
+                        "searching at %.3fx", want, floor, floor)
+            want = floor
         r, info = _search_at(ctx, prof, srch, want)
         infos[repr(r.to_dict())] = info
         return r, info["predicted_speedup"]
