@@ -195,6 +195,23 @@ def test_curriculum_moves_from_easy_to_hard():
         CurriculumSampler([1.5], batch_size=1, num_batches=1)
 
 
+def test_curriculum_with_replacement_follows_the_target_past_one_epoch():
+    # 40 prompts, 100 batches of 4 = 10 epochs: without replacement the pool's depletion makes a saw-tooth,
+    # with replacement every batch sits near the moving target
+    rates = [i / 39 for i in range(40)]
+    kw = dict(batch_size=4, num_batches=100, sigma=0.1, seed=0)
+
+    def off_target(s):
+        return max(abs(statistics.mean(rates[i] for i in b) - s.target(t)) for t, b in enumerate(s.batches()))
+
+    with_r = CurriculumSampler(rates, replacement=True, **kw)
+    without = CurriculumSampler(rates, **kw)
+    assert off_target(with_r) < 0.2 < off_target(without)
+    assert all(len(set(b)) == 4 for b in with_r.batches())
+    means = [statistics.mean(rates[i] for i in b) for b in with_r.batches()]
+    assert statistics.correlation(list(range(100)), means) < -0.9
+
+
 def test_curriculum_refills_the_pool():
     s = CurriculumSampler([0.1, 0.5, 0.9], batch_size=2, num_batches=5)
     order = s.order()

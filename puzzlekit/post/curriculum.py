@@ -85,9 +85,18 @@ class CurriculumSampler:
     For batch ``t`` of ``T`` the target mean is
     ``mu_t = start + (end - start) * t / (T - 1)`` (pass-rate units: ``start``
     high = easy, ``end`` low = hard) and each unused prompt is drawn with
-    weight ``exp(-(r - mu_t)² / (2 sigma²))``, without replacement within an
-    epoch (the pool refills when exhausted).  Defaults: start and end at the
-    90th and 10th percentiles of the pass rates, sigma 0.15.
+    weight ``exp(-(r - mu_t)² / (2 sigma²))``.  Defaults: start and end at
+    the 90th and 10th percentiles of the pass rates, sigma 0.15.
+
+    ``replacement=False`` (default) draws without replacement within an epoch
+    (the pool refills when exhausted): every prompt is used once per epoch,
+    which suits a budget of at most one pass over the prompts.  When
+    ``num_batches * batch_size`` exceeds the pool, depletion pulls the batches
+    off the target (the easy prompts run out early, the rest of the epoch is
+    whatever is left, then the refill jumps back): the order becomes a
+    saw-tooth rather than easy → hard.  ``replacement=True`` draws each batch
+    from the whole pool (distinct prompts within a batch, repeats across
+    batches), so the batches follow the target however long training runs.
 
     Call sequence: ``sampler = CurriculumSampler(rates, batch_size=8,
     num_batches=50)``; then ``for batch in sampler.batches(): ...`` or
@@ -95,7 +104,8 @@ class CurriculumSampler:
     """
 
     def __init__(self, pass_rates: Sequence[float], *, batch_size: int, num_batches: int,
-                 sigma: float = 0.15, start: float | None = None, end: float | None = None, seed: int = 0):
+                 sigma: float = 0.15, start: float | None = None, end: float | None = None, seed: int = 0,
+                 replacement: bool = False):
         if not pass_rates:
             raise ConfigError("CurriculumSampler: no pass rates; estimate them first (estimate_pass_rates)")
         if batch_size < 1 or num_batches < 1:
@@ -111,6 +121,7 @@ class CurriculumSampler:
         q = lambda f: srt[min(len(srt) - 1, int(f * (len(srt) - 1) + 0.5))]  # noqa: E731
         self.pass_rates = list(pass_rates)
         self.batch_size, self.num_batches, self.sigma, self.seed = batch_size, num_batches, sigma, seed
+        self.replacement = replacement
         self.start = q(0.9) if start is None else float(start)
         self.end = q(0.1) if end is None else float(end)
 
@@ -128,7 +139,9 @@ class CurriculumSampler:
             mu = self.target(t)
             batch: list[int] = []
             for _ in range(self.batch_size):
-                if not unused:
+                if self.replacement:
+                    unused = set(range(len(self.pass_rates))) - set(batch)
+                elif not unused:
                     unused = set(range(len(self.pass_rates))) - set(batch)
                 cand = sorted(unused)
                 w = [math.exp(-((self.pass_rates[i] - mu) ** 2) / (2 * self.sigma ** 2)) + 1e-12 for i in cand]
