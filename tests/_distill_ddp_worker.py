@@ -34,6 +34,10 @@ def main() -> None:
         (out / "result.json").write_text(json.dumps({"world": acc.num_processes, "type": acc.distributed_type.name,
                                                     "evals": res.evals, "start": res.start_step,
                                                     "end": res.end_step}))
+    # tear the gloo group down before exit: left to the interpreter's shutdown, its threads can be
+    # destroyed while joinable ("terminate called without an active exception", SIGABRT)
+    acc.wait_for_everyone()
+    acc.end_training()
 
 
 if __name__ == "__main__":

@@ -136,6 +136,9 @@ def main(config: Config, accelerator: Any = None) -> dict[str, Any]:
         if not model_dir.exists():
             save_model(child, model_dir, tokenizer_from=config.teacher_dir)
         atomic_write_json(out / "metrics.json", metrics)
+    if accelerator is None:  # ours: tear the process group down before exit (gloo aborts otherwise)
+        acc.wait_for_everyone()
+        acc.end_training()
     return metrics
 
 
