@@ -92,11 +92,15 @@ def test_grpo_recipe_smoke(sft_smoke, tmp_path):
     cfg = load_recipe_config(EXAMPLES / "grpo_curriculum" / "config.yaml", mod.Config, {
         "sft_model_dir": str(sft_out / "model"), "output_dir": str(tmp_path), "num_prompts": 8,
         "num_eval_problems": 4, "pass_rate_samples": 2, "max_steps": 1, "prompts_per_step": 2,
-        "num_generations": 2, "max_completion_length": 8, "eval_every": 1, "orderings": ["curriculum"]})
+        "num_generations": 2, "max_completion_length": 8, "eval_every": 1, "eval_samples": 1,
+        "orderings": ["curriculum", "random"], "train_seeds": [0], "min_pass_rate": 0.0, "max_pass_rate": 1.0})
     m = mod.main(cfg)
-    run = m["runs"]["curriculum"]
-    assert len(run["train_reward"]) == 1 and run["eval_curve"][-1]["step"] == 1
+    assert [(r["ordering"], r["seed"]) for r in m["runs"]] == [("curriculum", 0), ("random", 0)]
+    for run in m["runs"]:
+        assert len(run["train_reward"]) == len(run["batch_pass_rate"]) == 1 and run["eval_curve"][-1]["step"] == 1
+        assert 0.0 <= run["pool_pass_rate"] <= 1.0
     assert m["kept"] <= m["num_prompts"] == 8
+    assert 0.0 <= m["before"]["pool_pass_rate"] <= 1.0 and "mean" in mod.summary(m)
 
 
 def test_gkd_recipe_smoke(tmp_path):

@@ -1,10 +1,13 @@
-"""GRPO with a pass-rate curriculum: accuracy + format rewards, prompts the model already solves
-dropped, and batches ordered from easy to hard — compared with random ordering on the same budget.
+"""GRPO with a pass-rate curriculum: accuracy + format rewards, prompts the model already solves (or never
+solves) dropped, and batches ordered from easy to hard — compared with random ordering on the same budget,
+over several seeds.
 
-Reads top to bottom: setup (the SFT'd model, prompts in both modes, held-out problems) → pass rates
-(k samples per prompt) → filter (≥ 0.75 dropped) → for each ordering: order the prompts (curriculum
-or random), train with TRL ``GRPOTrainer`` (the same steps, prompts and generations), evaluate
-greedy accuracy and format on held-out problems during training → save ``metrics.json``.
+Reads top to bottom: setup (the SFT'd model, prompts in both thinking modes, held-out problems) → pass
+rates (k samples per prompt) → filter (keep ``min_pass_rate`` ≤ rate < ``max_pass_rate``: at or above 0.75
+the model already solves the prompt, below one success in k a GRPO group has the same reward everywhere
+and so no gradient) → for each seed and each ordering: order the prompts (curriculum or random), train
+with TRL ``GRPOTrainer`` from the same SFT weights (the same steps, prompts and generations), evaluate
+held-out greedy accuracy / format and sampled accuracy in both modes → save ``metrics.json``.
 
     python examples/grpo_curriculum/recipe.py --config examples/grpo_curriculum/config.yaml
 """
@@ -12,8 +15,10 @@ greedy accuracy and format on held-out problems during training → save ``metri
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import random
+import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -38,7 +43,7 @@ from puzzlekit.post import (
 from puzzlekit.post.recipe_config import load_recipe_config, parse_overrides
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sft_reasoning_toggle"))
-from recipe import evaluate  # noqa: E402  (the SFT recipe's held-out evaluation, both modes)
+from recipe import evaluate  # noqa: E402  (the SFT recipe's held-out greedy evaluation, both modes)
 
 logger = logging.getLogger("grpo_curriculum")
 
@@ -50,21 +55,27 @@ class Config:
     sft_model_dir: str = "runs/sft_reasoning_toggle/model"
     output_dir: str = "runs/grpo_curriculum"
     seed: int = 0
-    num_prompts: int = 384
-    num_eval_problems: int = 100
+    train_seeds: tuple[int, ...] = (0, 1, 2)
+    num_prompts: int = 512
+    thinking_on_fraction: float = 0.5
+    num_eval_problems: int = 200
+    eval_samples: int = 4
     max_digits: int = 2
     pass_rate_samples: int = 8
+    min_pass_rate: float = 0.125
     max_pass_rate: float = 0.75
     curriculum_sigma: float = 0.15
+    curriculum_replacement: bool = True
     orderings: tuple[str, ...] = ("curriculum", "random")
-    max_steps: int = 60
+    max_steps: int = 100
     prompts_per_step: int = 4
     num_generations: int = 8
     max_completion_length: int = 32
     temperature: float = 1.0
-    learning_rate: float = 2e-5
+    learning_rate: float = 5e-5
     beta: float = 0.0
-    eval_every: int = 10
+    eval_every: int = 50
+    num_threads: int = 1
 
     def __post_init__(self) -> None:
         bad = set(self.orderings) - {"curriculum", "random"}
@@ -72,6 +83,10 @@ class Config:
             raise ConfigError(f"orderings={list(self.orderings)}: use 'curriculum' and/or 'random'")
         if self.num_generations < 2:
             raise ConfigError(f"num_generations={self.num_generations}: GRPO needs >= 2 samples per prompt")
+        if not self.train_seeds:
+            raise ConfigError("train_seeds=[]: give at least one seed, e.g. train_seeds=[0]")
+        if not 0.0 <= self.thinking_on_fraction <= 1.0:
+            raise ConfigError(f"thinking_on_fraction={self.thinking_on_fraction}: use a value in [0, 1]")
 
 
 def prompt_text(question: str, thinking: bool) -> str:
@@ -92,26 +107,62 @@ def load_sft(path: str) -> tuple[Any, Any]:
     return model, tok
 
 
+def both_rewards(completions: Any, answer: Any, thinking: Any, **kw: Any) -> list[float]:
+    """1 when the answer is right *and* the format matches the toggle (what a pass means here)."""
+    a = accuracy_reward(completions=completions, answer=answer)
+    f = format_reward(completions=completions, thinking=thinking)
+    return [x * y for x, y in zip(a, f)]
+
+
+def held_out(model: Any, tok: Any, evals: list[Any], config: Config, seed: int) -> dict[str, float]:
+    """Greedy accuracy / format per mode, and sampled accuracy (temperature 1, ``eval_samples`` per problem)."""
+    greedy = evaluate(model, tok, evals, config.max_completion_length)
+    res = {f"{m}_{k}": greedy[m][k] for m in ("on", "off") for k in ("accuracy", "format")}
+    gen = hf_generator(model, tok, max_new_tokens=config.max_completion_length, temperature=config.temperature)
+    torch.manual_seed(seed)
+    for mode, th in (("on", True), ("off", False)):
+        rates = estimate_pass_rates([prompt_text(p.question, th) for p in evals], gen, k=config.eval_samples,
+                                    reward=both_rewards, answer=[p.answer for p in evals],
+                                    thinking=[th] * len(evals))
+        res[f"{mode}_sampled"] = sum(rates) / len(rates)
+    model.train()
+    return res
+
+
+def pool_pass_rate(model: Any, tok: Any, pool: list[dict[str, Any]], config: Config, seed: int) -> float:
+    """Mean pass rate over the training prompts (``pass_rate_samples`` fresh samples each)."""
+    gen = hf_generator(model, tok, max_new_tokens=config.max_completion_length, temperature=config.temperature)
+    torch.manual_seed(seed)
+    rates = estimate_pass_rates([r["prompt"] for r in pool], gen, k=config.pass_rate_samples, reward=both_rewards,
+                                answer=[r["answer"] for r in pool], thinking=[r["thinking"] for r in pool])
+    model.train()
+    return sum(rates) / len(rates)
+
+
 def eval_callback(policy: Any, tok: Any, evals: list[Any], config: Config, curve: list[dict[str, float]],
-                  name: str) -> Any:
-    """A trainer callback that appends held-out greedy accuracy / format (both modes) to ``curve``."""
+                  name: str, seed: int) -> Any:
+    """A trainer callback that appends the held-out metrics to ``curve`` every ``eval_every`` steps."""
     from transformers import TrainerCallback
 
     class EvalCallback(TrainerCallback):
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if state.global_step % config.eval_every == 0 or state.global_step == config.max_steps:
-                r = evaluate(policy, tok, evals, config.max_completion_length)
-                policy.train()
-                curve.append({"step": state.global_step, **{f"{m}_{k}": r[m][k] for m in ("on", "off")
-                                                           for k in ("accuracy", "format")}})
+                curve.append({"step": state.global_step, **held_out(policy, tok, evals, config, seed)})
                 logger.info("%s step %d: %s", name, state.global_step, curve[-1])
 
     return EvalCallback()
 
 
+def window(xs: list[float], frac: float = 0.2) -> tuple[float, float]:
+    """Mean of the first and of the last ``frac`` of a trajectory (a smoothed first-vs-last comparison)."""
+    k = max(1, int(len(xs) * frac))
+    return sum(xs[:k]) / k, sum(xs[-k:]) / k
+
+
 def main(config: Config) -> dict[str, Any]:
     """Run the recipe; return (and save) the metrics."""
     from datasets import Dataset
+    from transformers import PrinterCallback
     from trl import GRPOConfig, GRPOTrainer
 
     t0 = time.perf_counter()
@@ -124,85 +175,123 @@ def main(config: Config) -> dict[str, Any]:
     probs = make_problems(config.num_prompts, seed=config.seed + 202, max_digits=config.max_digits,
                           exclude={p.question for p in evals})
     rows = [{"prompt": prompt_text(p.question, th), "answer": p.answer, "thinking": th}
-            for p in probs for th in (rng.random() < 0.5,)]
+            for p in probs for th in (rng.random() < config.thinking_on_fraction,)]
 
-    # --- pass rates: k samples per prompt at temperature 1, scored by accuracy and format together
-    gen = hf_generator(model, tok, max_new_tokens=config.max_completion_length, temperature=1.0)
-
-    def both(prompts: Any, completions: Any, answer: Any, thinking: Any, **kw: Any) -> list[float]:
-        a = accuracy_reward(completions=completions, answer=answer)
-        f = format_reward(completions=completions, thinking=thinking)
-        return [x * y for x, y in zip(a, f)]
-
+    # --- pass rates: k samples per prompt at the training temperature, a pass = right answer in the right format
+    gen = hf_generator(model, tok, max_new_tokens=config.max_completion_length, temperature=config.temperature)
     torch.manual_seed(config.seed)
-    rates = estimate_pass_rates([r["prompt"] for r in rows], gen, k=config.pass_rate_samples, reward=both,
+    rates = estimate_pass_rates([r["prompt"] for r in rows], gen, k=config.pass_rate_samples, reward=both_rewards,
                                 answer=[r["answer"] for r in rows], thinking=[r["thinking"] for r in rows])
-    keep = filter_by_pass_rate(rates, max_rate=config.max_pass_rate)
+
+    # --- filter: drop the solved (>= max) and the never-solved (< min: no GRPO signal) prompts
+    keep = filter_by_pass_rate(rates, max_rate=config.max_pass_rate, min_rate=config.min_pass_rate)
     pool = [dict(rows[i], pass_rate=rates[i]) for i in keep]
-    logger.info("pass rates: %d prompts, %d kept below %.2f", len(rows), len(pool), config.max_pass_rate)
-    n_needed = config.max_steps * config.prompts_per_step
+    logger.info("pass rates: %d prompts, %d kept in [%.3f, %.2f)", len(rows), len(pool), config.min_pass_rate,
+                config.max_pass_rate)
     if len(pool) < config.prompts_per_step:
-        raise ConfigError(f"only {len(pool)} prompts below pass rate {config.max_pass_rate}; "
-                          "raise num_prompts or max_digits")
+        raise ConfigError(f"only {len(pool)} prompts with pass rate in [{config.min_pass_rate}, "
+                          f"{config.max_pass_rate}); raise num_prompts or widen the range")
+    n_needed = config.max_steps * config.prompts_per_step
+    before = held_out(model, tok, evals, config, config.seed)
+    # the kept prompts' pass rates were selected on the first estimate (biased low): re-measure them with fresh
+    # samples, so that "pool pass rate before vs after training" compares like with like
+    before["pool_pass_rate"] = pool_pass_rate(model, tok, pool, config, config.seed + 1)
+    logger.info("before GRPO: %s", before)
 
-    results: dict[str, Any] = {}
-    before = evaluate(model, tok, evals, config.max_completion_length)
-    for ordering in config.orderings:
-        # --- order the prompts: Gaussian curriculum over pass rate (easy → hard) or random
-        if ordering == "curriculum":
-            order = CurriculumSampler([r["pass_rate"] for r in pool], batch_size=config.prompts_per_step,
-                                      num_batches=config.max_steps, sigma=config.curriculum_sigma,
-                                      seed=config.seed).order()
-        else:
-            order = []
-            while len(order) < n_needed:
-                perm = list(range(len(pool)))
-                rng.shuffle(perm)
-                order += perm
-            order = order[:n_needed]
-        ds = Dataset.from_list([pool[i] for i in order])
+    # resume: the runs a killed invocation of the same config finished are kept (everything is seeded)
+    partial = out / "metrics.partial.json"
+    cfg_json = json.loads(json.dumps(asdict(config)))
+    runs: list[dict[str, Any]] = []
+    if partial.exists() and json.loads(partial.read_text()).get("config") == cfg_json:
+        runs = json.loads(partial.read_text())["runs"]
+        logger.info("resuming: %d finished runs in %s", len(runs), partial)
+    for seed in config.train_seeds:
+        for ordering in config.orderings:
+            if any(r["ordering"] == ordering and r["seed"] == seed for r in runs):
+                continue
+            # --- order the prompts: Gaussian curriculum over pass rate (easy → hard) or random
+            if ordering == "curriculum":
+                order = CurriculumSampler([r["pass_rate"] for r in pool], batch_size=config.prompts_per_step,
+                                          num_batches=config.max_steps, sigma=config.curriculum_sigma,
+                                          seed=seed, replacement=config.curriculum_replacement).order()
+            else:
+                srng, order = random.Random(seed), []
+                while len(order) < n_needed:
+                    perm = list(range(len(pool)))
+                    srng.shuffle(perm)
+                    order += perm
+                order = order[:n_needed]
+            ds = Dataset.from_list([pool[i] for i in order])
 
-        # --- train: the same SFT'd weights, steps, prompts per step and generations for every ordering
-        policy, tok = load_sft(config.sft_model_dir)
-        curve: list[dict[str, float]] = []
-
-        args = GRPOConfig(output_dir=str(out / "trainer" / ordering), max_steps=config.max_steps,
-                          per_device_train_batch_size=config.prompts_per_step * config.num_generations,
-                          num_generations=config.num_generations, max_completion_length=config.max_completion_length,
-                          temperature=config.temperature, learning_rate=config.learning_rate, beta=config.beta,
-                          shuffle_dataset=False, logging_steps=1, save_strategy="no", report_to="none",
-                          use_cpu=True, seed=config.seed, disable_tqdm=True, lr_scheduler_type="constant")
-        trainer = GRPOTrainer(model=policy, reward_funcs=[accuracy_reward, format_reward], args=args,
-                              train_dataset=ds, processing_class=tok, callbacks=[eval_callback(policy, tok, evals, config, curve, ordering)])
-        trainer.train()
-        logs = [r for r in trainer.state.log_history if "reward" in r]
-        batch_rate = [sum(pool[i]["pass_rate"] for i in order[s * config.prompts_per_step:(s + 1) *
-                                                             config.prompts_per_step]) / config.prompts_per_step
-                      for s in range(config.max_steps)]
-        results[ordering] = {"train_reward": [r["reward"] for r in logs], "eval_curve": curve,
-                             "batch_pass_rate": batch_rate}
+            # --- train: the same SFT'd weights, steps, prompts per step and generations for every run
+            policy, tok = load_sft(config.sft_model_dir)
+            curve: list[dict[str, float]] = []
+            name = f"{ordering}/seed{seed}"
+            args = GRPOConfig(output_dir=str(out / "trainer" / f"{ordering}_seed{seed}"), max_steps=config.max_steps,
+                              per_device_train_batch_size=config.prompts_per_step * config.num_generations,
+                              num_generations=config.num_generations,
+                              max_completion_length=config.max_completion_length, temperature=config.temperature,
+                              learning_rate=config.learning_rate, beta=config.beta, shuffle_dataset=False,
+                              logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=seed,
+                              disable_tqdm=True, lr_scheduler_type="constant")
+            trainer = GRPOTrainer(model=policy, reward_funcs=[accuracy_reward, format_reward], args=args,
+                                  train_dataset=ds, processing_class=tok,
+                                  callbacks=[eval_callback(policy, tok, evals, config, curve, name, seed)])
+            trainer.remove_callback(PrinterCallback)  # per-step logs are kept in metrics.json, not printed
+            t_run = time.perf_counter()
+            trainer.train()
+            logs = [r for r in trainer.state.log_history if "reward" in r]
+            batch_rate = [statistics.fmean(pool[i]["pass_rate"] for i in order[s * config.prompts_per_step:
+                                                                                (s + 1) * config.prompts_per_step])
+                          for s in range(config.max_steps)]
+            runs.append({"ordering": ordering, "seed": seed, "train_s": time.perf_counter() - t_run,
+                         "pool_pass_rate": pool_pass_rate(policy, tok, pool, config, config.seed + 1),
+                         "train_reward": [r["reward"] for r in logs],
+                         "train_accuracy": [r["rewards/accuracy_reward/mean"] for r in logs],
+                         "frac_reward_zero_std": [r.get("frac_reward_zero_std", float("nan")) for r in logs],
+                         "batch_pass_rate": batch_rate, "eval_curve": curve})
+            # what is finished is kept if a later run is killed
+            atomic_write_json(partial, {"config": asdict(config), "before": before, "runs": runs})
 
     metrics = {"config": asdict(config), "num_prompts": len(rows), "kept": len(pool),
-               "pass_rate_histogram": [sum(1 for r in rates if lo <= r < lo + 0.125 or (lo == 0.875 and r == 1.0))
-                                       for lo in [i / 8 for i in range(8)]],
-               "before": before, "runs": results, "wall_s": time.perf_counter() - t0}
+               "pass_rate_histogram": {f"{v:.3f}": sum(1 for r in rates if r == v) for v in sorted(set(rates))},
+               "kept_thinking_on": sum(1 for r in pool if r["thinking"]),
+               "before": before, "runs": runs, "wall_s": time.perf_counter() - t0}
     atomic_write_json(out / "metrics.json", metrics)
     return metrics
 
 
 def summary(m: dict[str, Any]) -> str:
-    """A few lines comparing the orderings."""
-    lines = [f"prompts {m['num_prompts']}, kept below pass rate: {m['kept']}"]
+    """Per run: smoothed first-vs-last training accuracy, and held-out metrics before → after; then per ordering."""
     b = m["before"]
-    lines.append(f"before GRPO: on acc {b['on']['accuracy']:.2f} fmt {b['on']['format']:.2f} | "
-                 f"off acc {b['off']['accuracy']:.2f} fmt {b['off']['format']:.2f}")
-    for name, r in m["runs"].items():
-        tr = r["train_reward"]
-        k = max(1, len(tr) // 5)
-        last = r["eval_curve"][-1] if r["eval_curve"] else {}
-        lines.append(f"{name:10s}: train reward first {k} steps {sum(tr[:k]) / k:.3f} -> last {k} "
-                     f"{sum(tr[-k:]) / k:.3f}; held-out on acc {last.get('on_accuracy', float('nan')):.2f} "
-                     f"off acc {last.get('off_accuracy', float('nan')):.2f}")
+    keys = ("on_accuracy", "off_accuracy", "on_sampled", "off_sampled")
+    lines = [f"prompts {m['num_prompts']}, kept {m['kept']} ({m['kept_thinking_on']} thinking on); "
+             f"pass-rate histogram {m['pass_rate_histogram']}",
+             "before GRPO: " + " ".join(f"{k} {b[k]:.3f}" for k in keys)]
+    per: dict[str, list[dict[str, float]]] = {}
+    for r in m["runs"]:
+        acc0, acc1 = window(r["train_accuracy"])
+        b0, b1 = window(r["batch_pass_rate"])
+        last = r["eval_curve"][-1]
+        row = {"train_acc_first": acc0, "train_acc_last": acc1, "pool": r["pool_pass_rate"],
+               **{k: last[k] for k in keys}}
+        per.setdefault(r["ordering"], []).append(row)
+        lines.append(f"{r['ordering']:10s} seed {r['seed']}: train accuracy first 20% {acc0:.3f} -> last 20% "
+                     f"{acc1:.3f} (batches' estimated pass rate {b0:.3f} -> {b1:.3f}); training-pool pass rate "
+                     f"{b['pool_pass_rate']:.3f} -> {r['pool_pass_rate']:.3f}; held-out "
+                     + " ".join(f"{k} {last[k]:.3f}" for k in keys) + f"; {r['train_s']:.0f} s")
+    for name in per:  # the per-step trajectory in 10 windows, mean over seeds
+        rs = [r for r in m["runs"] if r["ordering"] == name]
+        n = min(len(r["train_accuracy"]) for r in rs)
+        w = max(1, n // 10)
+        for key in ("train_reward", "train_accuracy", "batch_pass_rate"):
+            traj = [statistics.fmean(statistics.fmean(r[key][s:s + w]) for r in rs) for s in range(0, n - w + 1, w)]
+            lines.append(f"{name:10s} {key} per {w} steps: " + " ".join(f"{x:.3f}" for x in traj))
+    for name, rows in per.items():
+        mean = {k: statistics.fmean(x[k] for x in rows) for k in rows[0]}
+        sd = {k: statistics.stdev(x[k] for x in rows) if len(rows) > 1 else 0.0 for k in rows[0]}
+        lines.append(f"{name:10s} mean±sd over {len(rows)} seeds: " + " ".join(
+            f"{k} {mean[k]:.3f}±{sd[k]:.3f}" for k in rows[0]))
     return "\n".join(lines)
 
 
@@ -212,7 +301,8 @@ if __name__ == "__main__":
     ap.add_argument("overrides", nargs="*", help="key=value overrides of the config")
     a = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(2)
-    m = main(load_recipe_config(a.config, Config, parse_overrides(a.overrides)))
+    cfg = load_recipe_config(a.config, Config, parse_overrides(a.overrides))
+    torch.set_num_threads(cfg.num_threads)
+    m = main(cfg)
     print(summary(m))
     print(f"wall {m['wall_s']:.0f} s")
