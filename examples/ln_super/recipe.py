@@ -83,6 +83,8 @@ class Config:
     max_data_tokens: int = 0  # 0: all of the data
     seed: int = 0
     ffn_fractions: tuple[float, ...] = ()  # (): Puzzle's default widths
+    linear_subblocks: bool = True  # linear attention / FFN replacements in the space (Puzzle's default)
+    fusion_leave_last: bool = True  # keep each attention-free run's last FFN unfused (as the dry run plans)
     bld_batch: int = 8
     bld_lr: float = 1e-4
     score_sequences: int = 64
@@ -147,6 +149,13 @@ def synthetic_library(spec: ParentSpec, scenario: Scenario) -> Any:
     from puzzlekit.profilers import profile_library
 
     lib = profile_library(spec, scenario)
+    if not any(c.block == spec.parent_block() for c in lib.candidates):
+        # a tiny parent: the profilers' default widths are rounded past its FFN; use BLD's space instead
+        from puzzlekit.profilers.library import library_from_space
+
+        from puzzlekit.bld import default_search_space
+
+        lib = profile_library(library_from_space(spec, default_search_space(spec).blocks()), scenario, parent=spec)
     L = lib.num_layers
     for c in lib.candidates:
         i = c.first
@@ -248,7 +257,7 @@ def dry_run(cfg: Config, root: Path) -> dict[str, Any]:
     if cfg.fuse_ffns:
         from puzzlekit.fusion import find_ffn_runs, fused_architecture, make_plan
 
-        plan = make_plan(child_arch, leave_last=True, max_group=cfg.fusion_max_group or None)
+        plan = make_plan(child_arch, leave_last=cfg.fusion_leave_last, max_group=cfg.fusion_max_group or None)
         final_arch = fused_architecture(child_arch, plan)
         fc = architecture_cost(final_arch, sc, sc.hardware, kv_tokens=cfg.kv_tokens)
         fusion = {"ffn_runs": [str(r) for r in find_ffn_runs(child_arch)],
@@ -304,14 +313,14 @@ def _hash(obj: Any) -> str:
 
 #: The config keys each stage depends on (a change re-runs that stage and every later one).
 STAGE_KEYS: dict[str, tuple[str, ...]] = {
-    "bld": ("parent_path", "parent", "data", "seq_len", "max_data_tokens", "seed", "ffn_fractions", "bld_tokens",
+    "bld": ("parent_path", "parent", "data", "seq_len", "max_data_tokens", "seed", "ffn_fractions", "linear_subblocks", "bld_tokens",
             "bld_batch", "bld_lr", "tiny_parent_steps", "eval_sequences", "cpu_max_params"),
     "score": ("score_sequences",),
     "profile": ("scenario",),
     "search": ("objective", "memory_gib", "num_gpus", "kv_tokens", "throughput_speedup", "latency_speedup",
                "search_time_limit"),
     "assemble": (),
-    "fuse": ("fuse_ffns", "fusion_max_group", "fusion_threshold"),
+    "fuse": ("fuse_ffns", "fusion_max_group", "fusion_threshold", "fusion_leave_last"),
     "gkd": ("gkd_tokens", "gkd_batch", "gkd_lr"),
     "cpt": ("cpt_tokens", "cpt_lr"),
     "sft": ("sft_stages", "sft_problems", "sft_samples_per_stage", "sft_batch", "sft_lr", "max_completion_length"),
@@ -562,7 +571,7 @@ def build_tiny_parent(cfg: Config, out: Path, texts: list[str]) -> dict[str, Any
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         model.eval()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -591,7 +600,8 @@ def stage_bld(pl: Pipeline) -> dict[str, Any]:
         data = build_token_data(pl.texts(), pl.tokenizer(), seq_len=cfg.seq_len, seed=cfg.seed,
                                 max_tokens=cfg.max_data_tokens or None, min_heldout=cfg.eval_sequences)
         data.save(tokens)
-    space = default_search_space(parent.config.parent_spec, ffn_fractions=cfg.ffn_fractions or FFN_FRACTIONS)
+    space = default_search_space(parent.config.parent_spec, ffn_fractions=cfg.ffn_fractions or FFN_FRACTIONS,
+                                 linear=cfg.linear_subblocks)
     bld_cfg = BLDConfig(tokens=int(cfg.bld_tokens), batch_size=cfg.bld_batch, lr=cfg.bld_lr, seed=cfg.seed,
                         eval_sequences=min(8, len(pl.data.heldout)))
     lib = run_bld(parent, pl.data, pl.rd, space, bld_cfg, progress=False)
@@ -673,7 +683,7 @@ def stage_fuse(pl: Pipeline) -> dict[str, Any]:
     child = pl.load_model("child")
     calib = pl.train_ids()[: 2 * cfg.bld_batch].to(next(child.parameters()).device)
     plan = find_fusable(child, calib if cfg.fusion_threshold > 0 else None,
-                        threshold=cfg.fusion_threshold or None, leave_last=True,
+                        threshold=cfg.fusion_threshold or None, leave_last=cfg.fusion_leave_last,
                         max_group=cfg.fusion_max_group or None)
     plan.save(pl.out / "fusion_plan.json")
     before = _kl(pl, child)

@@ -10,7 +10,6 @@ only the config differs.
 from __future__ import annotations
 
 import importlib.util
-import logging
 import sys
 from pathlib import Path
 
@@ -21,14 +20,17 @@ sys.modules["ln_super_recipe"] = ln_super
 _spec.loader.exec_module(ln_super)
 
 
-def main(argv: list[str] | None = None) -> dict | None:
-    """Command line: ``--dry-run`` or ``--stage NAME`` with this folder's config by default."""
+def _argv(argv: list[str] | None) -> list[str]:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--config" not in argv:
         argv = ["--config", str(Path(__file__).with_name("config.yaml")), *argv]
-    return ln_super.main(argv)
+    return argv
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    """Command line: ``--dry-run`` or ``--stage NAME|all`` with this folder's config by default."""
+    return ln_super.main(_argv(argv))
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    main()
+    raise SystemExit(ln_super.cli(_argv(None)))

@@ -1,0 +1,168 @@
+"""The LN-Super / LN-Ultra recipes run every stage for real on a tiny stand-in parent (CPU).
+
+``examples/ln_super/config_tiny.yaml``: a Llama with Llama-3.3-70B's layout scaled down, trained for a
+few steps on generated text; ``--stage all`` builds and scores the block library, profiles it, searches,
+assembles, heals (GKD) and SFTs the child.  Checked: the artefacts of every stage, that a re-run is a
+no-op, and that a stage run out of order (or switched off, or too big for a CPU) fails with a clear error.
+Ultra's whole chain (fusion, CPT, GRPO) is the slow test.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from puzzlekit.errors import ConfigError  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _recipe(name: str):
+    key = f"{name}_recipe_under_test"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, ROOT / "examples" / name / "recipe.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules[key] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules[key]
+
+
+def _run(name: str, out: Path, *args: str) -> dict:
+    torch.set_num_threads(1)
+    return _recipe(name).main(["--config", str(ROOT / "examples" / name / "config_tiny.yaml"), *args,
+                               f"output_dir={out}"])
+
+
+@pytest.fixture(scope="module")
+def super_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ln_super_tiny")
+    return out, _run("ln_super", out, "--stage", "all")
+
+
+def test_super_all_runs_every_enabled_stage(super_run):
+    out, res = super_run
+    assert list(res) == ["bld", "score", "profile", "search", "assemble", "gkd", "sft"]
+    assert not any(r["reused"] for r in res.values())
+    manifest = json.loads((out / "manifest.json").read_text())["stages"]
+    for s in res:
+        assert manifest[f"ln/{s}"]["state"] == "COMPLETE", s
+
+
+def test_super_library_is_trained_and_scored(super_run):
+    from puzzlekit.library import BlockLibrary
+
+    out, res = super_run
+    lib = BlockLibrary.load(out / "library.json")
+    assert len(lib) == res["bld"]["candidates"] and lib.num_layers == 4
+    trained = [c for c in lib.candidates if c.weights]
+    assert len(trained) == res["bld"]["trained"] > 0
+    for c in trained:
+        for f in c.weight_files:
+            assert (out / f).is_file() and f.endswith(".safetensors")
+    kl = [c.metrics["kl_div"] for c in lib.candidates]
+    assert all(k >= 0 for k in kl) and max(kl) > 0.1  # removing a whole block costs something
+    parent_block = lib.parent.parent_block()
+    assert all(c.metrics["kl_div"] < 1e-4 for c in lib.candidates if c.block == parent_block)
+    scen = lib.resolve_scenario(None)
+    assert scen.startswith("h100-sxm/fp8/b256") and "runtime_ms" in lib.cost_names(scen)
+
+
+def test_super_search_meets_the_throughput_and_memory_targets(super_run):
+    out, res = super_run
+    s = json.loads((out / "search.json").read_text())
+    assert s["status"] == "OPTIMAL" and len(s["blocks"]) == 4
+    assert s["speedup"] >= 1.28 - 1e-6  # throughput_speedup in config_tiny.yaml
+    assert s["blocks"] != ["attn=gqa:2|ffn=ffn:448"] * 4  # the parent does not fit the memory limit
+
+
+def test_super_child_loads_generates_and_heals(super_run):
+    from puzzlekit.data import load_tokenizer
+    from puzzlekit.distill import evaluate_kl
+    from puzzlekit.model import load_parent
+
+    out, res = super_run
+    child = load_parent(out / "child").eval()
+    assert [b.key for b in child.architecture.blocks] == json.loads((out / "search.json").read_text())["blocks"]
+    tok = load_tokenizer(out / "child")
+    enc = tok(["<|system|>detailed thinking on\n<|user|>12+34\n<|assistant|>"], return_tensors="pt",
+              add_special_tokens=False)
+    with torch.no_grad():
+        ids = child.generate(**enc, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert ids.shape[1] > enc["input_ids"].shape[1]
+    # GKD: the recorded KL falls, and re-measuring the saved checkpoint gives the recorded number
+    g = res["gkd"]
+    assert g["kl_after"]["kl"] < 0.5 * g["kl_before"]["kl"]
+    assert abs(g["kl_before"]["kl"] - res["assemble"]["kl"]["kl"]) < 1e-5
+    from puzzlekit.data import TokenData
+
+    parent = load_parent(out / "parent").eval()
+    healed = load_parent(out / "gkd" / "model").eval()
+    held = TokenData.load(out / "tokens.npz").torch("heldout")[:16]
+    kl = evaluate_kl(healed, parent, held)["kl"]
+    assert kl == pytest.approx(g["kl_after"]["kl"], rel=1e-3, abs=1e-6)
+    sft = res["sft"]
+    assert [h["stage"] for h in sft["stages"]] == ["reasoning", "non_reasoning"] and sft["skipped_stages"] == ["chat"]
+    assert (out / "sft" / "model" / "model.safetensors").is_file()
+    assert sft["after"]["on"]["think_tag_rate"] > sft["after"]["off"]["think_tag_rate"]
+
+
+def test_super_rerun_is_a_no_op(super_run):
+    out, _ = super_run
+    before = (out / "gkd" / "model" / "model.safetensors").stat().st_mtime_ns
+    res = _run("ln_super", out, "--stage", "all")
+    assert all(r["reused"] for r in res.values())
+    assert (out / "gkd" / "model" / "model.safetensors").stat().st_mtime_ns == before
+
+
+def test_stage_out_of_order_fails_clearly(tmp_path, super_run):
+    with pytest.raises(ConfigError, match=r"run --stage bld first"):
+        _run("ln_super", tmp_path / "fresh", "--stage", "score")
+    with pytest.raises(ConfigError, match=r"fuse_ffns is false"):
+        _run("ln_super", tmp_path / "fresh", "--stage", "fuse")
+    # the shell command prints one line and exits 2
+    mod = _recipe("ln_super")
+    rc = mod.cli(["--config", str(ROOT / "examples/ln_super/config_tiny.yaml"), "--stage", "search",
+                  f"output_dir={tmp_path / 'fresh'}"])
+    assert rc == 2
+
+
+def test_the_real_parent_needs_gpus(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(ConfigError, match=r"70\.6B parameters; its real stages need 1 CUDA GPU"):
+        _recipe("ln_super").main(["--config", str(ROOT / "examples/ln_super/config.yaml"), "--stage", "bld",
+                                  f"output_dir={tmp_path}", "data=generated"])
+
+
+def test_tiny_configs_dry_run(tmp_path):
+    for name in ("ln_super", "ln_ultra"):
+        r = _run(name, tmp_path / name, "--dry-run")
+        assert r["search"]["status"] == "OPTIMAL" and (tmp_path / name / "plan.json").exists()
+
+
+@pytest.mark.slow
+def test_ultra_all_stages(tmp_path):
+    from puzzlekit.model import load_parent
+
+    out = tmp_path / "ultra"
+    res = _run("ln_ultra", out, "--stage", "all")
+    assert list(res) == ["bld", "score", "profile", "search", "assemble", "fuse", "gkd", "cpt", "sft", "rl"]
+    s = json.loads((out / "search.json").read_text())
+    assert s["speedup"] >= 1.5 - 1e-6
+    f = res["fuse"]
+    assert f["fused_ffns"] >= 2 and f["groups"]
+    fused = load_parent(out / "fused")
+    widths = [b.ffn.intermediate_size for b in fused.architecture.blocks if not b.ffn.no_op and not b.ffn.linear]
+    assert max(widths) > 416  # a fused group is one FFN wider than the parent's
+    assert 0 <= f["kl_after"]["kl"] < 1.0  # fusion is an approximation (sequential FFNs made parallel)
+    assert res["gkd"]["kl_after"]["kl"] < res["gkd"]["kl_before"]["kl"]
+    assert res["cpt"]["kl_after"]["lm_loss"] < res["cpt"]["kl_before"]["lm_loss"]
+    assert res["rl"]["steps"] == 4 and (out / "rl" / "model" / "model.safetensors").is_file()
+    again = _run("ln_ultra", out, "--stage", "all")
+    assert all(r["reused"] for r in again.values())
