@@ -369,8 +369,10 @@ class Pipeline:
 
         from puzzlekit.accounting import count
 
-        if torch.cuda.is_available():
-            return "cuda"
+        if torch.cuda.is_available():  # one process per GPU under torchrun / accelerate launch
+            import os
+
+            return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         n = count(Architecture.homogeneous(self.cfg.parent_spec())).num_params
         if n > self.cfg.cpu_max_params:
             raise ConfigError(
@@ -403,7 +405,7 @@ class Pipeline:
             from puzzlekit.model import load_parent
 
             dev = self.device()
-            dtype = torch.bfloat16 if dev == "cuda" else None
+            dtype = torch.bfloat16 if dev.startswith("cuda") else None
             self._parent = load_parent(self.parent_dir(), dtype=dtype, device=dev).eval().requires_grad_(False)
         return self._parent
 
@@ -462,7 +464,7 @@ class Pipeline:
         if not (path / "config.json").exists():
             raise ConfigError(f"{path}: missing; run the stage that writes it first")
         dev = self.device()
-        return load_parent(path, dtype=torch.bfloat16 if dev == "cuda" else None, device=dev)
+        return load_parent(path, dtype=torch.bfloat16 if dev.startswith("cuda") else None, device=dev)
 
     def save_model(self, model: Any, rel: str) -> Path:
         """Save a stage's model folder (an older one from other settings is replaced)."""
@@ -646,7 +648,7 @@ def stage_search(pl: Pipeline) -> dict[str, Any]:
     if not sol.status.has_solution:
         raise ConfigError(f"search: {sol.status.name} under the constraints of {pl.cfg.name}; relax memory_gib, "
                           "throughput_speedup or latency_speedup")
-    res = {"solution": sol.to_dict(), "candidates": list(sol.candidates), "blocks": list(sol.blocks),
+    res = {"objective_name": pl.cfg.objective, "solution": sol.to_dict(), "candidates": list(sol.candidates), "blocks": list(sol.blocks),
            "objective": sol.objective, "costs": sol.costs, "status": sol.status.name,
            "parent_runtime_ms": ref, "speedup": ref / sol.costs["runtime_ms"] if sol.costs.get("runtime_ms") else None}
     atomic_write_json(pl.out / "search.json", res)
@@ -920,7 +922,7 @@ def stage_line(name: str, r: dict[str, Any]) -> str:
         return head + f"{r['blocks']} blocks costed for {r['scenario']}"
     if name == "search":
         sp = f", {r['speedup']:.2f}x the parent's runtime" if r.get("speedup") else ""
-        return head + f"{r['status']}: sum {r['solution'].get('objective_name', 'objective')} = {r['objective']:.4f}{sp}"
+        return head + f"{r['status']}: sum of {r['objective_name']} = {r['objective']:.4f}{sp}"
     if name == "assemble":
         return head + (f"child {r['params_ratio']:.2f}x the parent's parameters, {r['attention_layers']} attention "
                        f"layers, KL to the parent {r['kl']['kl']:.4f}")
@@ -931,6 +933,8 @@ def stage_line(name: str, r: dict[str, Any]) -> str:
                        f"LM loss {r['kl_before']['lm_loss']:.3f} -> {r['kl_after']['lm_loss']:.3f} (parent {r['parent_lm_loss']:.3f})")
     if name in ("sft", "rl"):
         a, b = r["before"], r["after"]
+        if name == "rl" and r["reward"]:
+            head += f"{r['steps']} GRPO steps on {r['kept']}/{r['prompts']} prompts, reward {r['reward'][0]:.2f} -> {r['reward'][-1]:.2f}; "
         return head + ("accuracy on/off " f"{a['on']['accuracy']:.2f}/{a['off']['accuracy']:.2f} -> "
                        f"{b['on']['accuracy']:.2f}/{b['off']['accuracy']:.2f}, think tags on/off "
                        f"{b['on']['think_tag_rate']:.2f}/{b['off']['think_tag_rate']:.2f}")
