@@ -120,6 +120,36 @@ def test_super_rerun_is_a_no_op(super_run):
     assert (out / "gkd" / "model" / "model.safetensors").stat().st_mtime_ns == before
 
 
+def test_changed_setting_reruns_only_later_stages(super_run, tmp_path):
+    """A copy of the finished run with a larger GKD budget and SFT data from a file (chat included):
+    bld..assemble are reused, gkd and sft run again; the chat stage now has data."""
+    import shutil
+
+    from puzzlekit.post import arithmetic_pairs, make_problems, to_prompt_completion
+
+    out, res = super_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    rows = []
+    for s in arithmetic_pairs(make_problems(40, seed=5)):
+        pc = to_prompt_completion(s)
+        rows.append({"prompt": pc["prompt"], "completion": pc["completion"],
+                     "source": "reasoning" if s["thinking"] else "non_reasoning"})
+    for q, a in (("hello", "hi!"), ("who are you?", "a tiny model."), ("thanks", "you are welcome.")):
+        rows.append({"prompt": [{"role": "system", "content": "detailed thinking off"}, {"role": "user", "content": q}],
+                     "completion": a, "source": "chat"})
+    data = tmp_path / "sft.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    again = _run("ln_super", run, "--stage", "all", "gkd_tokens=8192", f"sft_data={data}")
+    assert [s for s, r in again.items() if r["reused"]] == ["bld", "score", "profile", "search", "assemble"]
+    assert again["gkd"]["steps"] == 16 and again["gkd"]["kl_before"]["kl"] == pytest.approx(res["gkd"]["kl_before"]["kl"])
+    assert [h["stage"] for h in again["sft"]["stages"]] == ["reasoning", "non_reasoning", "chat"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x", "completion": "y"}\n')
+    with pytest.raises(ConfigError, match=r"bad.jsonl:1: missing source"):
+        _run("ln_super", run, "--stage", "sft", "gkd_tokens=8192", f"sft_data={bad}")
+
+
 def test_stage_out_of_order_fails_clearly(tmp_path, super_run):
     with pytest.raises(ConfigError, match=r"run --stage bld first"):
         _run("ln_super", tmp_path / "fresh", "--stage", "score")

@@ -97,6 +97,8 @@ class Config:
     sft_samples_per_stage: int = 12000
     sft_batch: int = 32
     sft_lr: float = 2e-5
+    sft_data: str = ""  # JSONL: {"prompt", "completion", "source": reasoning|non_reasoning|chat|tool}; "": generated
+    rl_data: str = ""  # JSONL: {"question", "answer"} verifiable prompts; "": generated arithmetic
     rl_prompts: int = 512
     rl_steps: int = 100
     rl_prompts_per_step: int = 4
@@ -323,8 +325,9 @@ STAGE_KEYS: dict[str, tuple[str, ...]] = {
     "fuse": ("fuse_ffns", "fusion_max_group", "fusion_threshold", "fusion_leave_last"),
     "gkd": ("gkd_tokens", "gkd_batch", "gkd_lr"),
     "cpt": ("cpt_tokens", "cpt_lr"),
-    "sft": ("sft_stages", "sft_problems", "sft_samples_per_stage", "sft_batch", "sft_lr", "max_completion_length"),
-    "rl": ("rl_prompts", "rl_steps", "rl_prompts_per_step", "rl_generations", "rl_lr", "rl_max_pass_rate",
+    "sft": ("sft_stages", "sft_problems", "sft_samples_per_stage", "sft_batch", "sft_lr", "max_completion_length",
+            "sft_data"),
+    "rl": ("rl_data", "rl_prompts", "rl_steps", "rl_prompts_per_step", "rl_generations", "rl_lr", "rl_max_pass_rate",
            "max_completion_length"),
 }
 
@@ -765,10 +768,47 @@ def _eval_problems(cfg: Config) -> list[Any]:
     return make_problems(cfg.eval_sequences, seed=cfg.seed + 101, max_digits=2)
 
 
+def read_jsonl(path: Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
+    """Rows of a JSONL file, each an object with the ``required`` keys (a ConfigError names the line)."""
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such file; give a JSONL file with the keys {', '.join(required)}")
+    rows = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}:{n}: not JSON ({e.msg})") from e
+        missing = [k for k in required if not isinstance(row, dict) or k not in row]
+        if missing:
+            raise ConfigError(f"{path}:{n}: missing {', '.join(missing)}; each line needs {', '.join(required)}")
+        rows.append(row)
+    if not rows:
+        raise ConfigError(f"{path}: no rows")
+    return rows
+
+
+def read_sft_data(path: Path) -> dict[str, list[dict[str, Any]]]:
+    """``sft_data`` as sources for :func:`puzzlekit.post.staged_mix`: rows grouped by ``source``
+    (``prompt``: text or a message list, rendered with the reasoning-toggle chat format)."""
+    from puzzlekit.post import DEFAULT_STAGES, to_prompt_completion
+
+    known = {k for _, w in DEFAULT_STAGES for k in w}
+    sources: dict[str, list[dict[str, Any]]] = {}
+    for n, row in enumerate(read_jsonl(path, ("prompt", "completion", "source")), 1):
+        if row["source"] not in known:
+            raise ConfigError(f"{path}: row {n} has source {row['source']!r}; use one of {', '.join(sorted(known))}")
+        sources.setdefault(row["source"], []).append(to_prompt_completion(row))
+    return sources
+
+
 def stage_sft(pl: Pipeline) -> dict[str, Any]:
-    """SFT with the reasoning toggle on the healed child: paired thinking-on / off samples of a verifiable
-    task (arithmetic made in code, held-out problems excluded), staged in ``sft_stages`` order (a stage whose
-    source this recipe has no data for, e.g. ``chat``, is reported as skipped), TRL's SFTTrainer with the
+    """SFT with the reasoning toggle on the healed child: the samples of ``sft_data`` (JSONL, one
+    ``source`` per row) or, without it, paired thinking-on / off samples of a verifiable task (arithmetic made
+    in code, the evaluation problems excluded); staged in ``sft_stages`` order with Llama-Nemotron's mixing
+    weights (a stage whose own source has no data, e.g. ``chat`` without ``sft_data``, is reported as
+    skipped), TRL's SFTTrainer with the
     loss on the response only, linear warm-up + cosine decay per stage; evaluated with the
     sft_reasoning_toggle recipe's ``evaluate`` (think-tag rate, format and accuracy per mode)."""
     import torch
@@ -790,9 +830,13 @@ def stage_sft(pl: Pipeline) -> dict[str, Any]:
     model = pl.load_model("cpt/model" if enabled(cfg, "cpt") is None else "gkd/model")
     tok = pl.tokenizer()
     test = _eval_problems(cfg)
-    train = make_problems(cfg.sft_problems, seed=cfg.seed + 11, max_digits=2, exclude={p.question for p in test})
-    pairs = [to_prompt_completion(s) for s in arithmetic_pairs(train)]
-    sources = {"reasoning": [s for s in pairs if s["thinking"]], "non_reasoning": [s for s in pairs if not s["thinking"]]}
+    if cfg.sft_data:
+        sources = read_sft_data(Path(cfg.sft_data).expanduser())
+    else:
+        train = make_problems(cfg.sft_problems, seed=cfg.seed + 11, max_digits=2, exclude={p.question for p in test})
+        pairs = [to_prompt_completion(s) for s in arithmetic_pairs(train)]
+        sources = {"reasoning": [s for s in pairs if s["thinking"]],
+                   "non_reasoning": [s for s in pairs if not s["thinking"]]}
     mixes = dict(DEFAULT_STAGES)
     stages, skipped = [], []
     for name in cfg.sft_stages:
@@ -857,12 +901,17 @@ def stage_rl(pl: Pipeline) -> dict[str, Any]:
     tok = pl.tokenizer()
     test = _eval_problems(cfg)
     rng = random.Random(cfg.seed)
-    probs = make_problems(cfg.rl_prompts, seed=cfg.seed + 202, max_digits=2, exclude={p.question for p in test})
+    if cfg.rl_data:
+        qa = read_jsonl(Path(cfg.rl_data).expanduser(), ("question", "answer"))[: cfg.rl_prompts]
+    else:
+        qa = [{"question": p.question, "answer": p.answer}
+              for p in make_problems(cfg.rl_prompts, seed=cfg.seed + 202, max_digits=2,
+                                     exclude={p.question for p in test})]
     rows = []
-    for p in probs:
+    for q in qa:
         th = rng.random() < 0.5
-        rows.append({"prompt": render_chat(build_messages(p.question, "", "x", th)[:2], add_generation_prompt=True),
-                     "answer": p.answer, "thinking": th})
+        rows.append({"prompt": render_chat(build_messages(str(q["question"]), "", "x", th)[:2],
+                                           add_generation_prompt=True), "answer": str(q["answer"]), "thinking": th})
 
     def passed(completions: Any, answer: Any, thinking: Any, **kw: Any) -> list[float]:
         a = accuracy_reward(completions=completions, answer=answer)
