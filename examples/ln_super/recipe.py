@@ -389,7 +389,8 @@ class Pipeline:
         """The parent's model folder (the tiny stand-in is built on first use)."""
         if self.cfg.parent_path == TINY:
             d = self.out / "parent"
-            if not (d / "model.safetensors").exists():
+            rec = d / "tiny_parent.json"
+            if not rec.exists() or read_json(rec, what="tiny parent record").get("settings") != tiny_settings(self.cfg):
                 build_tiny_parent(self.cfg, d, self.texts())
             return d
         d = Path(self.cfg.parent_path).expanduser()
@@ -422,7 +423,7 @@ class Pipeline:
         from puzzlekit.data import read_texts
 
         if self.cfg.data == GENERATED:
-            f = self.out / "data" / "corpus.txt"
+            f = self.out / "data" / f"corpus-seed{self.cfg.seed}.txt"
             if not f.exists():
                 from puzzlekit.io import atomic_path
 
@@ -538,6 +539,12 @@ def generated_corpus(cfg: Config, n_problems: int = 1000) -> str:
     return "\n".join(docs) + "\n"
 
 
+def tiny_settings(cfg: Config) -> dict[str, Any]:
+    """What the tiny stand-in parent is built from (a change rebuilds it)."""
+    return {"parent": dict(cfg.parent), "steps": cfg.tiny_parent_steps, "seed": cfg.seed, "seq_len": cfg.seq_len,
+            "data": cfg.data}
+
+
 def build_tiny_parent(cfg: Config, out: Path, texts: list[str]) -> dict[str, Any]:
     """The tiny stand-in parent: a ``transformers`` LlamaForCausalLM with the ``parent`` mapping's
     dimensions (the published parent's layout scaled down), a character tokenizer over printable ASCII,
@@ -582,7 +589,8 @@ def build_tiny_parent(cfg: Config, out: Path, texts: list[str]) -> dict[str, Any
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     model.save_pretrained(tmp, safe_serialization=True)
     tok.save_pretrained(tmp)
-    rec = {"params": sum(x.numel() for x in model.parameters()), "steps": cfg.tiny_parent_steps,
+    rec = {"settings": tiny_settings(cfg), "params": sum(x.numel() for x in model.parameters()),
+           "steps": cfg.tiny_parent_steps,
            "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
     atomic_write_json(tmp / "tiny_parent.json", rec)
     if out.exists():
@@ -600,11 +608,15 @@ def stage_bld(pl: Pipeline) -> dict[str, Any]:
 
     cfg = pl.cfg
     parent = pl.parent
-    tokens = pl.out / "tokens.npz"
-    if not tokens.exists():
+    tokens, rec = pl.out / "tokens.npz", pl.out / "tokens.json"
+    settings = {"data": cfg.data, "seq_len": cfg.seq_len, "seed": cfg.seed, "max_data_tokens": cfg.max_data_tokens,
+                "eval_sequences": cfg.eval_sequences, "parent": str(pl.parent_dir())}
+    if not tokens.exists() or not rec.exists() or read_json(rec, what="token record") != settings:
         data = build_token_data(pl.texts(), pl.tokenizer(), seq_len=cfg.seq_len, seed=cfg.seed,
                                 max_tokens=cfg.max_data_tokens or None, min_heldout=cfg.eval_sequences)
         data.save(tokens)
+        atomic_write_json(rec, settings)
+        pl._data = None
     space = default_search_space(parent.config.parent_spec, ffn_fractions=cfg.ffn_fractions or FFN_FRACTIONS,
                                  linear=cfg.linear_subblocks)
     bld_cfg = BLDConfig(tokens=int(cfg.bld_tokens), batch_size=cfg.bld_batch, lr=cfg.bld_lr, seed=cfg.seed,
