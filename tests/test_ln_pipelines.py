@@ -196,3 +196,46 @@ def test_ultra_all_stages(tmp_path):
     assert res["rl"]["steps"] == 4 and (out / "rl" / "model" / "model.safetensors").is_file()
     again = _run("ln_ultra", out, "--stage", "all")
     assert all(r["reused"] for r in again.values())
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_bld_and_gkd_as_two_processes_match_one(super_run, tmp_path):
+    """``torchrun --nproc_per_node 2 recipe.py --stage bld`` (gloo on CPU) writes the same block weights,
+    byte for byte, as the one-process run; GKD as 2 processes reaches the same KL; a one-process stage
+    under torchrun is refused."""
+    import hashlib
+    import os
+    import socket
+    import subprocess
+
+    out, res = super_run
+    run = tmp_path / "run"
+
+    def torchrun(*args: str) -> subprocess.CompletedProcess:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
+               str(ROOT / "examples/ln_super/recipe.py"), "--config", str(ROOT / "examples/ln_super/config_tiny.yaml"),
+               *args, f"output_dir={run}"]
+        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+    p = torchrun("--stage", "bld")
+    assert p.returncode == 0, p.stderr[-3000:]
+
+    def digest(root: Path) -> str:
+        files = sorted((root / "blocks").rglob("*.safetensors"))
+        assert files
+        return hashlib.sha256(b"".join(hashlib.sha256(f.read_bytes()).digest() for f in files)).hexdigest()
+
+    assert digest(run) == digest(out)
+    for s in ("score", "profile", "search", "assemble"):
+        _run("ln_super", run, "--stage", s)
+    p = torchrun("--stage", "gkd")
+    assert p.returncode == 0, p.stderr[-3000:]
+    g = json.loads((run / "stages" / "gkd.json").read_text())
+    assert g["kl_after"]["kl"] == pytest.approx(res["gkd"]["kl_after"]["kl"], rel=0.05)
+    p = torchrun("--stage", "sft")
+    assert p.returncode != 0 and "runs as one process" in p.stderr  # each rank exits 2, torchrun 1

@@ -343,6 +343,17 @@ def enabled(cfg: Config, stage: str) -> str | None:
     return None
 
 
+#: Stages that may run as several processes (accelerate launch / torchrun): BLD shards its units, GKD / CPT
+#: train data-parallel (FSDP with examples/gkd/accelerate_fsdp.yaml).  The others run as one process.
+MULTI_PROCESS = ("bld", "gkd", "cpt")
+
+
+def _rank_world() -> tuple[int, int]:
+    import os
+
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
 def previous_stage(cfg: Config, stage: str) -> str | None:
     """The enabled stage before ``stage`` (whose outputs it reads)."""
     before = [s for s in STAGES[:STAGES.index(stage)] if enabled(cfg, s) is None]
@@ -504,25 +515,33 @@ class Pipeline:
         why = enabled(self.cfg, stage)
         if why:
             raise ConfigError(f"stage {stage!r} is off in this config ({why})")
+        rank, world = _rank_world()
+        if world > 1 and stage not in MULTI_PROCESS:
+            raise ConfigError(f"stage {stage!r} runs as one process; launch only {', '.join(MULTI_PROCESS)} with "
+                              "accelerate launch / torchrun")
         sid = self.stage_id(stage)
         cfg = {"id": sid}
         res_path = self.out / "stages" / f"{stage}.json"
         if self.rd.is_complete(f"ln/{stage}", cfg) and res_path.exists():
             logger.info("stage %s already complete in %s; nothing to do", stage, self.out)
             return dict(read_json(res_path, what=f"stage {stage} result"), reused=True)
-        for later in STAGES[STAGES.index(stage) + 1:]:  # a re-run stage makes the later ones stale
-            if self.rd.stage_info(f"ln/{later}"):
-                self.rd.set_stage(f"ln/{later}", State.PENDING, config={"id": ""})
-        self.rd.set_stage(f"ln/{stage}", State.RUNNING, config=cfg)
+        main = rank == 0  # under several processes rank 0 keeps the books
+        if main:
+            for later in STAGES[STAGES.index(stage) + 1:]:  # a re-run stage makes the later ones stale
+                if self.rd.stage_info(f"ln/{later}"):
+                    self.rd.set_stage(f"ln/{later}", State.PENDING, config={"id": ""})
+            self.rd.set_stage(f"ln/{stage}", State.RUNNING, config=cfg)
         t0 = time.perf_counter()
         try:
             res = STAGE_FNS[stage](self)
         except BaseException:
-            self.rd.set_stage(f"ln/{stage}", State.FAILED, config=cfg)
+            if main:
+                self.rd.set_stage(f"ln/{stage}", State.FAILED, config=cfg)
             raise
         res = dict(res, stage=stage, seconds=time.perf_counter() - t0)
-        atomic_write_json(res_path, res)
-        self.rd.set_stage(f"ln/{stage}", State.COMPLETE, config=cfg, seconds=res["seconds"])
+        if main:
+            atomic_write_json(res_path, res)
+            self.rd.set_stage(f"ln/{stage}", State.COMPLETE, config=cfg, seconds=res["seconds"])
         logger.info("stage %s done in %.1f s", stage, res["seconds"])
         return dict(res, reused=False)
 
@@ -607,16 +626,28 @@ def stage_bld(pl: Pipeline) -> dict[str, Any]:
     from puzzlekit.data import build_token_data
 
     cfg = pl.cfg
-    parent = pl.parent
+    rank, world = _rank_world()
     tokens, rec = pl.out / "tokens.npz", pl.out / "tokens.json"
     settings = {"data": cfg.data, "seq_len": cfg.seq_len, "seed": cfg.seed, "max_data_tokens": cfg.max_data_tokens,
-                "eval_sequences": cfg.eval_sequences, "parent": str(pl.parent_dir())}
-    if not tokens.exists() or not rec.exists() or read_json(rec, what="token record") != settings:
+                "eval_sequences": cfg.eval_sequences, "parent": str(pl.out / "parent") if cfg.parent_path == TINY
+                else cfg.parent_path}
+    # rank 0 builds the tiny parent (when asked for) and the tokens; the other ranks wait, then read them
+    if rank == 0 and (not tokens.exists() or not rec.exists() or read_json(rec, what="token record") != settings
+                      or cfg.parent_path == TINY):
+        pl.parent_dir()
+    if rank == 0 and (not tokens.exists() or not rec.exists() or read_json(rec, what="token record") != settings):
         data = build_token_data(pl.texts(), pl.tokenizer(), seq_len=cfg.seq_len, seed=cfg.seed,
                                 max_tokens=cfg.max_data_tokens or None, min_heldout=cfg.eval_sequences)
         data.save(tokens)
         atomic_write_json(rec, settings)
         pl._data = None
+    if world > 1:  # the other ranks read the tokens rank 0 wrote
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("gloo")  # as puzzlekit.bld does
+        dist.barrier()
+    parent = pl.parent
     space = default_search_space(parent.config.parent_spec, ffn_fractions=cfg.ffn_fractions or FFN_FRACTIONS,
                                  linear=cfg.linear_subblocks)
     bld_cfg = BLDConfig(tokens=int(cfg.bld_tokens), batch_size=cfg.bld_batch, lr=cfg.bld_lr, seed=cfg.seed,
