@@ -626,6 +626,7 @@ def stage_bld(pl: Pipeline) -> dict[str, Any]:
     from puzzlekit.data import build_token_data
 
     cfg = pl.cfg
+    pl.device()  # a parent too large for this machine stops here, before anything is built
     rank, world = _rank_world()
     tokens, rec = pl.out / "tokens.npz", pl.out / "tokens.json"
     settings = {"data": cfg.data, "seq_len": cfg.seq_len, "seed": cfg.seed, "max_data_tokens": cfg.max_data_tokens,
