@@ -90,7 +90,7 @@ class Config:
     score_sequences: int = 64
     eval_sequences: int = 32
     fusion_threshold: float = 0.0  # > 0: merge FFNs while their measured dependency stays below it
-    gkd_batch: int = 8
+    gkd_batch: int = 8  # sequences per process per step (GKD and CPT)
     gkd_lr: float = 1e-4
     cpt_lr: float = 3e-5
     sft_problems: int = 4000
@@ -750,14 +750,15 @@ def _steps(tokens: float, batch: int, seq_len: int) -> int:
 def _train(pl: Pipeline, src: str, dst: str, tokens: float, lr: float, kd: bool, seed: int) -> dict[str, Any]:
     """GKD (cosine + KL to the parent) or CPT (LM loss) of ``src`` into ``dst``; checkpointed under
     ``dst``'s ``ckpt-<stage id>``, so a killed run resumes and a changed config starts afresh."""
+    import torch
     from accelerate import Accelerator
 
     from puzzlekit.distill import DistillConfig, GKDWeights, distill
 
     cfg = pl.cfg
-    acc = Accelerator()
+    acc = Accelerator(cpu=not torch.cuda.is_available())  # cpu=True: several CPU processes run as MULTI_CPU
     child = pl.load_model(src)
-    steps = _steps(tokens, cfg.gkd_batch, pl.data.seq_len)
+    steps = _steps(tokens, cfg.gkd_batch * acc.num_processes, pl.data.seq_len)  # gkd_batch rows per process
     stage = "gkd" if kd else "cpt"
     dcfg = DistillConfig(max_steps=steps, batch_size=cfg.gkd_batch, learning_rate=lr,
                          warmup_steps=max(1, steps // 20),
@@ -773,7 +774,9 @@ def _train(pl: Pipeline, src: str, dst: str, tokens: float, lr: float, kd: bool,
     after = _kl(pl, child)
     if acc.is_main_process:
         pl.save_model(child, dst)
-    return {"steps": steps, "tokens": steps * cfg.gkd_batch * pl.data.seq_len, "kl_before": before,
+    return {"steps": steps, "processes": acc.num_processes,
+            "tokens": steps * cfg.gkd_batch * acc.num_processes * pl.data.seq_len,
+            "kl_before": before,
             "kl_after": after, "evals": res.evals,
             "lm_first_last": [res.history[0].get("lm"), res.history[-1].get("lm")] if res.history else None,
             "parent_lm_loss": _kl(pl, pl.parent)["lm_loss"]}
