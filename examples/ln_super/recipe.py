@@ -680,8 +680,7 @@ def stage_profile(pl: Pipeline) -> dict[str, Any]:
 
     lib = pl.library()
     sc = pl.cfg.scenario_obj()
-    profile_library(lib, sc, parent=pl.cfg.parent_spec() if pl.cfg.parent_path != TINY else lib.parent,
-                    default=True)
+    profile_library(lib, sc, parent=lib.parent, default=True)  # the loaded parent's dimensions, as BLD recorded them
     lib.save(pl.out / "library.json")
     return {"scenario": sc.name, "hardware": sc.hardware, "blocks": len(lib.blocks)}
 
