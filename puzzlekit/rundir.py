@@ -95,7 +95,9 @@ class RunDir:
     """A run directory with a manifest of stages and a journal."""
 
     def __init__(self, path: str | os.PathLike, *, create: bool = True):
-        self.path = Path(path)
+        # absolute (as run.file() paths are): paths inside it are made relative to it again, and a
+        # process that changes directory keeps finding it
+        self.path = Path(os.path.abspath(path))
         if create:
             try:
                 self.path.mkdir(parents=True, exist_ok=True)

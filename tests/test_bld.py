@@ -318,3 +318,16 @@ def test_two_processes_give_the_same_library_as_one(tmp_path):
     ranks = {r.get("rank") for r in Journal(two / "journal.jsonl").records() if r.get("state") == "COMPLETE"}
     assert ranks == {0, 1}
     assert _digest(one) == _digest(two)
+
+
+def test_relative_run_directory(tmp_path, monkeypatch):
+    """A run directory given as a relative path works (weights are registered relative to it)."""
+    from puzzlekit.bld import run_bld
+    from puzzlekit.library import BlockLibrary
+
+    parent, data, space, cfg = worker_setup()
+    monkeypatch.chdir(tmp_path)
+    lib = run_bld(parent, data, "rel/run", space, cfg, progress=False)
+    back = BlockLibrary.load(tmp_path / "rel" / "run" / "library.json")
+    assert back.to_dict() == lib.to_dict()
+    assert all(p.is_file() for i in range(len(back)) for p in back.weights_paths(i))

@@ -142,5 +142,6 @@ def test_ln_pipeline_dry_run(name, tmp_path):
     if name == "ln_ultra":
         assert r["fusion"] is not None and r["would_train"]["rl"] and r["would_train"]["cpt"]
         assert r["child"]["analytic_speedup"] >= 1.0
-    with pytest.raises(ConfigError, match="GPU"):
+    # a 6-layer stand-in needs no GPU: a real stage run before its inputs exist says which stage comes first
+    with pytest.raises(ConfigError, match="first"):
         mod.main(["--stage", "gkd", *over])

@@ -74,7 +74,7 @@ def main(config: Config, accelerator: Any = None) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     out = Path(config.output_dir)
-    acc = accelerator or Accelerator()
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())  # CPU-only: DDP over gloo
     torch.manual_seed(config.seed)
 
     # --- setup: the parent (a small Llama trained on Shakespeare here), tokens, the assembled child
