@@ -34,8 +34,13 @@ __all__ = ["profile_library", "default_space", "parse_space", "library_from_spac
 FFN_FRACTIONS = (1.0, 0.875, 0.75, 0.5, 0.25, 0.2, 0.1)
 
 
-def _round256(x: float) -> int:
-    return max(256, int(round(x / 256.0)) * 256)
+def _ffn_width(frac: float, parent: int) -> int:
+    """A pruned FFN width: the parent's own at 100 %, else rounded to a multiple of 256 (8 for parents
+    narrower than 4096) and never above the parent's."""
+    if frac >= 1.0:
+        return parent
+    m = 256 if parent >= 4096 else 8
+    return min(parent, max(m, int(round(frac * parent / m)) * m))
 
 
 def default_space(spec: ParentSpec) -> list[BlockConfig]:
@@ -49,7 +54,7 @@ def default_space(spec: ParentSpec) -> list[BlockConfig]:
             break
         k //= 2
     atts = [AttentionConfig.gqa(k) for k in kvs] + [AttentionConfig.make_linear(), AttentionConfig.make_no_op()]
-    sizes = sorted({_round256(f * spec.intermediate_size) for f in FFN_FRACTIONS}, reverse=True)
+    sizes = sorted({_ffn_width(f, spec.intermediate_size) for f in FFN_FRACTIONS}, reverse=True)
     ffns = [FFNConfig.swiglu(i) for i in sizes] + [FFNConfig.make_linear(), FFNConfig.make_no_op()]
     return [BlockConfig(a, f) for a in atts for f in ffns]
 
@@ -66,7 +71,7 @@ def _parse_sub(kind: str, item: Any, spec: ParentSpec, where: str) -> AttentionC
         if kind == "attention":
             return AttentionConfig.gqa(int(s.removeprefix("gqa:")))
         if s.endswith("%"):
-            return FFNConfig.swiglu(_round256(float(s[:-1]) / 100 * spec.intermediate_size))
+            return FFNConfig.swiglu(_ffn_width(float(s[:-1]) / 100, spec.intermediate_size))
         return FFNConfig.swiglu(int(s.removeprefix("ffn:")))
     except ValueError:
         raise ConfigError(

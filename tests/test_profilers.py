@@ -299,3 +299,16 @@ def test_import_profilers_does_not_import_torch():
     code = "import sys, puzzlekit.profilers, puzzlekit.profilers.calibrate; print('torch' in sys.modules)"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip() == "False", r.stderr
+
+
+@pytest.mark.parametrize("inter,hidden", [(448, 128), (768, 256), (28672, 8192)])
+def test_default_space_keeps_the_parent_width(inter, hidden):
+    """The parent's own block is in the default space and no FFN is wider than the parent's (a 448-wide
+    parent once got 512 and lost its own block); widths are multiples of 256 at scale, of 8 below."""
+    spec = pk.ParentSpec(hidden_size=hidden, num_attention_heads=8, num_key_value_heads=2, head_dim=hidden // 8,
+                         intermediate_size=inter, vocab_size=128, num_hidden_layers=2)
+    space = pk.profilers.default_space(spec)
+    assert spec.parent_block() in space
+    widths = {b.ffn.intermediate_size for b in space if b.ffn.kind == "swiglu"}
+    assert max(widths) == inter and len(widths) >= 5
+    assert all(w % (256 if inter >= 4096 else 8) == 0 for w in widths if w != inter)
