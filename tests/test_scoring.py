@@ -136,3 +136,54 @@ def test_large_vocab_path_recomputes_probabilities_per_chunk(built, monkeypatch)
     monkeypatch.setattr(replace1, "KEEP_PROBS_BYTES", 0)
     b = score_library(parent, BlockLibrary.load(run / "library.json"), data, **kw)
     assert [c.metrics for c in a.candidates] == [c.metrics for c in b.candidates]
+
+
+@pytest.mark.distributed
+def test_two_processes_score_like_one(built, tmp_path):
+    """Scoring sharded over 2 processes (gloo, torchrun's environment) gives exactly one process's metrics;
+    both processes return the whole library and each scored some layers."""
+    import os
+
+    from test_bld import _fork, _free_port, _wait
+
+    from puzzlekit.library import BlockLibrary
+    from puzzlekit.rundir import Journal
+    from puzzlekit.scoring import score_library
+
+    parent, data, _, run = built
+    one = score_library(parent, BlockLibrary.load(run / "library.json"), data, RunDir(tmp_path / "one"),
+                        eval_sequences=4, progress=False, save=False)
+    port = str(_free_port())
+    two = tmp_path / "two"
+
+    def rank_main() -> None:
+        import json
+
+        import torch.distributed as dist
+
+        lib = score_library(parent, BlockLibrary.load(run / "library.json"), data, RunDir(two),
+                            eval_sequences=4, progress=False, save=False)
+        (two / f"rank{os.environ['RANK']}.json").write_text(json.dumps([c.metrics for c in lib.candidates]))
+        dist.destroy_process_group()
+
+    pids = [_fork(rank_main, {"RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
+                              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}) for r in range(2)]
+    assert [_wait(pid) for pid in pids] == [0, 0]
+    import json
+
+    want = [c.metrics for c in one.candidates]
+    for r in range(2):
+        assert json.loads((two / f"rank{r}.json").read_text()) == want
+    ranks = {rec.get("rank") for rec in Journal(two / "journal.jsonl").records() if rec.get("state") == "COMPLETE"}
+    assert ranks == {0, 1}
+
+
+def test_scoring_over_processes_needs_a_run_directory(built, monkeypatch):
+    from puzzlekit.errors import PuzzlekitError
+    from puzzlekit.library import BlockLibrary
+    from puzzlekit.scoring import score_library
+
+    parent, data, _, run = built
+    monkeypatch.setattr("puzzlekit._dist.setup", lambda: (0, 2))
+    with pytest.raises(PuzzlekitError, match="run directory"):
+        score_library(parent, BlockLibrary.load(run / "library.json"), data, eval_sequences=4, progress=False)

@@ -50,6 +50,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from .. import _dist
 from ..blocks import AttentionConfig, BlockConfig, FFNConfig
 from ..data import TokenData, batch_indices
 from ..errors import PuzzlekitError
@@ -570,22 +571,8 @@ class _Runner:
                 raise
 
 
-def _dist_setup() -> tuple[int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    if world > 1:
-        import torch.distributed as dist
-
-        if not dist.is_initialized():
-            dist.init_process_group("gloo")
-    return rank, world
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+_dist_setup = _dist.setup
+_barrier = _dist.barrier
 
 
 def _hybrid_pairs(run: RunDir, layers: list[int], space: SearchSpace, keep: int) -> list[Unit]:

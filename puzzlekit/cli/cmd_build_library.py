@@ -73,10 +73,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         lib = run_bld(parent, data, run_dir, space, cfg, progress=not args.no_progress and not args.json)
     finally:  # under torchrun / accelerate launch: tear the gloo group down before the interpreter exits
-        import torch.distributed as dist
+        from .._dist import teardown
 
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
+        teardown()
     res = unit_results(run_dir)
     summary = {"run": str(run_dir), "library": str(run_dir / "library.json"), "num_candidates": len(lib),
                "num_units": len(res), "mode": cfg.mode, "steps_per_unit": cfg.steps(data.seq_len),

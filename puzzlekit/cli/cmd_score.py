@@ -36,9 +36,18 @@ def run(args: argparse.Namespace) -> int:
     data = TokenData.load(run_dir / "tokens.npz")
     lib = BlockLibrary.load(run_dir / "library.json")
     parent = load_parent(args.parent)
-    rd.set_stage("score", State.RUNNING)
-    score_library(parent, lib, data, rd, eval_sequences=args.eval_sequences, batch_size=args.batch_size,
-                  progress=not args.no_progress and not args.json)
+    from .._dist import setup, teardown
+
+    rank, _ = setup()  # under torchrun / accelerate launch the layers are shared out over the processes
+    if rank == 0:
+        rd.set_stage("score", State.RUNNING)
+    try:
+        score_library(parent, lib, data, rd, eval_sequences=args.eval_sequences, batch_size=args.batch_size,
+                      progress=not args.no_progress and not args.json and rank == 0)
+    finally:
+        teardown()
+    if rank != 0:  # process 0 validates, records the stage and reports
+        return 0
     out = {"run": str(run_dir), "num_candidates": len(lib), "metrics": lib.metric_names()}
     if args.validate:
         v = validate_additivity(parent, lib, data, n=args.validate, eval_sequences=args.eval_sequences,

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import _dist
 from ..data import TokenData
 from ..errors import PuzzlekitError
 from ..library import BlockLibrary
@@ -192,6 +193,11 @@ def score_library(
     (the naive baseline the benchmark compares against; same numbers up to float rounding).
     A candidate identical to the parent layer gets the parent's own numbers without a pass.
     ``top5_agree``: fewer than 5 tokens are more likely under the child than the parent's top-1.
+
+    Under ``accelerate launch`` / torchrun (``WORLD_SIZE > 1``) the layers are shared out over the
+    processes (balanced by their candidates' suffix lengths; a layer's candidates stay together, so
+    every number equals a one-process run's), each journals its candidates in ``run_dir`` (required
+    then), and every process returns the whole library; process 0 saves it.
     """
     from tqdm.auto import tqdm
 
@@ -201,6 +207,10 @@ def score_library(
         parent = load_parent(parent)
     parent.eval().requires_grad_(False)
     run = run_dir if isinstance(run_dir, RunDir) or run_dir is None else RunDir(run_dir)
+    rank, world = _dist.setup()
+    if world > 1 and run is None:
+        raise ScoringError(f"scoring over {world} processes needs a run directory: the processes' results "
+                           "meet in its journal; pass run_dir (CLI: --run)")
     if library.num_layers != len(parent.model.layers):
         raise ScoringError(f"the library covers {library.num_layers} layers but the parent has "
                            f"{len(parent.model.layers)}; score it with its own parent")
@@ -220,6 +230,10 @@ def score_library(
     for i in pending:
         by_layer.setdefault(library.candidates[i].first, []).append(i)
     L = len(layers)
+    if world > 1:
+        by_layer = {li: by_layer[li] for li in _share_layers(by_layer, L, world)[rank]}
+        bar.total = sum(len(v) for v in by_layer.values())
+    save = save and rank == 0
     for li in sorted(by_layer):
         cands = [(ci, candidate_layer(parent, library, ci)) for ci in by_layer[li]]
         accs: dict[int, dict[str, float]] = {ci: {} for ci, _ in cands}
@@ -248,15 +262,38 @@ def score_library(
             metrics = _finish(accs[ci])
             library.candidates[ci].metrics.update(metrics)
             if run is not None:
-                run.journal.set_state(KIND, _item(library, ci), State.COMPLETE, metrics=metrics)
+                run.journal.set_state(KIND, _item(library, ci), State.COMPLETE, metrics=metrics,
+                                      **({"rank": rank} if world > 1 else {}))
             bar.update(1)
             bar.set_postfix({"layer": li, "kl": f"{metrics['kl_div']:.4f}"}, refresh=False)
-        if save and library.root is not None and (Path(library.root) / "library.json").exists():
+        if save and world == 1 and library.root is not None and (Path(library.root) / "library.json").exists():
             library.save(Path(library.root) / "library.json")
     bar.close()
+    if world > 1:  # every process takes the others' results from the journal
+        _dist.barrier(world)
+        done = {k: r for k, r in run.journal.states(KIND).items() if r.get("state") == State.COMPLETE.value}
+        missing = [_item(library, i) for i in todo if _item(library, i) not in done]
+        if missing:
+            raise ScoringError(f"{run.path}: {len(missing)} candidates were not scored by any process "
+                               f"(first: {missing[0]}); re-run the same command to finish them")
+        for i in todo:
+            library.candidates[i].metrics.update(done[_item(library, i)]["metrics"])
     if save and library.root is not None and (Path(library.root) / "library.json").exists():
         library.save(Path(library.root) / "library.json")
     return library
+
+
+def _share_layers(by_layer: dict[int, list[int]], num_layers: int, world: int) -> list[list[int]]:
+    """Layers per process, balanced greedily (largest first) by their candidates' work: a layer's
+    candidates run through the ``num_layers - layer`` layers after it plus the head (~2 layers)."""
+    work = {li: len(c) * (num_layers - li + 2) for li, c in by_layer.items()}
+    shares: list[list[int]] = [[] for _ in range(world)]
+    load = [0] * world
+    for li in sorted(work, key=lambda k: (-work[k], k)):
+        r = min(range(world), key=lambda k: (load[k], k))
+        shares[r].append(li)
+        load[r] += work[li]
+    return shares
 
 
 def _is_parent_layer(layer: Any, player: Any) -> bool:
