@@ -3,7 +3,7 @@
 Run it on your own box (CPU here; a CUDA GPU when there is one)::
 
     python benchmarks/profile_hardware.py                       # tiny model, local CPU, 1 thread
-    python benchmarks/profile_hardware.py --device cuda --parent super-49b --layers-scale 0.25 \\
+    python benchmarks/profile_hardware.py --device cuda --parent super-49b --layers 4 --archs 2 \\
         --batch 16 --prefill 512 --decode 32 --dtype bf16 -o runs/h100
 
 It (1) measures the hardware's peaks (CPU: matmul + copy micro-benchmark; GPU:
@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--parent", help="parent config (default: a tiny Llama built in code)")
+    ap.add_argument("--layers", type=int, help="use this many layers of the parent (a full-size parent's "
+                                                 "whole-model checks need all of its weights in memory)")
     ap.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--prefill", type=int, default=128)
@@ -76,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     else:
         spec = pk.ParentSpec(hidden_size=256, num_attention_heads=8, num_key_value_heads=4, head_dim=32,
                              intermediate_size=1024, vocab_size=2048, num_hidden_layers=6)
+    if args.layers:
+        import dataclasses
+
+        spec = dataclasses.replace(spec, num_hidden_layers=args.layers)
     if args.device == "cpu":
         hw = measure_local_cpu(threads=args.threads, refresh=True)
         hw_name = "local-cpu"
