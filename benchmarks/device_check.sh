@@ -4,7 +4,8 @@
 #
 #   bash benchmarks/device_check.sh            # writes logs / JSON under $OUT (default /tmp/puzzlekit-device)
 #
-# 1. the gpu-marked tests (Triton wide-SwiGLU kernel on CUDA, bf16 model parity with transformers' Llama);
+# 1. the gpu-marked tests (Triton wide-SwiGLU kernel on CUDA, bf16 model parity with transformers' Llama,
+#    BLD + scoring with the parent on CUDA against a CPU run);
 # 2. benchmarks/fusion_gpu.py: the Triton kernel vs torch, and a run of 8 FFNs fused vs unfused (bf16);
 # 3. benchmarks/profile_hardware.py --device cuda: measured sub-block profiles of 4 layers of
 #    Super-49B's dimensions, the calibrated roofline's per-sub-block error and the whole-model additivity.
@@ -27,7 +28,7 @@ step() {  # step NAME SECONDS COMMAND...: run, keep its log, remember a failure
     tail -15 "$OUT/$name.log"
     [ $r -eq 0 ] || { echo "!! $name exited $r"; rc=1; }
 }
-step gpu_tests 150 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_fusion_triton.py tests/test_model.py
+step gpu_tests 200 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_fusion_triton.py tests/test_model.py tests/test_bld.py
 step fusion_gpu 150 $PY benchmarks/fusion_gpu.py --tokens 1,128,4096 --json
 step profile_cuda 240 $PY benchmarks/profile_hardware.py --device cuda --parent super-49b --layers 4 --archs 2 \
     --batch 16 --prefill 512 --decode 32 --dtype bf16 --rounds 3 -o "$OUT/profile_cuda"

@@ -474,9 +474,10 @@ class _Runner:
 
         layers = sorted({u.layer for u in units})
         cfg = self.cfg
-        eval_acts = [parent_activations(self.parent, self.heldout[i:i + cfg.batch_size], layers)
+        dev = self.parent.model.embed_tokens.weight.device  # token rows stay on the CPU; each batch moves
+        eval_acts = [parent_activations(self.parent, self.heldout[i:i + cfg.batch_size].to(dev), layers)
                      for i in range(0, len(self.heldout), cfg.batch_size)]
-        calib_ids = self.train[torch.from_numpy(batch_indices(len(self.train), cfg.batch_size, 0, cfg.seed))]
+        calib_ids = self.train[torch.from_numpy(batch_indices(len(self.train), cfg.batch_size, 0, cfg.seed))].to(dev)
         cpe, cacts = parent_activations(self.parent, calib_ids, layers)
         jobs = []
         ckpts = _ckpt_index(self.ckpt_dir)
@@ -498,7 +499,7 @@ class _Runner:
         # the parent FFN that attention units run through, as constants (prepared once per group)
         pffn = {i: FrozenFFN(players[i]) for i in {j.unit.layer for j in live if j.unit.kind == "attn"}}
         for step in range(start, self.total):
-            ids = self.train[torch.from_numpy(batch_indices(len(self.train), cfg.batch_size, step, cfg.seed))]
+            ids = self.train[torch.from_numpy(batch_indices(len(self.train), cfg.batch_size, step, cfg.seed))].to(dev)
             pe, acts = parent_activations(self.parent, ids, layers)
             lbs = {i: LayerBatch(players[i], a, pe, pffn.get(i)) for i, a in acts.items()}
             lr = cfg.lr_at(step, self.total)

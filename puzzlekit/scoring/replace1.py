@@ -223,7 +223,8 @@ def score_library(
     for i in todo:
         if _item(library, i) in done:
             library.candidates[i].metrics.update(done[_item(library, i)]["metrics"])
-    refs = [_Ref(parent, b) for b in batches] if pending else []
+    dev = parent.model.embed_tokens.weight.device
+    refs = [_Ref(parent, b.to(dev)) for b in batches] if pending else []
     bar = tqdm(total=len(pending), desc="scoring (replace-1-block)", disable=not progress, unit="cand")
     layers = parent.model.layers
     by_layer: dict[int, list[int]] = {}
@@ -317,7 +318,7 @@ def score_architectures(parent: Any, library: BlockLibrary, choices: Sequence[Se
                         batch_size: int = 8) -> list[dict[str, float]]:
     """The realised scores of whole children: ``choices[k][layer]`` is a candidate index per layer."""
     batches = _eval_batches(data, eval_sequences, batch_size)
-    refs = [_Ref(parent, b) for b in batches]
+    refs = [_Ref(parent, b.to(parent.model.embed_tokens.weight.device)) for b in batches]
     out = []
     cache: dict[int, Any] = {}
     for ch in choices:
