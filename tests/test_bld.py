@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from puzzlekit.blocks import AttentionConfig, FFNConfig
+from puzzlekit.blocks import AttentionConfig, BlockConfig, FFNConfig
 from puzzlekit.data import TokenData
 from puzzlekit.errors import PuzzlekitError
 
@@ -354,3 +354,42 @@ def test_bld_and_scoring_on_cuda(tmp_path):
     assert trained and all(res[k]["bld_nmse"] < res[k]["bld_nmse_init"] for k in trained)
     for a, b in zip(cpu.candidates, gpu.candidates):
         assert b.metrics["kl_div"] == pytest.approx(a.metrics["kl_div"], rel=5e-2, abs=1e-4)
+
+
+def test_benchmark_flop_model_matches_torch_flop_counter():
+    """``benchmarks/bld.py`` prints a FLOP ceiling for the shared-pass speed-up from its MAC model; the
+    model must match what torch counts for the parent pass and one training step of each unit (the
+    counter does not see CPU SDPA, so that term is left out of the comparison)."""
+    import importlib.util
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from puzzlekit.bld.engine import parent_activations
+    from puzzlekit.bld.step import FrozenFFN, LayerBatch, unit_output
+    from puzzlekit.model import PuzzleDecoderLayer
+
+    spec_ = importlib.util.spec_from_file_location("bld_bench", HERE.parent / "benchmarks" / "bld.py")
+    bench = importlib.util.module_from_spec(spec_)
+    spec_.loader.exec_module(bench)
+    parent, seq = bench.demo_sized_parent(1, 64)
+    spec = parent.config.parent_spec
+    ids = torch.randint(0, spec.vocab_size, (1, seq))
+    with FlopCounterMode(display=False) as fc:
+        pe, acts = parent_activations(parent, ids, [0])
+    p_counted = fc.get_total_flops() / 2 / seq
+    pl = parent.model.layers[0]
+    lb = LayerBatch(pl, acts[0], pe, FrozenFFN(pl))
+    sdpa = spec.num_attention_heads * spec.head_dim * seq  # the model's causal SDPA term per token and layer
+    for mix in bench.MIXES:
+        att, ffn = bench.eight_candidates(spec, mix)
+        counted = 0.0
+        for kind, v in [("attn", a) for a in att] + [("ffn", f) for f in ffn]:
+            pb = spec.parent_block()
+            block = BlockConfig(v, pb.ffn) if kind == "attn" else BlockConfig(pb.attention, v)
+            with FlopCounterMode(display=False) as fc:
+                unit_output(kind, PuzzleDecoderLayer(spec, block, 0), lb).pow(2).mean().backward()
+            counted += fc.get_total_flops() / 2 / seq
+        P, U = bench.macs_per_token(spec, att, ffn, seq)
+        assert P - sdpa == pytest.approx(p_counted, rel=1e-9)
+        n_sdpa = sum(1 for a in att if not a.linear)
+        assert U - 3 * sdpa * n_sdpa == pytest.approx(counted, rel=0.02), mix
