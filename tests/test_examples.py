@@ -34,9 +34,16 @@ def _config_class(name: str):
     return mod.ln_super.Config if name == "ln_ultra" else mod.Config
 
 
-@pytest.mark.parametrize("name", RECIPES)
-def test_every_config_validates_and_names_its_command(name):
-    cfg_path = EXAMPLES / name / "config.yaml"
+CONFIGS = [(name, p.name) for name in RECIPES for p in sorted((EXAMPLES / name).glob("config*.yaml"))]
+
+
+def test_every_recipe_ships_a_config():
+    assert {name for name, _ in CONFIGS} == set(RECIPES)
+
+
+@pytest.mark.parametrize(("name", "file"), CONFIGS)
+def test_every_config_validates_and_names_its_command(name, file):
+    cfg_path = EXAMPLES / name / file
     cfg = load_recipe_config(cfg_path, _config_class(name))
     assert cfg is not None
     header = [ln for ln in cfg_path.read_text().splitlines() if ln.startswith("#")]
