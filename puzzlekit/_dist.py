@@ -2,12 +2,14 @@
 
 Under ``accelerate launch`` / torchrun the environment carries ``WORLD_SIZE`` and ``RANK``; a stage
 calls :func:`setup` (which joins a gloo group when there are several processes and none is set up
-yet) and :func:`barrier` between its phases.  The caller that created the group tears it down with
-:func:`teardown` before the interpreter exits (left to interpreter shutdown, gloo can abort).
+yet) and :func:`barrier` between its phases.  A group :func:`setup` created is torn down at exit
+(:func:`teardown`, registered with ``atexit``): left to interpreter shutdown, gloo can abort with
+"terminate called without an active exception".
 """
 
 from __future__ import annotations
 
+import atexit
 import os
 
 __all__ = ["setup", "barrier", "teardown"]
@@ -22,6 +24,7 @@ def setup() -> tuple[int, int]:
 
         if not dist.is_initialized():
             dist.init_process_group("gloo")
+            atexit.register(teardown)
     return rank, world
 
 

@@ -41,6 +41,19 @@ SCHEMA_VERSION = 1
 LIBRARY_FORMAT = "puzzlekit.block-library"
 
 
+def _check_weights(weights: Any, what: str) -> str | tuple[str, ...] | None:
+    """A candidate's ``weights``: None, one relative path, or a non-empty list of distinct paths (its
+    sub-block files), returned as a tuple."""
+    if weights is None or isinstance(weights, str):
+        return weights
+    if isinstance(weights, (list, tuple)) and weights and all(isinstance(w, str) for w in weights):
+        if len(set(weights)) != len(weights):
+            raise LibraryError(f"{what} lists a file twice: {list(weights)!r}")
+        return tuple(weights)
+    raise LibraryError(f"{what} must be a relative path string or a non-empty list of them "
+                       f"(the block's sub-block files), got {weights!r}")
+
+
 @dataclass
 class Candidate:
     """One replacement for parent layers ``first..last`` by ``block``."""
@@ -98,14 +111,7 @@ class Candidate:
         for k, v in metrics.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 raise LibraryError(f"{where}.metrics.{k} must be a number, got {v!r}")
-        weights = d.get("weights")
-        if isinstance(weights, list) and weights and all(isinstance(w, str) for w in weights):
-            if len(set(weights)) != len(weights):
-                raise LibraryError(f"{where}.weights lists a file twice: {weights!r}")
-            weights = tuple(weights)
-        elif weights is not None and not isinstance(weights, str):
-            raise LibraryError(f"{where}.weights must be a relative path string or a non-empty list of them "
-                               f"(the block's sub-block files), got {weights!r}")
+        weights = _check_weights(d.get("weights"), f"{where}.weights")
         name = d.get("name")
         if name is not None and not isinstance(name, str):
             raise LibraryError(f"{where}.name must be a string, got {name!r}")
@@ -155,10 +161,7 @@ class BlockLibrary:
 
         ``weights``: the block's safetensors file relative to the library folder, or a list of files
         whose tensors together make the block (e.g. its attention and FFN sub-blocks' files)."""
-        if weights is not None and not isinstance(weights, str):
-            weights = tuple(weights)
-            if not weights or not all(isinstance(w, str) for w in weights) or len(set(weights)) != len(weights):
-                raise LibraryError(f"weights must be a relative path or a non-empty list of distinct paths, got {weights!r}")
+        weights = _check_weights(weights, "weights")
         first, last = (layers, layers) if isinstance(layers, int) else layers
         if not (0 <= first <= last < self.num_layers):
             raise LibraryError(

@@ -773,12 +773,16 @@ def _train(pl: Pipeline, src: str, dst: str, tokens: float, lr: float, kd: bool,
     after = _kl(pl, child)
     if acc.is_main_process:
         pl.save_model(child, dst)
-    return {"steps": steps, "processes": acc.num_processes,
-            "tokens": steps * cfg.gkd_batch * acc.num_processes * pl.data.seq_len,
-            "kl_before": before,
-            "kl_after": after, "evals": res.evals,
-            "lm_first_last": [res.history[0].get("lm"), res.history[-1].get("lm")] if res.history else None,
-            "parent_lm_loss": _kl(pl, pl.parent)["lm_loss"]}
+    out = {"steps": steps, "processes": acc.num_processes,
+           "tokens": steps * cfg.gkd_batch * acc.num_processes * pl.data.seq_len,
+           "kl_before": before,
+           "kl_after": after, "evals": res.evals,
+           "lm_first_last": [res.history[0].get("lm"), res.history[-1].get("lm")] if res.history else None,
+           "parent_lm_loss": _kl(pl, pl.parent)["lm_loss"]}
+    # ours: tear the process group down before exit (as examples/gkd does; gloo aborts otherwise)
+    acc.wait_for_everyone()
+    acc.end_training()
+    return out
 
 
 def stage_gkd(pl: Pipeline) -> dict[str, Any]:

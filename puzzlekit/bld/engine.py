@@ -572,10 +572,6 @@ class _Runner:
                 raise
 
 
-_dist_setup = _dist.setup
-_barrier = _dist.barrier
-
-
 def _hybrid_pairs(run: RunDir, layers: list[int], space: SearchSpace, keep: int) -> list[Unit]:
     st = run.journal.states(KIND)
     pairs: list[Unit] = []
@@ -691,19 +687,19 @@ def run_bld(
     if info.get("config") not in (None, settings):
         raise BLDError(f"{run.path}: this run directory holds a BLD run made with other settings (parent, data, "
                        "space or BLD options); use a new run directory or delete its bld/ and journal.jsonl")
-    rank, world = _dist_setup()
+    rank, world = _dist.setup()
     if rank == 0:
         run.set_stage(STAGE, State.RUNNING, config=settings)
     runner = _Runner(parent, data, run, space, cfg, rank, world, progress)
     layers = space.layer_list(spec)
     units = plan_units(space, runner.pblock, cfg.mode, layers)
     runner.train_units(units)
-    _barrier(world)
+    _dist.barrier(world)
     pairs: list[Unit] | None = None
     if cfg.mode == "hybrid":
         pairs = _hybrid_pairs(run, layers, space, cfg.hybrid_keep)
         runner.train_units(pairs)
-        _barrier(world)
+        _dist.barrier(world)
     elif cfg.mode == "coupled":
         pairs = units
     if rank == 0:
@@ -712,7 +708,7 @@ def run_bld(
         lib.save(lib_path)
         run.set_stage(STAGE, State.COMPLETE, config=settings, num_units=len(units) + len(pairs or []) * (
             cfg.mode == "hybrid"), world_size=world)
-    _barrier(world)
+    _dist.barrier(world)
     return BlockLibrary.load(lib_path)
 
 

@@ -70,12 +70,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.json:
         print(f"BLD plan: {len(units)} units ({cfg.mode}), {cfg.steps(data.seq_len)} steps each, "
               f"{len(groups)} group(s): " + "; ".join(f"layers {g[0]}-{g[-1]}" for g in groups))
-    try:
-        lib = run_bld(parent, data, run_dir, space, cfg, progress=not args.no_progress and not args.json)
-    finally:  # under torchrun / accelerate launch: tear the gloo group down before the interpreter exits
-        from .._dist import teardown
-
-        teardown()
+    lib = run_bld(parent, data, run_dir, space, cfg, progress=not args.no_progress and not args.json)
     res = unit_results(run_dir)
     summary = {"run": str(run_dir), "library": str(run_dir / "library.json"), "num_candidates": len(lib),
                "num_units": len(res), "mode": cfg.mode, "steps_per_unit": cfg.steps(data.seq_len),

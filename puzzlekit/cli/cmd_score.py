@@ -36,16 +36,13 @@ def run(args: argparse.Namespace) -> int:
     data = TokenData.load(run_dir / "tokens.npz")
     lib = BlockLibrary.load(run_dir / "library.json")
     parent = load_parent(args.parent)
-    from .._dist import setup, teardown
+    from .._dist import setup
 
     rank, _ = setup()  # under torchrun / accelerate launch the layers are shared out over the processes
     if rank == 0:
         rd.set_stage("score", State.RUNNING)
-    try:
-        score_library(parent, lib, data, rd, eval_sequences=args.eval_sequences, batch_size=args.batch_size,
-                      progress=not args.no_progress and not args.json and rank == 0)
-    finally:
-        teardown()
+    score_library(parent, lib, data, rd, eval_sequences=args.eval_sequences, batch_size=args.batch_size,
+                  progress=not args.no_progress and not args.json and rank == 0)
     if rank != 0:  # process 0 validates, records the stage and reports
         return 0
     out = {"run": str(run_dir), "num_candidates": len(lib), "metrics": lib.metric_names()}
