@@ -2,6 +2,7 @@
 
     python benchmarks/scoring.py                  # demo-sized random Llama, 6 layers
     python benchmarks/scoring.py --layers 8
+    python benchmarks/scoring.py --processes 2    # + 2 processes (torchrun, gloo) vs 1, same library
 
 Parent: a random Llama with the teacher ``demo`` preset's sizes (hidden 256, FFN 768, 8 query /
 4 KV heads, vocab 4096, ``--layers`` layers, default the preset's 6), 16 held-out sequences of 128
@@ -14,6 +15,11 @@ no-op), weights initialised from the parent (truncation), as scoring does for we
 
 Both share the parent's reference pass and the metric code, so the ratio is the prefix reuse.
 Rounds alternate the order; each round's ratio and the median are printed, with max |ΔKL|.
+
+``--processes N``: then the same scoring (prefix reuse, journaled in a run directory) in one process
+against N processes under torchrun (each repeats the parent's pass and scores its share of the
+layers): the scoring's own time (the slowest process's) and each whole command's, alternating
+order; the metrics must be identical.
 """
 
 from __future__ import annotations
@@ -26,19 +32,12 @@ import numpy as np
 import torch
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--layers", type=int, default=6)
-    ap.add_argument("--eval-sequences", type=int, default=16)
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+def setup(args: argparse.Namespace):
+    """The parent, the held-out rows and the (weightless) library every run scores."""
     from bld import demo_sized_parent  # benchmarks/bld.py, next to this file
 
     from puzzlekit.blocks import AttentionConfig, BlockConfig, FFNConfig
     from puzzlekit.library import BlockLibrary
-    from puzzlekit.scoring import score_library
 
     parent, seq = demo_sized_parent(args.layers)
     spec = parent.config.parent_spec
@@ -50,6 +49,83 @@ def main() -> None:
         for a in (AttentionConfig.gqa(spec.num_key_value_heads), AttentionConfig.gqa(1), AttentionConfig.make_no_op()):
             for f in (FFNConfig.swiglu(inter), FFNConfig.swiglu(inter // 2), FFNConfig.make_no_op()):
                 lib.add(i, BlockConfig(a, f))
+    return parent, heldout, lib, seq
+
+
+def processes(args: argparse.Namespace) -> None:
+    """One process vs ``--processes`` under torchrun, each a fresh command scoring into a new run directory."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    base = [__file__, "--layers", str(args.layers), "--eval-sequences", str(args.eval_sequences),
+            "--threads", str(args.threads), "--worker"]
+    ratios: list[float] = []
+    whole: list[float] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            def run(n: int, r: int = r) -> tuple[float, list]:
+                out = os.path.join(tmp, f"r{r}-n{n}")
+                cmd = ([sys.executable, *base, out] if n == 1 else
+                       [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={n}", *base, out])
+                t0 = time.perf_counter()
+                subprocess.run(cmd, check=True, env=env, capture_output=True)
+                with open(os.path.join(out, "metrics.json")) as f:
+                    return time.perf_counter() - t0, json.load(f)
+
+            order = (1, args.processes) if r % 2 == 0 else (args.processes, 1)
+            res = {n: run(n) for n in order}
+            (w1, one), (wn, many) = res[1], res[args.processes]
+            if one["metrics"] != many["metrics"]:
+                raise SystemExit("[scoring] metrics differ between 1 and N processes")
+            ratios.append(one["seconds"] / many["seconds"])
+            whole.append(w1 / wn)
+            print(f"[scoring] round {r + 1}: scoring 1 process {one['seconds']:.1f}s, {args.processes} processes "
+                  f"{many['seconds']:.1f}s -> {ratios[-1]:.2f}x; whole commands (start-up, model build) "
+                  f"{w1:.1f}s vs {wn:.1f}s -> {whole[-1]:.2f}x (metrics identical)")
+    print(f"[scoring] {args.processes} processes vs 1: scoring median {statistics.median(ratios):.2f}x "
+          f"({', '.join(f'{x:.2f}' for x in ratios)}), whole commands {statistics.median(whole):.2f}x "
+          f"({', '.join(f'{x:.2f}' for x in whole)})")
+
+
+def worker(args: argparse.Namespace) -> None:
+    """Score into ``args.worker`` (a run directory); rank 0 writes the metrics for the comparison."""
+    import json
+    import os
+
+    from puzzlekit.rundir import RunDir
+    from puzzlekit.scoring import score_library
+
+    parent, heldout, lib, _ = setup(args)
+    t0 = time.perf_counter()
+    out = score_library(parent, lib, heldout, RunDir(args.worker), eval_sequences=args.eval_sequences,
+                        progress=False, save=False)
+    secs = time.perf_counter() - t0  # every process waits for the others at the end: the slowest one's time
+    if os.environ.get("RANK", "0") == "0":
+        with open(os.path.join(args.worker, "metrics.json"), "w") as f:
+            json.dump({"seconds": secs, "metrics": [c.metrics for c in out.candidates]}, f)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--eval-sequences", type=int, default=16)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--processes", type=int, default=0, help="also compare N processes (torchrun) with 1")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.worker:
+        worker(args)
+        return
+    from puzzlekit.scoring import score_library
+
+    parent, heldout, lib, seq = setup(args)
+    spec, inter = parent.config.parent_spec, parent.config.parent_spec.intermediate_size
     print(f"[scoring] parent: random Llama, demo preset sizes (H={spec.hidden_size}, I={inter}, "
           f"{spec.num_hidden_layers} layers, vocab {spec.vocab_size}); {len(lib)} candidates, "
           f"{args.eval_sequences} x {seq} tokens, {args.threads} thread(s)")
@@ -75,6 +151,8 @@ def main() -> None:
     print(f"[scoring] prefix reuse vs naive full passes: median {statistics.median(ratios):.2f}x wall over "
           f"{len(ratios)} rounds ({', '.join(f'{x:.2f}' for x in ratios)}), {statistics.median(cpu_ratios):.2f}x CPU "
           f"time; max |dKL| {max(errs):.1e}")
+    if args.processes > 1:
+        processes(args)
 
 
 if __name__ == "__main__":
