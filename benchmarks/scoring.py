@@ -13,8 +13,14 @@ no-op), weights initialised from the parent (truncation), as scoring does for we
   input; the candidates of layer i run stacked through layers i+1..;
 * naive: ``score_library(prefix_reuse=False)``: the whole child, per candidate.
 
-Both share the parent's reference pass and the metric code, so the ratio is the prefix reuse.
+Both share the parent's reference pass and the metric code, so the ratio is the prefix reuse (and
+the attention output shared by the candidates that keep the parent's attention).
 Rounds alternate the order; each round's ratio and the median are printed, with max |ΔKL|.
+
+Before measuring it prints the ceiling of the ratio from matmul MACs (:func:`mac_ceiling`): a
+candidate at layer i saves the i layers before it, but both paths pay the head (``H·V``, here 1.3
+parent layers), so the ceiling grows with depth: 1.62× at 6 layers, 1.78× at 12, 1.96× for
+Llama-3.3-70B's 80 layers (NVIDIA's candidate set: parent or no-op attention × 9 FFN widths).
 
 ``--processes N``: then the same scoring (prefix reuse, journaled in a run directory) in one process
 against N processes under torchrun (each repeats the parent's pass and scores its share of the
@@ -50,6 +56,39 @@ def setup(args: argparse.Namespace):
             for f in (FFNConfig.swiglu(inter), FFNConfig.swiglu(inter // 2), FFNConfig.make_no_op()):
                 lib.add(i, BlockConfig(a, f))
     return parent, heldout, lib, seq
+
+
+def mac_ceiling(parent, lib, seq: int) -> tuple[float, float, float, float]:
+    """Matmul MACs per token, summed over the scored candidates, of the naive and the prefix-reuse
+    passes, their ratio (the ceiling of the measured speed-up) and the head's cost in parent layers.
+
+    A layer costs its parameters' matmuls plus causal attention (``seq/2`` keys on average, scores
+    and values); the head ``H·V``.  Naive: the candidate, the other ``L - 1`` parent layers and the
+    head.  Reuse: the candidate (only its FFN when it keeps the parent's attention), the ``L - 1 - i``
+    layers after it and the head.  Not counted, and the same in both: the metrics' passes over the
+    vocabulary (``log_softmax``, one dot product, one max), which lower the measured ratio a little.
+    """
+    from puzzlekit.accounting import attention_params, ffn_params
+    from puzzlekit.scoring.replace1 import _is_parent_layer, _same_attention, candidate_layer
+
+    spec = parent.config.parent_spec
+    H, nh, d = spec.hidden_size, spec.num_attention_heads, spec.head_dim
+
+    def att(a) -> float:
+        return 0.0 if a.no_op else attention_params(spec, a) - H + (0 if a.linear else 2 * nh * d * seq / 2)
+
+    pblock = spec.parent_block()
+    P, head, L = att(pblock.attention) + ffn_params(spec, pblock.ffn) - H, H * spec.vocab_size, spec.num_hidden_layers
+    naive = reuse = 0.0
+    for i, c in enumerate(lib.candidates):
+        m, player = candidate_layer(parent, lib, i), parent.model.layers[c.first]
+        if _is_parent_layer(m, player):
+            continue  # scored without a pass in both
+        own = att(c.block.attention) + max(ffn_params(spec, c.block.ffn) - H, 0)
+        naive += own + (L - 1) * P + head
+        shared = att(c.block.attention) if _same_attention(m, player) else 0.0
+        reuse += own - shared + (L - 1 - c.first) * P + head
+    return naive, reuse, naive / reuse, head / P
 
 
 def processes(args: argparse.Namespace) -> None:
@@ -113,7 +152,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--layers", type=int, default=6)
     ap.add_argument("--eval-sequences", type=int, default=16)
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--processes", type=int, default=0, help="also compare N processes (torchrun) with 1")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
@@ -129,6 +168,10 @@ def main() -> None:
     print(f"[scoring] parent: random Llama, demo preset sizes (H={spec.hidden_size}, I={inter}, "
           f"{spec.num_hidden_layers} layers, vocab {spec.vocab_size}); {len(lib)} candidates, "
           f"{args.eval_sequences} x {seq} tokens, {args.threads} thread(s)")
+    naive_macs, reuse_macs, ceiling, head_layers = mac_ceiling(parent, lib, seq)
+    print(f"[scoring] matmul MACs per token over the candidates: naive {naive_macs / 1e6:.1f} M, prefix reuse "
+          f"{reuse_macs / 1e6:.1f} M -> ceiling of the ratio {ceiling:.2f}x (the head costs {head_layers:.2f} "
+          "parent layers)")
     kw = dict(eval_sequences=args.eval_sequences, progress=False, save=False)
     score_library(parent, lib, heldout[:8], **{**kw, "eval_sequences": 8})  # warm-up
     ratios, cpu_ratios, errs = [], [], []
@@ -150,7 +193,7 @@ def main() -> None:
               f"{t_naive / t_reuse:.2f}x (CPU time {c_naive / c_reuse:.2f}x; max |dKL| {errs[-1]:.1e})")
     print(f"[scoring] prefix reuse vs naive full passes: median {statistics.median(ratios):.2f}x wall over "
           f"{len(ratios)} rounds ({', '.join(f'{x:.2f}' for x in ratios)}), {statistics.median(cpu_ratios):.2f}x CPU "
-          f"time; max |dKL| {max(errs):.1e}")
+          f"time; max |dKL| {max(errs):.1e}; MAC ceiling {ceiling:.2f}x")
     if args.processes > 1:
         processes(args)
 

@@ -42,6 +42,13 @@ def test_prefix_reuse_matches_naive_and_parent_is_exact(built, tmp_path):
             assert 0.0 <= ca.metrics["top1_agree"] <= ca.metrics["top5_agree"] <= 1.0
     noop = [c for c in a.candidates if c.block.attention.no_op and c.block.ffn.no_op]
     assert all(c.metrics["kl_div"] > 0 for c in noop)
+    # the candidates keeping the parent's attention took the shared-attention path (and matched above)
+    from puzzlekit.scoring.replace1 import _same_attention, candidate_layer
+
+    lib = a
+    shared = [i for i, c in enumerate(lib.candidates)
+              if _same_attention(candidate_layer(parent, lib, i), parent.model.layers[c.first])]
+    assert shared and all(lib.candidates[i].block.attention == spec.parent_block().attention for i in shared)
 
 
 def test_scoring_resumes_from_the_journal(built, tmp_path):

@@ -7,7 +7,7 @@ with the parent on held-out text.  Metrics (written into the library per candida
 * ``lm_loss``: the child's next-token cross-entropy;
 * ``cosine_dist``: mean ``1 - cos`` of the final hidden states (after the final norm);
 * ``top1_agree`` / ``top5_agree``: how often the parent's most likely token is the child's
-  top-1 / within the child's top 5.
+  top-1 (no token strictly more likely; a tie agrees) / within the child's top 5.
 
 Prefix reuse: one parent pass per batch gives every layer's input and the parent's
 log-probabilities; a candidate at layer ``i`` runs only itself and the parent's layers
@@ -114,6 +114,9 @@ class _Ref:
         # probabilities kept when small; otherwise each chunk exponentiates its (cache-resident) slice
         self.p = self.logp.exp() if self.logp.numel() * 4 <= KEEP_PROBS_BYTES else None
         self.top1 = self.logp.argmax(-1)
+        # sum_v p log p per token: KL(p || q) = negent - p.log q, one dot product per token per candidate
+        self.negent = torch.cat([(self.logp[c:c + CHUNK_TOKENS].exp() * self.logp[c:c + CHUNK_TOKENS]).sum(-1)
+                                 for c in range(0, B * T, CHUNK_TOKENS)])
         tgt = torch.full((B, T), -1, dtype=torch.long, device=ids.device)
         tgt[:, :-1] = ids[:, 1:]
         self.tgt = tgt.reshape(-1)
@@ -130,21 +133,31 @@ class _Ref:
 
 def _compare(parent: Any, ref: _Ref, x: torch.Tensor) -> dict[str, float]:
     """Sums over tokens (divided by the token count by the caller) of the metrics of the child whose last
-    layer output is ``x``, against the parent's pass ``ref``; the head runs in chunks of tokens."""
+    layer output is ``x``, against the parent's pass ``ref``; the head runs in chunks of tokens.
+
+    The head's matrix product is most of the cost, so the metrics make few passes over a chunk's
+    vocabulary-sized log-probs: one ``log_softmax``, one dot product with the parent's probabilities
+    (``KL = sum p log p - p . log q``, the first sum kept per token by the parent's pass) and one max;
+    the top-5 count runs only on the tokens whose top-1 differs from the parent's.
+    """
     hidden = parent.model.norm(x).reshape(ref.hidden.shape)
     kl = ce = top1 = top5 = 0.0
     for c in range(0, hidden.shape[0], CHUNK_TOKENS):
         sl = slice(c, c + CHUNK_TOKENS)
         logq = F.log_softmax(parent.lm_head(hidden[sl]).float(), -1)
         p = ref.p[sl] if ref.p is not None else ref.logp[sl].exp()
-        kl += float(((ref.logp[sl] - logq) * p).sum(-1).clamp_min(0).double().sum())
-        t1 = ref.top1[sl, None]
-        at = logq.gather(-1, t1)
-        top1 += float((logq.argmax(-1) == ref.top1[sl]).sum())
-        top5 += float(((logq > at).sum(-1) < 5).sum())  # fewer than 5 tokens the child prefers to the parent's
+        kl += float((ref.negent[sl] - torch.linalg.vecdot(p, logq)).clamp_min(0).double().sum())
+        at = logq.gather(-1, ref.top1[sl, None]).squeeze(-1)
+        # agreement: no token is strictly more likely under the child than the parent's top-1 (ties agree)
+        off = (at < logq.amax(-1)).nonzero().squeeze(-1)
+        top1 += float(at.shape[0] - off.numel())
+        top5 += float(at.shape[0] - off.numel())
+        if 4 * off.numel() > at.shape[0]:  # fewer than 5 tokens the child prefers to the parent's top-1
+            top5 += float(((logq > at[:, None]).sum(-1, dtype=torch.int32)[off] < 5).sum())
+        elif off.numel():  # few rows: count on those only
+            top5 += float(((logq[off] > at[off, None]).sum(-1, dtype=torch.int32) < 5).sum())
         tgt = ref.tgt[sl]
-        ok = tgt >= 0
-        ce += float(-logq[ok].gather(-1, tgt[ok, None]).double().sum())
+        ce -= float((logq.gather(-1, tgt.clamp_min(0)[:, None]).squeeze(-1) * (tgt >= 0)).double().sum())
     cos = (1 - F.cosine_similarity(hidden.float(), ref.hidden.float(), dim=-1)).clamp_min(0)
     return {"kl_div": kl, "lm_loss": ce, "cosine_dist": float(cos.double().sum()), "top1_agree": top1,
             "top5_agree": top5, "_n": float(hidden.shape[0]), "_n_ce": ref.n_ce}
@@ -189,7 +202,8 @@ def score_library(
     ``save`` and the library has a folder.  With ``prefix_reuse`` (default) each batch's layer
     inputs come from one parent pass and the candidates of a layer run stacked (up to
     ``suffix_tokens`` tokens at a time: larger stacks fall out of CPU caches and run slower there)
-    through the parent's later layers; ``prefix_reuse=False`` runs the whole child per candidate
+    through the parent's later layers, and the candidates that keep the parent's attention (tensor for
+    tensor) share its output and run only their FFN; ``prefix_reuse=False`` runs the whole child per candidate
     (the naive baseline the benchmark compares against; same numbers up to float rounding).
     A candidate identical to the parent layer gets the parent's own numbers without a pass.
     ``top5_agree``: fewer than 5 tokens are more likely under the child than the parent's top-1.
@@ -240,15 +254,19 @@ def score_library(
         accs: dict[int, dict[str, float]] = {ci: {} for ci, _ in cands}
         same = {ci for ci, m in cands if _is_parent_layer(m, layers[li])}  # = the parent: no pass needed
         others = [(ci, m) for ci, m in cands if ci not in same]
+        keep_attn = {ci for ci, m in others if _same_attention(m, layers[li])} if prefix_reuse else set()
         for ref in refs:
             for ci in same:
                 _add(accs[ci], ref.parent_metrics())
             B = ref.ids.shape[0]
             step = max(1, int(suffix_tokens) // ref.ids.numel())
             if prefix_reuse:  # the candidates of layer li, stacked, through the parent's layers li+1..
+                # candidates keeping the parent's attention share its output: only their FFN runs
+                mid = (ref.inputs[li] + layers[li].attn_delta(ref.inputs[li], ref.pe)) if keep_attn else None
                 for g in range(0, len(others), step):
                     grp = others[g:g + step]
-                    x = torch.cat([m(ref.inputs[li], ref.pe) for _, m in grp])
+                    x = torch.cat([mid + m.ffn_delta(mid) if ci in keep_attn else m(ref.inputs[li], ref.pe)
+                                   for ci, m in grp])
                     for j in range(li + 1, L):
                         x = layers[j](x, ref.pe)
                     for k, (ci, _) in enumerate(grp):
@@ -305,6 +323,18 @@ def _is_parent_layer(layer: Any, player: Any) -> bool:
         return False
     a, b = layer.state_dict(), player.state_dict()
     return a.keys() == b.keys() and all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in a)
+
+
+def _same_attention(layer: Any, player: Any) -> bool:
+    """Whether ``layer``'s attention sub-block (norm included) is the parent layer's, tensor for tensor."""
+    if layer is player or getattr(layer, "block", None) is None or layer.block.attention != player.block.attention:
+        return False
+    if layer.self_attn is None:  # a no-op attention: nothing to share
+        return False
+    a, b = layer.state_dict(), player.state_dict()
+    keys = [k for k in b if k.startswith(("self_attn.", "input_layernorm."))]
+    return all(k in a and a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in keys) and \
+        {k for k in a if k.startswith(("self_attn.", "input_layernorm."))} == set(keys)
 
 
 def _item(library: BlockLibrary, i: int) -> str:
