@@ -86,6 +86,7 @@ _LAZY: dict[str, str] = {
     "estimate_pass_rates": "puzzlekit.post",
     "filter_by_pass_rate": "puzzlekit.post",
     "CurriculumSampler": "puzzlekit.post",
+    "AdaptiveCurriculum": "puzzlekit.post.curriculum",
 }
 
 __all__ = [
