@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..architecture import ParentSpec
+from ..formats.modelopt import import_modelopt, relocate_weights
 from ..formats.nvlabs import export_nvlabs, import_nvlabs
 from ..library import BlockLibrary
 from .common import print_json, resolve_config
@@ -19,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     imp = lsub.add_parser("import", help="import a block library from another format")
     imp.add_argument("source", metavar="SRC", help="folder or file in the source format")
-    imp.add_argument("--format", choices=["nvlabs"], default="nvlabs")
+    imp.add_argument("--format", choices=["nvlabs", "modelopt"], default="nvlabs",
+                     help="nvlabs: block_library.json; modelopt: a ModelOpt Puzzletron folder (replacement_library.json)")
     imp.add_argument("--parent", metavar="CONFIG", help="the parent's config.json (records its dimensions)")
     imp.add_argument("-o", "--output", required=True, metavar="LIB.json")
     imp.set_defaults(func=run_import)
@@ -46,7 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run_import(args: argparse.Namespace) -> int:
     parent = ParentSpec.from_hf_config(resolve_config(args.parent)) if args.parent else None
-    lib = import_nvlabs(args.source, parent=parent)
+    if args.format == "modelopt":
+        lib = import_modelopt(args.source, parent=parent)
+        if relocate_weights(lib, Path(args.output).parent):
+            print(f"note: weights of candidates whose files lie outside {Path(args.output).parent} are left empty "
+                  "(write the library inside the ModelOpt folder to keep them)")
+    else:
+        lib = import_nvlabs(args.source, parent=parent)
     lib.validate()
     lib.save(args.output)
     print(f"imported {len(lib)} candidates over {lib.num_layers} layers -> {args.output}")
