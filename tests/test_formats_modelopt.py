@@ -467,3 +467,26 @@ def test_cli_import_modelopt(puzzle, tmp_path, capsys):
     o, e = capsys.readouterr()
     assert rc == 2 and not out2.exists()
     assert e.count("\n") == 1 and "layer 9 is out of range" in e and e.startswith("puzzlekit: error:")
+
+
+def test_nemotron_nas_teacher(tmp_path):
+    """A DeciLM / Nemotron-NAS teacher (Super-49B's published config): its heterogeneous blocks are the
+    teacher's own candidates."""
+    from puzzlekit.cli.common import builtin_config_path
+
+    root = tmp_path / "nas"
+    (root / "ckpts/teacher").mkdir(parents=True)
+    cfg = json.loads(builtin_config_path("super-49b").read_text())
+    (root / "ckpts/teacher/config.json").write_text(json.dumps(cfg))
+    arch = puzzlekit.Architecture.from_config(cfg)
+    entries = [{"parent_layer_indices": [i], "child_block_configs": [block_to_modelopt(b)], "weight_paths": []}
+               for i, b in enumerate(arch.blocks)]
+    entries += [{"parent_layer_indices": [i], "child_block_configs": [block(attn(8), ffn(no_op=True))],
+                 "weight_paths": []} for i in range(0, 80, 10) if arch.blocks[i].ffn.kind != "no_op"]
+    (root / "replacement_library.json").write_text(json.dumps(entries))
+    lib = import_modelopt(root)
+    lib.validate()
+    assert lib.parent.num_hidden_layers == 80 and lib.num_layers == 80
+    teachers = [c for c in lib.candidates if c.name == "teacher"]
+    assert [c.block for c in teachers] == list(arch.blocks)
+    assert len(lib) == 80 + len(entries) - 80

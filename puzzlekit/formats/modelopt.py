@@ -209,8 +209,11 @@ def _teacher_blocks(cfg: Mapping[str, Any], path: Path, parent: ParentSpec) -> l
     if not isinstance(bcs, list) or len(bcs) != parent.num_hidden_layers:
         raise LibraryError(f"{path}: block_configs must be a list of {parent.num_hidden_layers} blocks "
                            "(num_hidden_layers)")
-    first_att = bcs[0].get("attention") if isinstance(bcs[0], Mapping) else None
-    if isinstance(first_att, Mapping) and "n_heads_in_group" in first_att:  # Nemotron-NAS (DeciLM) form
+    def nas_form(b: Any) -> bool:
+        a, f = (b.get("attention"), b.get("ffn")) if isinstance(b, Mapping) else (None, None)
+        return (isinstance(a, Mapping) and "n_heads_in_group" in a) or (isinstance(f, Mapping) and "ffn_mult" in f)
+
+    if any(nas_form(b) for b in bcs):  # Nemotron-NAS (DeciLM) form
         from ..architecture import Architecture
 
         try:
