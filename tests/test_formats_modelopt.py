@@ -349,8 +349,9 @@ def test_parent_argument_and_no_teacher_config(puzzle):
     with pytest.raises(LibraryError, match="metric 'kl_div' is missing on 4 candidates"):
         lib.metric_vector("kl_div")
     spec = puzzlekit.ParentSpec.from_hf_config(tiny_llama_config())
-    lib = import_modelopt(root, spec)
-    assert lib.parent == spec
+    lib = import_modelopt(root, spec)  # the parent's block is the teacher's at every layer
+    assert lib.parent == spec and sum(c.name == "teacher" for c in lib.candidates) == LAYERS
+    assert lib.metric_names() == ["kl_div", "lm_loss", "token_accuracy_top_1", "token_accuracy_top_1_consistency"]
     with pytest.raises(LibraryError, match=r"\$\[2\]\.parent_layer_indices: layer 2 is out of range 0\.\.1"):
         import_modelopt(root, puzzlekit.ParentSpec.from_hf_config(tiny_llama_config(num_hidden_layers=2)))
 
@@ -490,3 +491,12 @@ def test_nemotron_nas_teacher(tmp_path):
     teachers = [c for c in lib.candidates if c.name == "teacher"]
     assert [c.block for c in teachers] == list(arch.blocks)
     assert len(lib) == 80 + len(entries) - 80
+
+
+def test_size_limit(puzzle):
+    from puzzlekit.errors import UnsafeInputError
+
+    root, _ = puzzle
+    with pytest.raises(UnsafeInputError, match=r"replacement_library\.json: \d+ bytes is over the 1000-byte limit"):
+        import_modelopt(root, max_bytes=1000)
+    assert len(import_modelopt(root, max_bytes=10**7)) == LAYERS + len(STUDENTS)

@@ -49,7 +49,7 @@ from typing import Any
 from ..architecture import ParentSpec, Scenario, load_config_dict
 from ..blocks import AttentionConfig, BlockConfig, FFNConfig
 from ..errors import LibraryError, PuzzlekitError
-from ..io import read_json
+from ..io import MAX_JSON_BYTES, read_json
 from ..library import BlockLibrary
 from .nvlabs import GPU_NAMES
 
@@ -339,8 +339,8 @@ def _sub_key(cls: str, cfg: Any, parent: ParentSpec | None) -> tuple[str, Any] |
     return None
 
 
-def _load_stats(path: Path, lib: BlockLibrary, parent: ParentSpec | None) -> None:
-    doc = read_json(path, what="ModelOpt subblock stats")
+def _load_stats(path: Path, lib: BlockLibrary, parent: ParentSpec | None, max_bytes: int) -> None:
+    doc = read_json(path, what="ModelOpt subblock stats", max_bytes=max_bytes)
     if isinstance(doc, Mapping):
         doc = [doc]
     if not isinstance(doc, list):
@@ -417,6 +417,7 @@ def import_modelopt(
     *,
     validation_dir: str | os.PathLike | None = None,
     stats: str | os.PathLike | None = None,
+    max_bytes: int = MAX_JSON_BYTES,
 ) -> BlockLibrary:
     """Read a ModelOpt (Puzzletron) replacement library into a :class:`~puzzlekit.BlockLibrary`.
 
@@ -425,7 +426,8 @@ def import_modelopt(
     costs from ``stats`` (default ``<folder>/subblock_stats.json``); both are optional.  The parent
     spec is ``parent`` or the teacher's ``config.json`` (``<folder>/ckpts/teacher``,
     ``ckpts/sorted_teacher``).  Weight files are recorded (relative to the folder, which becomes
-    the library's root) only when every file of a replacement lies inside the folder.
+    the library's root) only when every file of a replacement lies inside the folder.  JSON
+    documents over ``max_bytes`` are refused (raise it for a trusted, very large ``subblock_stats.json``).
     """
     src = Path(source)
     folder = src if src.is_dir() else src.parent
@@ -433,7 +435,7 @@ def import_modelopt(
     if not lib_path.is_file():
         raise LibraryError(f"{lib_path}: no such file; give a ModelOpt puzzle folder (with replacement_library.json) "
                            "or the replacement_library.json itself")
-    doc = read_json(lib_path, what="ModelOpt replacement library")
+    doc = read_json(lib_path, what="ModelOpt replacement library", max_bytes=max_bytes)
     entries, prefix, header = _entries(doc, lib_path)
     teacher_cfg_path = _find_teacher_config(folder, doc)
     teacher_cfg = None
@@ -447,7 +449,10 @@ def import_modelopt(
     if parent is None:
         logger.warning("%s: no teacher config.json found (ckpts/teacher, ckpts/sorted_teacher) and no parent given; "
                     "the library has no parent spec", folder)
-    teacher = _teacher_blocks(teacher_cfg, teacher_cfg_path, parent) if teacher_cfg and parent else None
+    teacher = None
+    if parent is not None:  # the teacher's block per layer: its config's, else the (homogeneous) parent's
+        teacher = (_teacher_blocks(teacher_cfg, teacher_cfg_path, parent) if teacher_cfg
+                   else [parent.parent_block()] * parent.num_hidden_layers)
 
     parsed = [_parse_entry(e, f"{lib_path}: {prefix}[{i}]", parent) for i, e in enumerate(entries)]
     if not parsed:
@@ -483,7 +488,7 @@ def import_modelopt(
 
     vdir = Path(validation_dir) if validation_dir is not None else folder / VALIDATION_DIR
     if vdir.is_dir():
-        _load_scores(vdir, lib, parent, teacher, where_of)
+        _load_scores(vdir, lib, parent, teacher, max_bytes)
     elif validation_dir is not None:
         raise LibraryError(f"{vdir}: no such folder (the ModelOpt scoring output, {VALIDATION_DIR})")
     else:
@@ -491,19 +496,19 @@ def import_modelopt(
 
     stats_path = Path(stats) if stats is not None else folder / "subblock_stats.json"
     if stats_path.is_file():
-        _load_stats(stats_path, lib, parent)
+        _load_stats(stats_path, lib, parent, max_bytes)
     elif stats is not None:
         raise LibraryError(f"{stats_path}: no such file (ModelOpt's subblock_stats.json)")
     return lib
 
 
 def _load_scores(vdir: Path, lib: BlockLibrary, parent: ParentSpec | None, teacher: list[BlockConfig] | None,
-                 where_of: Mapping[tuple[int, int, str], str]) -> None:
+                 max_bytes: int) -> None:
     index = {(c.first, c.last, c.block.key): i for i, c in enumerate(lib.candidates)}
     scored: dict[int, Path] = {}
     names: set[str] = set()
     for path in sorted(vdir.glob("*solution*.json")):
-        raw = read_json(path, what="ModelOpt validation result")
+        raw = read_json(path, what="ModelOpt validation result", max_bytes=max_bytes)
         if not isinstance(raw, Mapping):
             raise LibraryError(f"{path}: expected an object with metrics and puzzle_solution")
         ps = raw.get("puzzle_solution")
@@ -527,7 +532,7 @@ def _load_scores(vdir: Path, lib: BlockLibrary, parent: ParentSpec | None, teach
         names |= set(m)
     tpath = vdir / "teacher.json"
     if teacher is not None and tpath.is_file():
-        tm = _metrics(read_json(tpath, what="ModelOpt teacher result"), tpath)
+        tm = _metrics(read_json(tpath, what="ModelOpt teacher result", max_bytes=max_bytes), tpath)
         for name in names - set(tm):
             d = _teacher_default(name)
             if d is not None:
@@ -536,7 +541,8 @@ def _load_scores(vdir: Path, lib: BlockLibrary, parent: ParentSpec | None, teach
             if i not in scored and c.span == 1 and teacher[c.first] == c.block:
                 c.metrics.update(tm)
     elif tpath.is_file():
-        logger.info("%s: the teacher's blocks are unknown (no teacher config.json); its scores are not used", tpath)
+        logger.info("%s: the teacher's blocks are unknown (no teacher config.json or parent); its scores are not used",
+                    tpath)
     unscored = sum(1 for c in lib.candidates if not c.metrics)
     if unscored:
         logger.info("%s: %d of %d candidates have no scores", vdir, unscored, len(lib.candidates))
