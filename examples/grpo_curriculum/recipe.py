@@ -1,11 +1,13 @@
 """GRPO with a pass-rate curriculum: accuracy + format rewards, prompts the model already solves (or never
-solves) dropped, and batches ordered from easy to hard — compared with random ordering on the same budget,
-over several seeds.
+solves) dropped, and batches ordered from easy to hard (static) or by the policy's tracked competence
+(adaptive) — compared with random ordering on the same budget, over several seeds.
 
 Reads top to bottom: setup (the SFT'd model, prompts in both thinking modes, held-out problems) → pass
 rates (k samples per prompt) → filter (keep ``min_pass_rate`` ≤ rate < ``max_pass_rate``: at or above 0.75
 the model already solves the prompt, below one success in k a GRPO group has the same reward everywhere
-and so no gradient) → for each seed and each ordering: order the prompts (curriculum or random), train
+and so no gradient) → for each seed and each ordering: order the prompts (static curriculum, random, or
+adaptive: ``AdaptiveCurriculum`` draws each batch during training from pass rates it updates with the
+rewards of every GRPO group, retiring the prompts that become solved), train
 with TRL ``GRPOTrainer`` from the same SFT weights (the same steps, prompts and generations), evaluate
 held-out greedy accuracy / format and sampled accuracy in both modes → save ``metrics.json``.
 
@@ -40,12 +42,15 @@ from puzzlekit.post import (
     make_problems,
     render_chat,
 )
+from puzzlekit.post.curriculum import AdaptiveCurriculum
 from puzzlekit.post.recipe_config import load_recipe_config, parse_overrides
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sft_reasoning_toggle"))
 from recipe import evaluate  # noqa: E402  (the SFT recipe's held-out greedy evaluation, both modes)
 
 logger = logging.getLogger("grpo_curriculum")
+
+ORDERINGS = ("curriculum", "random", "adaptive")
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,8 @@ class Config:
     max_pass_rate: float = 0.75
     curriculum_sigma: float = 0.15
     curriculum_replacement: bool = True
+    adaptive_decay: float = 0.5
+    adaptive_sharpness: float = 1.0
     orderings: tuple[str, ...] = ("curriculum", "random")
     max_steps: int = 100
     prompts_per_step: int = 4
@@ -78,9 +85,9 @@ class Config:
     num_threads: int = 1
 
     def __post_init__(self) -> None:
-        bad = set(self.orderings) - {"curriculum", "random"}
+        bad = set(self.orderings) - set(ORDERINGS)
         if bad or not self.orderings:
-            raise ConfigError(f"orderings={list(self.orderings)}: use 'curriculum' and/or 'random'")
+            raise ConfigError(f"orderings={list(self.orderings)}: use any of {list(ORDERINGS)}")
         if self.num_generations < 2:
             raise ConfigError(f"num_generations={self.num_generations}: GRPO needs >= 2 samples per prompt")
         if not self.train_seeds:
@@ -153,6 +160,16 @@ def eval_callback(policy: Any, tok: Any, evals: list[Any], config: Config, curve
     return EvalCallback()
 
 
+def run_key(cfg: dict[str, Any], ordering: str) -> dict[str, Any]:
+    """The config keys one run of ``ordering`` depends on (resume reuses a finished run when they match)."""
+    skip = {"orderings"}
+    if ordering != "curriculum":
+        skip |= {"curriculum_sigma", "curriculum_replacement"}
+    if ordering != "adaptive":
+        skip |= {k for k in cfg if k.startswith("adaptive_")}
+    return {k: v for k, v in cfg.items() if k not in skip}
+
+
 def window(xs: list[float], frac: float = 0.2) -> tuple[float, float]:
     """Mean of the first and of the last ``frac`` of a trajectory (a smoothed first-vs-last comparison)."""
     k = max(1, int(len(xs) * frac))
@@ -198,19 +215,32 @@ def main(config: Config) -> dict[str, Any]:
     before["pool_pass_rate"] = pool_pass_rate(model, tok, pool, config, config.seed + 1)
     logger.info("before GRPO: %s", before)
 
-    # resume: the runs a killed invocation of the same config finished are kept (everything is seeded)
+    # resume: the runs an earlier invocation finished are kept when every config key they depend on is the
+    # same (everything is seeded; adding an ordering to `orderings` reuses the runs of the others)
     partial = out / "metrics.partial.json"
     cfg_json = json.loads(json.dumps(asdict(config)))
     runs: list[dict[str, Any]] = []
-    if partial.exists() and json.loads(partial.read_text()).get("config") == cfg_json:
-        runs = json.loads(partial.read_text())["runs"]
+    if partial.exists():
+        old = json.loads(partial.read_text())
+        runs = [r for r in old["runs"] if r["ordering"] in config.orderings and r["seed"] in config.train_seeds
+                and run_key(old["config"], r["ordering"]) == run_key(cfg_json, r["ordering"])]
         logger.info("resuming: %d finished runs in %s", len(runs), partial)
     for seed in config.train_seeds:
         for ordering in config.orderings:
             if any(r["ordering"] == ordering and r["seed"] == seed for r in runs):
                 continue
             # --- order the prompts: Gaussian curriculum over pass rate (easy → hard) or random
-            if ordering == "curriculum":
+            cur, reward_funcs = None, [accuracy_reward, format_reward]
+            if ordering == "adaptive":
+                # drawn during training: the trainer pulls each batch from the curriculum, whose pass rates
+                # are updated from the accuracy rewards of every group (attached below)
+                cur = AdaptiveCurriculum([r["pass_rate"] for r in pool], batch_size=config.prompts_per_step,
+                                         num_batches=config.max_steps, prior_strength=config.pass_rate_samples,
+                                         decay=config.adaptive_decay, max_rate=config.max_pass_rate,
+                                         sharpness=config.adaptive_sharpness, seed=seed)
+                reward_funcs = [cur.reward_func(accuracy_reward), format_reward]
+                order = []
+            elif ordering == "curriculum":
                 order = CurriculumSampler([r["pass_rate"] for r in pool], batch_size=config.prompts_per_step,
                                           num_batches=config.max_steps, sigma=config.curriculum_sigma,
                                           seed=seed, replacement=config.curriculum_replacement).order()
@@ -221,7 +251,10 @@ def main(config: Config) -> dict[str, Any]:
                     srng.shuffle(perm)
                     order += perm
                 order = order[:n_needed]
-            ds = Dataset.from_list([pool[i] for i in order])
+            if cur is not None:
+                ds = Dataset.from_list([dict(r, prompt_index=i) for i, r in enumerate(pool)])
+            else:
+                ds = Dataset.from_list([pool[i] for i in order])
 
             # --- train: the same SFT'd weights, steps, prompts per step and generations for every run
             policy, tok = load_sft(config.sft_model_dir)
@@ -234,13 +267,25 @@ def main(config: Config) -> dict[str, Any]:
                               learning_rate=config.learning_rate, beta=config.beta, shuffle_dataset=False,
                               logging_steps=1, save_strategy="no", report_to="none", use_cpu=True, seed=seed,
                               disable_tqdm=True, lr_scheduler_type="constant")
-            trainer = GRPOTrainer(model=policy, reward_funcs=[accuracy_reward, format_reward], args=args,
+            trainer = GRPOTrainer(model=policy, reward_funcs=reward_funcs, args=args,
                                   train_dataset=ds, processing_class=tok,
                                   callbacks=[eval_callback(policy, tok, evals, config, curve, name, seed)])
             trainer.remove_callback(PrinterCallback)  # per-step logs are kept in metrics.json, not printed
+            if cur is not None:
+                cur.attach(trainer)
             t_run = time.perf_counter()
             trainer.train()
             logs = [r for r in trainer.state.log_history if "reward" in r]
+            extra: dict[str, Any] = {}
+            if cur is not None:
+                # batch t of the draws is step t's (the loader prefetches one batch past the last step)
+                order = [i for b in cur.draws[:config.max_steps] for i in b]
+                extra = {"retired": len(cur.retired), "distinct_prompts": len(set(order)),
+                         "draws_thinking_on": statistics.fmean(pool[i]["thinking"] for i in order),
+                         "pool_thinking_on": statistics.fmean(r["thinking"] for r in pool),
+                         "mean_estimate": [r.get("curriculum/mean_estimate", float("nan")) for r in logs],
+                         "live": [r.get("curriculum/live", float("nan")) for r in logs],
+                         "final_estimates": cur.estimates}
             batch_rate = [statistics.fmean(pool[i]["pass_rate"] for i in order[s * config.prompts_per_step:
                                                                                 (s + 1) * config.prompts_per_step])
                           for s in range(config.max_steps)]
@@ -249,7 +294,7 @@ def main(config: Config) -> dict[str, Any]:
                          "train_reward": [r["reward"] for r in logs],
                          "train_accuracy": [r["rewards/accuracy_reward/mean"] for r in logs],
                          "frac_reward_zero_std": [r.get("frac_reward_zero_std", float("nan")) for r in logs],
-                         "batch_pass_rate": batch_rate, "eval_curve": curve})
+                         "batch_pass_rate": batch_rate, "eval_curve": curve, **extra})
             # what is finished is kept if a later run is killed
             atomic_write_json(partial, {"config": asdict(config), "before": before, "runs": runs})
 
@@ -280,6 +325,11 @@ def summary(m: dict[str, Any]) -> str:
                      f"{acc1:.3f} (batches' estimated pass rate {b0:.3f} -> {b1:.3f}); training-pool pass rate "
                      f"{b['pool_pass_rate']:.3f} -> {r['pool_pass_rate']:.3f}; held-out "
                      + " ".join(f"{k} {last[k]:.3f}" for k in keys) + f"; {r['train_s']:.0f} s")
+        if "retired" in r:
+            lines.append(f"{'':10s} adaptive: {r['retired']} of {m['kept']} prompts retired, "
+                         f"{r['distinct_prompts']} distinct drawn, thinking-on share of draws "
+                         f"{r['draws_thinking_on']:.3f} (pool {r['pool_thinking_on']:.3f}), mean online estimate "
+                         f"{r['mean_estimate'][0]:.3f} -> {r['mean_estimate'][-1]:.3f}")
     for name in per:  # the per-step trajectory in 10 windows, mean over seeds
         rs = [r for r in m["runs"] if r["ordering"] == name]
         n = min(len(r["train_accuracy"]) for r in rs)
