@@ -500,3 +500,40 @@ def test_size_limit(puzzle):
     with pytest.raises(UnsafeInputError, match=r"replacement_library\.json: \d+ bytes is over the 1000-byte limit"):
         import_modelopt(root, max_bytes=1000)
     assert len(import_modelopt(root, max_bytes=10**7)) == LAYERS + len(STUDENTS)
+
+
+def test_scores_from_gathered_metrics(puzzle, tmp_path):
+    """The MIP's gathered metrics (mip/run_puzzle.py::gather_multi_layer_puzle_metrics: students from the
+    solution files, each teacher block with teacher.json's metrics, ``one_minus_<m>`` added) give the
+    same scores as the validation folder."""
+    import shutil
+
+    root, docs = puzzle
+    ref = import_modelopt(root)
+    gathered = {}
+    for k, doc in docs["solutions"].items():
+        rep = doc["puzzle_solution"]["single_sequence_replacement"]
+        m = {n: v["avg"] for n, v in doc.items() if isinstance(v, dict) and "avg" in v}
+        m.update({f"one_minus_{n}": 1 - v for n, v in list(m.items())})
+        gathered[f"replacement_{k}"] = {"block_config": rep["child_block_configs"][0],
+                                        "parent_layer_indices": rep["parent_layer_indices"], "metrics": m,
+                                        "layer_replacement": rep, "is_teacher": False}
+    for i in range(LAYERS):
+        m = {"lm_loss": TEACHER_LM_LOSS, "token_accuracy_top_1": 0.5, "kl_div": 0.0,
+             "token_accuracy_top_1_consistency": 1.0}
+        m.update({f"one_minus_{n}": 1 - v for n, v in list(m.items())})
+        gathered[f"replacement_{len(STUDENTS) + i}"] = {"block_config": block(attn(), ffn()),
+                                                        "parent_layer_indices": [i], "metrics": m, "is_teacher": True}
+    path = tmp_path / "replacement_metrics_and_stats.json"
+    path.write_text(json.dumps(gathered))
+    shutil.rmtree(root / VALIDATION_DIR)
+    lib = import_modelopt(root, scores=path)
+    assert [c.metrics for c in lib.candidates] == [c.metrics for c in ref.candidates]
+
+    gathered["replacement_0"]["parent_layer_indices"] = [0, 1, 2]
+    path.write_text(json.dumps(gathered))
+    with pytest.raises(LibraryError, match=r"replacement_metrics_and_stats\.json: \$\.replacement_0: layers 0\.\.2 "
+                                           r"with block attn=gqa:2\|ffn=ffn:128 are not in the replacement library"):
+        import_modelopt(root, scores=path)
+    with pytest.raises(LibraryError, match=r"nope: no such folder or file"):
+        import_modelopt(root, scores=tmp_path / "nope")

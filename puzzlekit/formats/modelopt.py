@@ -415,14 +415,16 @@ def import_modelopt(
     source: str | os.PathLike,
     parent: ParentSpec | None = None,
     *,
-    validation_dir: str | os.PathLike | None = None,
+    scores: str | os.PathLike | None = None,
     stats: str | os.PathLike | None = None,
     max_bytes: int = MAX_JSON_BYTES,
 ) -> BlockLibrary:
     """Read a ModelOpt (Puzzletron) replacement library into a :class:`~puzzlekit.BlockLibrary`.
 
     ``source``: the puzzle folder or its ``replacement_library.json``.  Scores come from
-    ``validation_dir`` (default ``<folder>/single_sequence_replacement_solutions--validation``),
+    ``scores``: the scoring step's folder (default ``<folder>/single_sequence_replacement_solutions--validation``)
+    or a gathered-metrics JSON (the MIP's ``--gathered_metrics_path`` input, or the
+    ``replacement_metrics_and_stats.json`` it writes),
     costs from ``stats`` (default ``<folder>/subblock_stats.json``); both are optional.  The parent
     spec is ``parent`` or the teacher's ``config.json`` (``<folder>/ckpts/teacher``,
     ``ckpts/sorted_teacher``).  Weight files are recorded (relative to the folder, which becomes
@@ -486,11 +488,14 @@ def import_modelopt(
         logger.warning("%s: %d replacements have weight files outside %s; their weights are left empty "
                     "(copy the checkpoints into the folder to keep them)", lib_path, outside, folder)
 
-    vdir = Path(validation_dir) if validation_dir is not None else folder / VALIDATION_DIR
+    vdir = Path(scores) if scores is not None else folder / VALIDATION_DIR
     if vdir.is_dir():
         _load_scores(vdir, lib, parent, teacher, max_bytes)
-    elif validation_dir is not None:
-        raise LibraryError(f"{vdir}: no such folder (the ModelOpt scoring output, {VALIDATION_DIR})")
+    elif vdir.is_file():
+        _load_gathered(vdir, lib, parent, max_bytes)
+    elif scores is not None:
+        raise LibraryError(f"{vdir}: no such folder or file (ModelOpt's {VALIDATION_DIR} folder or a "
+                           "gathered-metrics JSON)")
     else:
         logger.info("%s: no scores (%s missing); the candidates have no metrics", folder, VALIDATION_DIR)
 
@@ -546,6 +551,41 @@ def _load_scores(vdir: Path, lib: BlockLibrary, parent: ParentSpec | None, teach
     unscored = sum(1 for c in lib.candidates if not c.metrics)
     if unscored:
         logger.info("%s: %d of %d candidates have no scores", vdir, unscored, len(lib.candidates))
+
+
+def _load_gathered(path: Path, lib: BlockLibrary, parent: ParentSpec | None, max_bytes: int) -> None:
+    """Scores from ModelOpt's gathered metrics: ``{"replacement_<k>": {"block_config", "parent_layer_indices",
+    "metrics": {...}, "is_teacher", ...}}`` (``mip/run_puzzle.py::gather_multi_layer_puzle_metrics``)."""
+    doc = read_json(path, what="ModelOpt gathered metrics", max_bytes=max_bytes)
+    if not isinstance(doc, Mapping) or not doc:
+        raise LibraryError(f"{path}: expected an object of 'replacement_<k>' -> {{block_config, parent_layer_indices, "
+                           "metrics}} (ModelOpt's gathered metrics)")
+    index = {(c.first, c.last, c.block.key): i for i, c in enumerate(lib.candidates)}
+    seen: dict[int, str] = {}
+    for name, v in doc.items():
+        where = f"{path}: $.{name}"
+        if not isinstance(v, Mapping) or "metrics" not in v:
+            raise LibraryError(f"{where}: needs block_config, parent_layer_indices and metrics")
+        first, last, block, _ = _parse_entry(
+            {"parent_layer_indices": v.get("parent_layer_indices"), "child_block_configs": [v.get("block_config")]},
+            where, parent)
+        i = index.get((first, last, block.key))
+        if i is None:
+            raise LibraryError(f"{where}: layers {first}..{last} with block {block.key} are not in the replacement "
+                               "library; the metrics belong to another library")
+        if i in seen:
+            raise LibraryError(f"{where}: scores the same replacement as $.{seen[i]}; remove one")
+        m = v["metrics"]
+        if not isinstance(m, Mapping):
+            raise LibraryError(f"{where}.metrics: must be an object of name -> number")
+        clean = {}
+        for k, x in m.items():
+            if isinstance(x, bool) or not isinstance(x, (int, float)):
+                raise LibraryError(f"{where}.metrics.{k}: must be a number, got {x!r}")
+            if not (str(k).startswith("one_minus_") and str(k)[len("one_minus_"):] in m):  # ModelOpt's derived copy
+                clean[str(k)] = float(x)
+        lib.candidates[i].metrics.update(clean)
+        seen[i] = str(name)
 
 
 def relocate_weights(library: BlockLibrary, folder: str | os.PathLike) -> int:
