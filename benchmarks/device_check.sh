@@ -28,7 +28,7 @@ step() {  # step NAME SECONDS COMMAND...: run, keep its log, remember a failure
     tail -15 "$OUT/$name.log"
     [ $r -eq 0 ] || { echo "!! $name exited $r"; rc=1; }
 }
-step gpu_tests 200 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_fusion_triton.py tests/test_model.py tests/test_bld.py
+step gpu_tests 200 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_fusion_triton.py tests/test_model.py tests/test_bld.py tests/test_model_placement.py
 step fusion_gpu 150 $PY benchmarks/fusion_gpu.py --tokens 1,128,4096 --json
 step profile_cuda 240 $PY benchmarks/profile_hardware.py --device cuda --parent super-49b --layers 4 --archs 2 \
     --batch 16 --prefill 512 --decode 32 --dtype bf16 --rounds 3 -o "$OUT/profile_cuda"

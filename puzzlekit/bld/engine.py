@@ -56,6 +56,7 @@ from ..data import TokenData, batch_indices
 from ..errors import PuzzlekitError
 from ..io import atomic_write_safetensors
 from ..library import BlockLibrary
+from ..model.placement import device_of, follow
 from ..rundir import RunDir, State
 from .space import SearchSpace, default_search_space
 from .step import FrozenFFN, LayerBatch, unit_output
@@ -177,8 +178,9 @@ def normalized_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def parent_activations(parent: Any, input_ids: torch.Tensor, layers: Sequence[int]) -> tuple[Any, dict[int, tuple]]:
     """Run the parent up to ``max(layers)`` once; for each layer in ``layers`` return
-    ``(x, h, y)``: its input, ``x + attn(x)`` and its output.  Also returns the rotary
-    ``position_embeddings`` every layer of the pass used."""
+    ``(x, h, y)``: its input, ``x + attn(x)`` and its output (on the layer's device).  Also returns
+    the rotary ``position_embeddings`` (on the embedding's device: :func:`~puzzlekit.model.placement.follow`
+    moves them to a layer's)."""
     inner = parent.model
     x = inner.embed_tokens(input_ids)
     pos = torch.arange(input_ids.shape[1], device=input_ids.device)[None]
@@ -187,6 +189,7 @@ def parent_activations(parent: Any, input_ids: torch.Tensor, layers: Sequence[in
     out: dict[int, tuple] = {}
     for i in range(max(want) + 1):
         layer = inner.layers[i]
+        x, pe = follow(device_of(layer), x, pe)  # a parent placed over devices: cross a boundary
         h = x + layer.attn_delta(x, pe)
         y = h + layer.ffn_delta(h)
         if i in want:
@@ -451,7 +454,7 @@ class _Runner:
         num = den = 0.0
         for pe, acts in eval_acts:
             a = acts[job.unit.layer]
-            out = job.forward(self.parent.model.layers[job.unit.layer], a, pe)
+            out = job.forward(self.parent.model.layers[job.unit.layer], a, follow(a[0].device, a[0], pe)[1])
             y = a[2]
             num += float((out - y).double().pow(2).sum())
             den += float(y.double().pow(2).sum())
@@ -484,7 +487,8 @@ class _Runner:
         ckpt_path = self.ckpt_dir / f"group-{zlib.crc32(' '.join(u.id for u in units).encode()):08x}.safetensors"
         for u in units:
             self.run.journal.set_state(KIND, u.id, State.RUNNING, rank=self.rank)
-            job = self._make_job(u, (cacts[u.layer][0], cpe), ckpts)
+            x = cacts[u.layer][0]
+            job = self._make_job(u, (x, follow(x.device, x, cpe)[1]), ckpts)
             if job.nmse_init is None:
                 job.nmse_init = self._eval(job, eval_acts)
             jobs.append(job)
@@ -501,7 +505,7 @@ class _Runner:
         for step in range(start, self.total):
             ids = self.train[torch.from_numpy(batch_indices(len(self.train), cfg.batch_size, step, cfg.seed))].to(dev)
             pe, acts = parent_activations(self.parent, ids, layers)
-            lbs = {i: LayerBatch(players[i], a, pe, pffn.get(i)) for i, a in acts.items()}
+            lbs = {i: LayerBatch(players[i], a, follow(a[0].device, a[0], pe)[1], pffn.get(i)) for i, a in acts.items()}
             lr = cfg.lr_at(step, self.total)
             for j in live:
                 if j.step != step:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import print_json
+from .common import add_parent_device_args, load_parent_from_args, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ffn-fractions", default="1,0.875,0.75,0.5,0.25,0.2,0.1")
     p.add_argument("--hybrid-keep", type=int, default=2)
     p.add_argument("--max-memory-gb", type=float, default=None, help="process layers in groups that fit")
+    add_parent_device_args(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache", default=str(Path.home() / ".cache" / "puzzlekit"))
     p.add_argument("--no-progress", action="store_true")
@@ -51,7 +52,6 @@ def run(args: argparse.Namespace) -> int:
 
     from ..bld import BLDConfig, default_search_space, plan_groups, plan_units, run_bld, unit_results
     from ..errors import PuzzlekitError
-    from ..model import load_parent
 
     logging.basicConfig(level=logging.WARNING)
     try:
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         raise PuzzlekitError(f"--ffn-fractions {args.ffn_fractions!r}: give comma-separated numbers in (0, 1]") from None
     run_dir = Path(args.run)
     data = token_data(run_dir, args.parent, args.data, args.seq_len, args.seed, args.cache)
-    parent = load_parent(args.parent)
+    parent = load_parent_from_args(args)
     spec = parent.config.parent_spec
     space = default_search_space(spec, ffn_fractions=fr)
     cfg = BLDConfig(mode=args.mode, tokens=args.tokens, batch_size=args.batch_size, lr=args.lr, seed=args.seed,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import print_json
+from .common import add_parent_device_args, load_parent_from_args, print_json
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--validate", type=int, default=0, metavar="N",
                    help="also compare summed vs realised KL over N random architectures")
+    add_parent_device_args(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
@@ -25,7 +26,6 @@ def run(args: argparse.Namespace) -> int:
     from ..data import TokenData
     from ..errors import PuzzlekitError
     from ..library import BlockLibrary
-    from ..model import load_parent
     from ..rundir import RunDir, State
     from ..scoring import score_library, validate_additivity
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     rd = RunDir(run_dir)
     data = TokenData.load(run_dir / "tokens.npz")
     lib = BlockLibrary.load(run_dir / "library.json")
-    parent = load_parent(args.parent)
+    parent = load_parent_from_args(args)
     from .._dist import setup
 
     rank, _ = setup()  # under torchrun / accelerate launch the layers are shared out over the processes

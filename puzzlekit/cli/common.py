@@ -53,3 +53,42 @@ def fmt_bytes(n: float) -> str:
         if abs(n) >= div:
             return f"{n / div:.2f} {unit}"
     return f"{n:g} B"
+
+
+def add_parent_device_args(p: Any) -> None:
+    """``--device``, ``--device-map`` and ``--dtype``: where and in which precision the parent runs."""
+    p.add_argument("--device", default="auto",
+                   help="where the parent runs: 'auto' (this process's GPU, cuda:LOCAL_RANK, when there is one, "
+                        "else the CPU), 'cpu', 'cuda', 'cuda:1', ... (default: auto)")
+    p.add_argument("--device-map", default=None, metavar="DEVICES",
+                   help="spread the parent's layers over several devices instead: 'auto' (every visible GPU) or "
+                        "a comma-separated list, e.g. cuda:0,cuda:1 (for a parent larger than one GPU)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
+                   help="the parent's precision (default: as stored)")
+
+
+def load_parent_from_args(args: Any) -> Any:
+    """The ``--parent`` model, on ``--device`` / ``--device-map`` in ``--dtype``."""
+    import os
+
+    import torch
+
+    from ..model import load_parent
+
+    dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
+    if args.device_map:
+        if args.device != "auto":
+            raise PuzzlekitError("--device and --device-map: give one of them")
+        dm = args.device_map if args.device_map == "auto" else [d.strip() for d in args.device_map.split(",") if d.strip()]
+        return load_parent(args.parent, dtype=dtype, device_map=dm)
+    device = args.device
+    if device == "auto":
+        device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}" \
+            if torch.cuda.is_available() and torch.cuda.device_count() else "cpu"
+    try:
+        torch.device(device)
+    except RuntimeError:
+        raise PuzzlekitError(f"--device {device!r}: not a device; use cpu, cuda or cuda:N") from None
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise PuzzlekitError(f"--device {device}: no CUDA device is visible here; use --device cpu")
+    return load_parent(args.parent, dtype=dtype, device=device)

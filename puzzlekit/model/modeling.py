@@ -44,6 +44,7 @@ from transformers.models.llama.modeling_llama import LlamaRMSNorm, LlamaRotaryEm
 from ..architecture import Architecture, ParentSpec
 from ..blocks import BlockConfig
 from ..errors import ConfigError
+from .placement import device_of, follow
 
 __all__ = [
     "PuzzleConfig",
@@ -483,11 +484,12 @@ class PuzzleModel(PuzzlePreTrainedModel):
         hidden = [x] if output_hidden_states else None
         slot = 0  # dense KV-cache slot: the k-th GQA layer uses cache layer k
         for layer in self.layers:
+            x, pe, mask = follow(device_of(layer), x, pe, mask)  # placed over devices: cross a boundary
             x = layer(x, pe, mask, cache, cache_idx=slot)
             slot += layer.has_kv_cache
             if hidden is not None:
                 hidden.append(x)
-        x = self.norm(x)
+        x = self.norm(follow(device_of(self.norm), x)[0])
         if hidden is not None:
             hidden[-1] = x  # transformers' convention: the last hidden state is after the final norm
         return BaseModelOutputWithPast(last_hidden_state=x, cache=cache if use_cache else None,
@@ -550,7 +552,7 @@ class PuzzleForCausalLM(PuzzlePreTrainedModel, GenerationMixin):
             h = h[:, -logits_to_keep:]
         elif isinstance(logits_to_keep, torch.Tensor):
             h = h[:, logits_to_keep]
-        logits = self.lm_head(h)
+        logits = self.lm_head(follow(device_of(self.lm_head), h)[0])
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)

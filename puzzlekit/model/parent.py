@@ -111,12 +111,17 @@ def _iter_safetensors(files: list[Path], device: str) -> Iterator[tuple[str, tor
 
 def load_state_into(model: PuzzleForCausalLM, tensors: Iterator[tuple[str, torch.Tensor]] | Mapping[str, torch.Tensor],
                     *, dtype: torch.dtype | None = None, device: torch.device | str = "cpu",
-                    source: str = "checkpoint") -> PuzzleForCausalLM:
+                    source: str = "checkpoint", placement: Mapping[str, torch.device] | None = None
+                    ) -> PuzzleForCausalLM:
     """Place named tensors into a (meta) model one at a time; every parameter must be given once.
 
-    Tensors are assigned, not copied, when dtype and device already match.  Raises a
-    :class:`ConfigError` naming missing, unexpected or mis-shaped tensors.
+    Tensors are assigned, not copied, when dtype and device already match.  ``placement``
+    (:func:`~puzzlekit.model.placement.plan_placement`) puts each tensor on its module's device
+    instead of ``device``.  Raises a :class:`ConfigError` naming missing, unexpected or
+    mis-shaped tensors.
     """
+    from .placement import _device_for
+
     items = tensors.items() if isinstance(tensors, Mapping) else tensors
     params = dict(model.named_parameters(remove_duplicate=False))
     tied = bool(model.config.tie_word_embeddings)
@@ -134,7 +139,7 @@ def load_state_into(model: PuzzleForCausalLM, tensors: Iterator[tuple[str, torch
         if tuple(p.shape) != tuple(t.shape):
             raise ConfigError(f"{source}: tensor {name!r} has shape {tuple(t.shape)}, the model expects "
                               f"{tuple(p.shape)}; the config.json does not match the weights")
-        t = t.to(device=device, dtype=dtype or t.dtype)
+        t = t.to(device=_device_for(placement, name) if placement else device, dtype=dtype or t.dtype)
         _set_param(model, name, t)
         seen.add(name)
     expected = {n for n in params if not (tied and n == "lm_head.weight")}
@@ -148,10 +153,13 @@ def load_state_into(model: PuzzleForCausalLM, tensors: Iterator[tuple[str, torch
         raise ConfigError(f"{source}: " + "; ".join(parts) + "; the weights do not match the config.json")
     if tied:
         model.lm_head.weight = model.model.embed_tokens.weight
-    for mod in model.modules():  # RoPE frequencies and other buffers follow the weights' device
+    for mname, mod in model.named_modules():  # RoPE frequencies and other buffers follow the weights' device
+        if not any(True for _ in mod.buffers(recurse=False)):
+            continue
+        dev = _device_for(placement, mname) if placement else torch.device(device)
         for bname, b in list(mod.named_buffers(recurse=False)):
-            if b.device != torch.device(device) and not b.is_meta:
-                mod._buffers[bname] = b.to(device)
+            if b.device != dev and not b.is_meta:
+                mod._buffers[bname] = b.to(dev)
     return model
 
 
@@ -162,14 +170,25 @@ def _set_param(model: nn.Module, name: str, value: torch.Tensor) -> None:
 
 
 def load_parent(path_or_hf_model: str | os.PathLike | nn.Module, dtype: torch.dtype | None = None,
-                device: torch.device | str | None = None) -> PuzzleForCausalLM:
+                device: torch.device | str | None = None, *,
+                device_map: str | list[str | torch.device] | None = None) -> PuzzleForCausalLM:
     """The parent as a :class:`PuzzleForCausalLM` (homogeneous child equal to it).
 
     ``path_or_hf_model``: a local Hugging Face folder (Llama, Qwen2, Mistral or Nemotron-NAS;
     safetensors, single or sharded) or an in-memory transformers model (its tensors are shared,
     not copied, when ``dtype`` / ``device`` do not change them).  ``dtype`` defaults to the
-    stored dtype; ``device`` to CPU.
+    stored dtype; ``device`` to CPU.  ``device_map`` (``"auto"`` or a list of devices) spreads the
+    layers over several devices instead (:mod:`puzzlekit.model.placement`); each tensor is read
+    straight onto its device.
     """
+    if device_map is not None:
+        if device is not None:
+            raise ConfigError("load_parent: pass device or device_map, not both")
+        from .placement import place_model, plan_placement, resolve_devices
+
+        devs = resolve_devices(device_map)
+        if isinstance(path_or_hf_model, nn.Module):
+            return place_model(load_parent(path_or_hf_model), devs)
     device = str(device or "cpu")
     if isinstance(path_or_hf_model, nn.Module):
         hf = path_or_hf_model
@@ -198,7 +217,9 @@ def load_parent(path_or_hf_model: str | os.PathLike | nn.Module, dtype: torch.dt
         config = puzzle_config_from_hf(d)
     files = checkpoint_files(folder)
     model = empty_model(config)
-    load_state_into(model, _iter_safetensors(files, "cpu"), dtype=dtype, device=device, source=str(folder))
+    placement = plan_placement(model, devs) if device_map is not None else None
+    load_state_into(model, _iter_safetensors(files, "cpu"), dtype=dtype, device=device, source=str(folder),
+                    placement=placement)
     log.info("loaded parent %s from %s (%d files)", d.get("model_type"), folder, len(files))
     return model.eval()
 

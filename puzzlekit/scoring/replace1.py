@@ -31,6 +31,7 @@ from .. import _dist
 from ..data import TokenData
 from ..errors import PuzzlekitError
 from ..library import BlockLibrary
+from ..model.placement import device_of, follow
 from ..rundir import RunDir, State
 
 __all__ = ["METRICS", "score_library", "score_architectures", "validate_additivity", "random_choices",
@@ -101,13 +102,17 @@ class _Ref:
         inner = parent.model
         x = inner.embed_tokens(ids)
         pos = torch.arange(ids.shape[1], device=ids.device)[None]
-        self.pe = inner.rotary_emb(x, pos)
-        self.inputs = []
+        pe = inner.rotary_emb(x, pos)
+        self.inputs, self.pes = [], []  # each layer's input and rotary tables, on the layer's device
         for layer in inner.layers:
+            x, pe = follow(device_of(layer), x, pe)
             self.inputs.append(x)
-            x = layer(x, self.pe)
+            self.pes.append(pe)
+            x = layer(x, pe)
         self.ids = ids
         B, T = ids.shape
+        x = follow(device_of(inner.norm), x)[0]
+        ids = ids.to(x.device)  # the head's device, where every comparison runs
         self.hidden = inner.norm(x).reshape(B * T, -1)
         self.logp = torch.cat([F.log_softmax(parent.lm_head(self.hidden[c:c + CHUNK_TOKENS]).float(), -1)
                                for c in range(0, B * T, CHUNK_TOKENS)])
@@ -140,7 +145,7 @@ def _compare(parent: Any, ref: _Ref, x: torch.Tensor) -> dict[str, float]:
     (``KL = sum p log p - p . log q``, the first sum kept per token by the parent's pass) and one max;
     the top-5 count runs only on the tokens whose top-1 differs from the parent's.
     """
-    hidden = parent.model.norm(x).reshape(ref.hidden.shape)
+    hidden = parent.model.norm(x.to(ref.hidden.device)).reshape(ref.hidden.shape)
     kl = ce = top1 = top5 = 0.0
     for c in range(0, hidden.shape[0], CHUNK_TOKENS):
         sl = slice(c, c + CHUNK_TOKENS)
@@ -262,20 +267,20 @@ def score_library(
             step = max(1, int(suffix_tokens) // ref.ids.numel())
             if prefix_reuse:  # the candidates of layer li, stacked, through the parent's layers li+1..
                 # candidates keeping the parent's attention share its output: only their FFN runs
-                mid = (ref.inputs[li] + layers[li].attn_delta(ref.inputs[li], ref.pe)) if keep_attn else None
+                mid = (ref.inputs[li] + layers[li].attn_delta(ref.inputs[li], ref.pes[li])) if keep_attn else None
                 for g in range(0, len(others), step):
                     grp = others[g:g + step]
-                    x = torch.cat([mid + m.ffn_delta(mid) if ci in keep_attn else m(ref.inputs[li], ref.pe)
+                    x = torch.cat([mid + m.ffn_delta(mid) if ci in keep_attn else m(ref.inputs[li], ref.pes[li])
                                    for ci, m in grp])
                     for j in range(li + 1, L):
-                        x = layers[j](x, ref.pe)
+                        x = layers[j](x.to(ref.inputs[j].device), ref.pes[j])
                     for k, (ci, _) in enumerate(grp):
                         _add(accs[ci], _compare(parent, ref, x[k * B:(k + 1) * B]))
             else:  # naive: the whole child, one candidate at a time
                 for ci, m in others:
                     x = parent.model.embed_tokens(ref.ids)
                     for j in range(L):
-                        x = (m if j == li else layers[j])(x, ref.pe)
+                        x = (m if j == li else layers[j])(x.to(ref.inputs[j].device), ref.pes[j])
                     _add(accs[ci], _compare(parent, ref, x))
         for ci, _ in cands:
             metrics = _finish(accs[ci])
@@ -361,8 +366,8 @@ def score_architectures(parent: Any, library: BlockLibrary, choices: Sequence[Se
         acc: dict[str, float] = {}
         for ref in refs:
             x = parent.model.embed_tokens(ref.ids)
-            for m in mods:
-                x = m(x, ref.pe)
+            for li, m in enumerate(mods):
+                x = m(x.to(ref.inputs[li].device), ref.pes[li])
             _add(acc, _compare(parent, ref, x))
         out.append(_finish(acc))
     return out

@@ -1,0 +1,120 @@
+"""Layer placement: one model spread over several devices in one process (naive pipeline).
+
+A parent that does not fit one accelerator (Llama-3.3-70B in bf16 is 141 GB; Llama-3.1-405B
+810 GB) is split into contiguous runs of layers, balanced by parameter bytes: the embedding on
+the first device, the final norm and the LM head on the last (on the first when the head is tied
+to the embedding).  The hidden state moves to a layer's device when it crosses a boundary, with
+the rotary tables and the mask, in :class:`~puzzlekit.model.PuzzleModel`'s forward, in BLD's
+parent pass and in replace-1-block scoring; BLD units and scored candidates are built on their
+layer's device.  Loading places each tensor straight onto its device, so the whole model is never
+materialised on one device::
+
+    parent = load_parent("Llama-3.3-70B-Instruct", dtype=torch.bfloat16, device_map="auto")
+    device_of(parent.model.layers[79])         # cuda:1 on two GPUs
+
+``device_map``: ``"auto"`` (every visible CUDA device), a list of devices (a device may repeat:
+``["cuda:0", "cpu"]`` keeps the second half in host memory), or ``None`` (one device).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from ..errors import ConfigError
+
+__all__ = ["resolve_devices", "plan_placement", "place_model", "device_of", "follow"]
+
+
+def resolve_devices(device_map: str | Sequence[str | torch.device]) -> list[torch.device]:
+    """The devices of a ``device_map`` argument (``"auto"``: every visible CUDA device)."""
+    if isinstance(device_map, str):
+        if device_map != "auto":
+            raise ConfigError(f"device_map={device_map!r}: use 'auto' or a list of devices, e.g. ['cuda:0', 'cuda:1']")
+        if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+            raise ConfigError("device_map='auto' needs CUDA devices and none is visible; pass device='cpu' or "
+                              "a list of devices")
+        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+    try:
+        devs = [torch.device(d) for d in device_map]
+    except (TypeError, RuntimeError) as e:
+        raise ConfigError(f"device_map={device_map!r}: not a list of devices ({e})") from None
+    if not devs:
+        raise ConfigError("device_map is empty: give at least one device")
+    return devs
+
+
+def _layer_bytes(model: Any) -> list[int]:
+    return [sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in model.model.layers]
+
+
+def plan_placement(model: Any, devices: Sequence[str | torch.device]) -> dict[str, torch.device]:
+    """Module name -> device: contiguous runs of layers balanced by parameter bytes, counting the
+    embedding with the first device's share and the head with the last's.
+
+    Works on a model on the meta device (sizes only), so a checkpoint can be placed while loading.
+    """
+    devs = resolve_devices(devices) if isinstance(devices, str) else [torch.device(d) for d in devices]
+    if not devs:
+        raise ConfigError("device_map is empty: give at least one device")
+    layers = _layer_bytes(model)
+    emb = sum(p.numel() * p.element_size() for p in model.model.embed_tokens.parameters())
+    tied = bool(getattr(model.config, "tie_word_embeddings", False))
+    head = 0 if tied else sum(p.numel() * p.element_size() for p in model.lm_head.parameters())
+    total = emb + sum(layers) + head
+    plan: dict[str, torch.device] = {"model.embed_tokens": devs[0], "model.rotary_emb": devs[0]}
+    k, acc = 0, emb
+    for i, b in enumerate(layers):
+        # move on once this device holds its share, keeping at least one layer per later device possible
+        while (k < len(devs) - 1 and acc + b / 2 > total * (k + 1) / len(devs)
+               and len(layers) - i >= len(devs) - 1 - k):
+            k += 1
+        plan[f"model.layers.{i}"] = devs[k]
+        acc += b
+    plan["model.norm"] = devs[0] if tied else devs[-1]
+    plan["lm_head"] = devs[0] if tied else devs[-1]
+    return plan
+
+
+def _device_for(plan: dict[str, torch.device], name: str) -> torch.device:
+    parts = name.split(".")
+    for n in range(len(parts), 0, -1):
+        d = plan.get(".".join(parts[:n]))
+        if d is not None:
+            return d
+    raise ConfigError(f"tensor {name!r} belongs to no placed module; the model is not a PuzzleForCausalLM")
+
+
+def place_model(model: Any, device_map: str | Sequence[str | torch.device]) -> Any:
+    """Move an in-memory ``PuzzleForCausalLM`` onto ``device_map`` (see :func:`plan_placement`)."""
+    plan = plan_placement(model, resolve_devices(device_map))
+    for name, dev in plan.items():
+        mod = model.get_submodule(name)
+        mod.to(dev)
+    if getattr(model.config, "tie_word_embeddings", False):
+        model.lm_head.weight = model.model.embed_tokens.weight
+    return model
+
+
+def device_of(module: Any) -> torch.device | None:
+    """The device of a module's first parameter (None for a module without parameters: a no-op layer)."""
+    p = next(module.parameters(), None)
+    return None if p is None else p.device
+
+
+def follow(dev: torch.device | None, x: torch.Tensor, *rest: Any) -> tuple[Any, ...]:
+    """``x`` and ``rest`` (tensors, tuples of tensors or None) on ``dev`` (unchanged when ``dev`` is
+    None or already theirs): what the hidden state carries across a device boundary."""
+    if dev is None or x.device == dev:
+        return (x, *rest)
+
+    def mv(o: Any) -> Any:
+        if o is None:
+            return None
+        if isinstance(o, tuple):
+            return tuple(mv(t) for t in o)
+        return o.to(dev)
+
+    return (x.to(dev), *(mv(o) for o in rest))
