@@ -38,6 +38,7 @@ from .errors import (
     SolverUnavailableError,
     UnsafeInputError,
 )
+from .formats.modelopt import import_modelopt
 from .formats.nvlabs import export_nvlabs, import_nvlabs
 from .library import BlockLibrary, Candidate
 from .nas import ffn_mult_to_intermediate_size, intermediate_size_to_ffn_mult
@@ -99,6 +100,7 @@ __all__ = [
     "BlockLibrary",
     "Candidate",
     "import_nvlabs",
+    "import_modelopt",
     "export_nvlabs",
     "ffn_mult_to_intermediate_size",
     "intermediate_size_to_ffn_mult",
