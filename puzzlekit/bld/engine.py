@@ -507,6 +507,7 @@ class _Runner:
             pe, acts = parent_activations(self.parent, ids, layers)
             lbs = {i: LayerBatch(players[i], a, follow(a[0].device, a[0], pe)[1], pffn.get(i)) for i, a in acts.items()}
             lr = cfg.lr_at(step, self.total)
+            losses = []  # read after every unit's step is queued: no host sync between units (devices overlap)
             for j in live:
                 if j.step != step:
                     continue
@@ -519,8 +520,10 @@ class _Runner:
                 torch.nn.utils.clip_grad_norm_(j.params, cfg.clip, foreach=True)
                 j.opt.step()
                 j.step += 1
-                j.recent = (j.recent + [float(loss.detach())])[-10:]
-            del lbs, acts
+                losses.append((j, loss.detach()))
+            for j, loss in losses:
+                j.recent = (j.recent + [float(loss)])[-10:]
+            del lbs, acts, losses
             tokens += ids.numel()
             bar.update(1)
             if self.progress:
