@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -79,7 +80,8 @@ def load_block_weights(layer: PuzzleDecoderLayer,
             meta = f.metadata() or {}
             if meta.get("hidden_size") not in (None, str(layer.spec.hidden_size)):
                 raise ConfigError(f"{p}: hidden_size {meta['hidden_size']} != the model's {layer.spec.hidden_size}")
-            names = set(f.keys())
+            rename = _hf_layer_names(p, set(f.keys()), meta, layer)  # file name -> layer name
+            names = set(rename.values())
             key = meta.get("block")
             if key is not None and key != layer.block.key:
                 if len(paths) == 1:
@@ -91,8 +93,8 @@ def load_block_weights(layer: PuzzleDecoderLayer,
             if extra or twice:
                 raise ConfigError(f"{p}: tensors do not match block {layer.block.key}: unexpected {extra[:3]}"
                                   + (f"; {twice[:3]} also in {seen[twice[0]]}" if twice else ""))
-            for name in sorted(names):
-                t, prm = f.get_tensor(name), params[name]
+            for fname, name in sorted(rename.items(), key=lambda kv: kv[1]):
+                t, prm = f.get_tensor(fname), params[name]
                 if tuple(t.shape) != tuple(prm.shape):
                     raise ConfigError(f"{p}: {name} has shape {tuple(t.shape)}, the layer expects {tuple(prm.shape)}")
                 seen[name] = p
@@ -103,6 +105,32 @@ def load_block_weights(layer: PuzzleDecoderLayer,
         where = paths[0] if len(paths) == 1 else f"{len(paths)} files ({', '.join(p.name for p in paths)})"
         raise ConfigError(f"{where}: tensors do not match block {layer.block.key}: missing {missing[:3]}")
     return layer
+
+
+_HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
+
+
+def _hf_layer_names(path: Path, names: set[str], meta: Mapping[str, str], layer: PuzzleDecoderLayer) -> dict[str, str]:
+    """The file's tensor names -> the layer's parameter names.
+
+    puzzlekit's block files hold layer-relative names.  A sub-block file of NVIDIA's Model Optimizer
+    (Puzzletron's ``subblocks_safetensors/block_<i>_<attention|ffn>.safetensors``) has no puzzlekit
+    metadata and keeps the checkpoint's names, ``model.layers.<i>.self_attn.q_proj.weight``...: the
+    prefix is dropped when every tensor has it with one ``i``, and ``i`` is the layer's index.
+    """
+    if meta.get("format") == BLOCK_FORMAT or not names:
+        return {n: n for n in names}
+    found = {n: _HF_LAYER.match(n) for n in names}
+    if not all(found.values()):
+        return {n: n for n in names}  # not a checkpoint's layer file: the name checks below report it
+    idx = {int(m.group(1)) for m in found.values()}
+    if len(idx) != 1:
+        raise ConfigError(f"{path}: holds tensors of layers {sorted(idx)}; a block file holds one layer's")
+    (i,) = idx
+    if i != layer.layer_idx:
+        raise ConfigError(f"{path}: holds layer {i}'s tensors (model.layers.{i}.*), but the block is for layer "
+                          f"{layer.layer_idx}; pick that layer's sub-block file")
+    return {n: m.group(2) for n, m in found.items()}
 
 
 def _check_sub_blocks(path: Path, key: str, names: set[str], layer: PuzzleDecoderLayer) -> None:
