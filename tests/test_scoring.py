@@ -194,3 +194,20 @@ def test_scoring_over_processes_needs_a_run_directory(built, monkeypatch):
     monkeypatch.setattr("puzzlekit._dist.setup", lambda: (0, 2))
     with pytest.raises(PuzzlekitError, match="run directory"):
         score_library(parent, BlockLibrary.load(run / "library.json"), data, eval_sequences=4, progress=False)
+
+
+def test_accelerator_metric_path_equals_the_cpu_path(built, monkeypatch):
+    """On an accelerator the metrics avoid host syncs (full top-5 counts, sums kept on the device until the
+    candidate's end); forced on the CPU, that path gives the CPU path's numbers."""
+    import puzzlekit.scoring.replace1 as R
+    from puzzlekit.library import BlockLibrary
+    from puzzlekit.scoring import METRICS, score_library
+
+    parent, data, _, run = built
+    kw = dict(eval_sequences=5, batch_size=3, progress=False, save=False)
+    a = score_library(parent, BlockLibrary.load(run / "library.json"), data, **kw)
+    monkeypatch.setattr(R, "_is_host", lambda device: False)
+    b = score_library(parent, BlockLibrary.load(run / "library.json"), data, **kw)
+    for ca, cb in zip(a.candidates, b.candidates):
+        for m in METRICS:
+            assert ca.metrics[m] == pytest.approx(cb.metrics[m], rel=1e-12, abs=1e-12), m

@@ -136,6 +136,11 @@ class _Ref:
                 "_n": n, "_n_ce": self.n_ce}
 
 
+def _is_host(device: torch.device) -> bool:
+    """Whether ``device`` is the CPU (metrics may then branch on data-dependent sizes at no cost)."""
+    return device.type == "cpu"
+
+
 def _compare(parent: Any, ref: _Ref, x: torch.Tensor) -> dict[str, float]:
     """Sums over tokens (divided by the token count by the caller) of the metrics of the child whose last
     layer output is ``x``, against the parent's pass ``ref``; the head runs in chunks of tokens.
@@ -146,26 +151,37 @@ def _compare(parent: Any, ref: _Ref, x: torch.Tensor) -> dict[str, float]:
     the top-5 count runs only on the tokens whose top-1 differs from the parent's.
     """
     hidden = parent.model.norm(x.to(ref.hidden.device)).reshape(ref.hidden.shape)
-    kl = ce = top1 = top5 = 0.0
+    host = _is_host(hidden.device)  # on an accelerator: no host sync until the candidate's end
+    kl: Any = 0.0
+    ce: Any = 0.0
+    top1: Any = 0.0
+    top5: Any = 0.0
     for c in range(0, hidden.shape[0], CHUNK_TOKENS):
         sl = slice(c, c + CHUNK_TOKENS)
         logq = F.log_softmax(parent.lm_head(hidden[sl]).float(), -1)
         p = ref.p[sl] if ref.p is not None else ref.logp[sl].exp()
-        kl += float((ref.negent[sl] - torch.linalg.vecdot(p, logq)).clamp_min(0).double().sum())
+        kl = kl + (ref.negent[sl] - torch.linalg.vecdot(p, logq)).clamp_min(0).double().sum()
         at = logq.gather(-1, ref.top1[sl, None]).squeeze(-1)
         # agreement: no token is strictly more likely under the child than the parent's top-1 (ties agree)
-        off = (at < logq.amax(-1)).nonzero().squeeze(-1)
-        top1 += float(at.shape[0] - off.numel())
-        top5 += float(at.shape[0] - off.numel())
-        if 4 * off.numel() > at.shape[0]:  # fewer than 5 tokens the child prefers to the parent's top-1
-            top5 += float(((logq > at[:, None]).sum(-1, dtype=torch.int32)[off] < 5).sum())
-        elif off.numel():  # few rows: count on those only
-            top5 += float(((logq[off] > at[off, None]).sum(-1, dtype=torch.int32) < 5).sum())
+        if host:  # the top-5 count only where the top-1 differs (a data-dependent size: cheap on the CPU)
+            off = (at < logq.amax(-1)).nonzero().squeeze(-1)
+            top1 += at.shape[0] - off.numel()
+            top5 += at.shape[0] - off.numel()
+            if 4 * off.numel() > at.shape[0]:  # fewer than 5 tokens the child prefers to the parent's top-1
+                top5 += int(((logq > at[:, None]).sum(-1, dtype=torch.int32)[off] < 5).sum())
+            elif off.numel():  # few rows: count on those only
+                top5 += int(((logq[off] > at[off, None]).sum(-1, dtype=torch.int32) < 5).sum())
+        else:
+            cnt = (logq > at[:, None]).sum(-1, dtype=torch.int32)
+            top1 = top1 + (cnt == 0).sum()
+            top5 = top5 + (cnt < 5).sum()
         tgt = ref.tgt[sl]
-        ce -= float((logq.gather(-1, tgt.clamp_min(0)[:, None]).squeeze(-1) * (tgt >= 0)).double().sum())
-    cos = (1 - F.cosine_similarity(hidden.float(), ref.hidden.float(), dim=-1)).clamp_min(0)
-    return {"kl_div": kl, "lm_loss": ce, "cosine_dist": float(cos.double().sum()), "top1_agree": top1,
-            "top5_agree": top5, "_n": float(hidden.shape[0]), "_n_ce": ref.n_ce}
+        ce = ce - (logq.gather(-1, tgt.clamp_min(0)[:, None]).squeeze(-1) * (tgt >= 0)).double().sum()
+    cos = (1 - F.cosine_similarity(hidden.float(), ref.hidden.float(), dim=-1)).clamp_min(0).double().sum()
+    vals = [kl, ce, cos, top1, top5]
+    got = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=hidden.device) for v in vals]).tolist()
+    return {"kl_div": got[0], "lm_loss": got[1], "cosine_dist": got[2], "top1_agree": got[3],
+            "top5_agree": got[4], "_n": float(hidden.shape[0]), "_n_ce": ref.n_ce}
 
 
 def _finish(acc: dict[str, float]) -> dict[str, float]:
