@@ -211,3 +211,24 @@ def test_accelerator_metric_path_equals_the_cpu_path(built, monkeypatch):
     for ca, cb in zip(a.candidates, b.candidates):
         for m in METRICS:
             assert ca.metrics[m] == pytest.approx(cb.metrics[m], rel=1e-12, abs=1e-12), m
+
+
+def test_bounded_reference_memory_recomputes_the_parent_logits_with_the_same_numbers(built, caplog):
+    """Under ``ref_memory_gb`` the parent's log-probs are not kept but recomputed per layer and batch
+    (and the plan is logged); every metric is unchanged.  A non-positive budget is refused."""
+    import logging
+
+    from puzzlekit.library import BlockLibrary
+    from puzzlekit.scoring import METRICS, ScoringError, score_library
+
+    parent, data, _, run = built
+    kw = dict(eval_sequences=5, batch_size=3, progress=False, save=False)
+    a = score_library(parent, BlockLibrary.load(run / "library.json"), data, **kw)
+    with caplog.at_level(logging.INFO, logger="puzzlekit.scoring.replace1"):
+        b = score_library(parent, BlockLibrary.load(run / "library.json"), data, ref_memory_gb=1e-6, **kw)
+    assert "log-probs recomputed per layer and batch" in caplog.text
+    for ca, cb in zip(a.candidates, b.candidates):
+        for m in METRICS:
+            assert ca.metrics[m] == pytest.approx(cb.metrics[m], rel=1e-12, abs=1e-12), m
+    with pytest.raises(ScoringError, match="ref_memory_gb"):
+        score_library(parent, BlockLibrary.load(run / "library.json"), data, ref_memory_gb=0, **kw)

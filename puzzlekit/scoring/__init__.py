@@ -3,6 +3,7 @@ and multi-replacement validation of the summed scores.  See ``docs/bld.md``."""
 
 from .replace1 import (
     METRICS,
+    ScoringError,
     candidate_layer,
     random_choices,
     score_architectures,
@@ -11,5 +12,5 @@ from .replace1 import (
     validate_additivity,
 )
 
-__all__ = ["METRICS", "candidate_layer", "random_choices", "score_architectures", "score_library", "spearman",
+__all__ = ["METRICS", "ScoringError", "candidate_layer", "random_choices", "score_architectures", "score_library", "spearman",
            "validate_additivity"]

@@ -96,38 +96,64 @@ KEEP_PROBS_BYTES = 256 * 2**20
 
 class _Ref:
     """The parent's pass over one batch: every layer input, and (flattened over tokens) the parent's
-    log-probs, probabilities, top-1 token and the per-token sums every candidate is compared with."""
+    log-probs, probabilities, top-1 token and the per-token sums every candidate is compared with.
 
-    def __init__(self, parent: Any, ids: torch.Tensor):
+    ``keep_logits=False``: the ``(tokens, vocab)`` log-probs are not kept; :meth:`logits` recomputes
+    them from the final hidden state (one head pass per layer and batch, shared by the layer's
+    candidates).  ``offload=True``: the layer inputs are kept in host memory and :meth:`input` moves
+    one to its layer's device when that layer is scored.  Both bound the memory of the kept passes
+    (``score_library(ref_memory_gb=...)``) for parents whose activations and vocabulary are large.
+    """
+
+    def __init__(self, parent: Any, ids: torch.Tensor, *, keep_logits: bool = True, offload: bool = False):
         inner = parent.model
+        self.parent = parent
         x = inner.embed_tokens(ids)
         pos = torch.arange(ids.shape[1], device=ids.device)[None]
         pe = inner.rotary_emb(x, pos)
-        self.inputs, self.pes = [], []  # each layer's input and rotary tables, on the layer's device
+        self.inputs, self.pes, self.devs = [], [], []  # each layer's input, rotary tables and device
         for layer in inner.layers:
             x, pe = follow(device_of(layer), x, pe)
-            self.inputs.append(x)
+            self.inputs.append(x.to("cpu", non_blocking=x.is_cuda) if offload and x.device.type != "cpu" else x)
             self.pes.append(pe)
+            self.devs.append(x.device)
             x = layer(x, pe)
         self.ids = ids
         B, T = ids.shape
         x = follow(device_of(inner.norm), x)[0]
         ids = ids.to(x.device)  # the head's device, where every comparison runs
         self.hidden = inner.norm(x).reshape(B * T, -1)
-        self.logp = torch.cat([F.log_softmax(parent.lm_head(self.hidden[c:c + CHUNK_TOKENS]).float(), -1)
-                               for c in range(0, B * T, CHUNK_TOKENS)])
-        # probabilities kept when small; otherwise each chunk exponentiates its (cache-resident) slice
-        self.p = self.logp.exp() if self.logp.numel() * 4 <= KEEP_PROBS_BYTES else None
-        self.top1 = self.logp.argmax(-1)
-        # sum_v p log p per token: KL(p || q) = negent - p.log q, one dot product per token per candidate
-        self.negent = torch.cat([(self.logp[c:c + CHUNK_TOKENS].exp() * self.logp[c:c + CHUNK_TOKENS]).sum(-1)
-                                 for c in range(0, B * T, CHUNK_TOKENS)])
         tgt = torch.full((B, T), -1, dtype=torch.long, device=ids.device)
         tgt[:, :-1] = ids[:, 1:]
         self.tgt = tgt.reshape(-1)
         self.n_ce = float(B * (T - 1))
-        valid = self.tgt >= 0
-        self.ce_sum = float(-self.logp[valid].gather(-1, self.tgt[valid, None]).double().sum())
+        top1, negent, ce = [], [], 0.0
+        for c in range(0, B * T, CHUNK_TOKENS):
+            lp = self._logp(c)
+            top1.append(lp.argmax(-1))
+            # sum_v p log p per token: KL(p || q) = negent - p.log q, one dot product per token per candidate
+            negent.append((lp.exp() * lp).sum(-1))
+            t = self.tgt[c:c + CHUNK_TOKENS]
+            ce -= float((lp.gather(-1, t.clamp_min(0)[:, None]).squeeze(-1) * (t >= 0)).double().sum())
+        self.top1, self.negent, self.ce_sum = torch.cat(top1), torch.cat(negent), ce
+        self.logp = self.p = None
+        if keep_logits:
+            self.logp, self.p = self.logits()
+
+    def _logp(self, c: int) -> torch.Tensor:
+        return F.log_softmax(self.parent.lm_head(self.hidden[c:c + CHUNK_TOKENS]).float(), -1)
+
+    def logits(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The parent's log-probs (kept, or computed now) and probabilities (None above
+        ``KEEP_PROBS_BYTES``: each chunk then exponentiates its slice)."""
+        if self.logp is not None:
+            return self.logp, self.p
+        logp = torch.cat([self._logp(c) for c in range(0, self.hidden.shape[0], CHUNK_TOKENS)])
+        return logp, (logp.exp() if logp.numel() * 4 <= KEEP_PROBS_BYTES else None)
+
+    def input(self, layer: int) -> torch.Tensor:
+        """Layer ``layer``'s input, on the layer's device."""
+        return self.inputs[layer].to(self.devs[layer], non_blocking=True)
 
     def parent_metrics(self) -> dict[str, float]:
         """The parent compared with itself (a candidate identical to the parent layer)."""
@@ -141,7 +167,8 @@ def _is_host(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
-def _compare(parent: Any, ref: _Ref, x: torch.Tensor) -> dict[str, float]:
+def _compare(parent: Any, ref: _Ref, x: torch.Tensor,
+             logits: tuple[torch.Tensor, torch.Tensor | None] | None = None) -> dict[str, float]:
     """Sums over tokens (divided by the token count by the caller) of the metrics of the child whose last
     layer output is ``x``, against the parent's pass ``ref``; the head runs in chunks of tokens.
 
@@ -151,6 +178,7 @@ def _compare(parent: Any, ref: _Ref, x: torch.Tensor) -> dict[str, float]:
     the top-5 count runs only on the tokens whose top-1 differs from the parent's.
     """
     hidden = parent.model.norm(x.to(ref.hidden.device)).reshape(ref.hidden.shape)
+    logp_all, p_all = logits if logits is not None else ref.logits()
     host = _is_host(hidden.device)  # on an accelerator: no host sync until the candidate's end
     kl: Any = 0.0
     ce: Any = 0.0
@@ -159,7 +187,7 @@ def _compare(parent: Any, ref: _Ref, x: torch.Tensor) -> dict[str, float]:
     for c in range(0, hidden.shape[0], CHUNK_TOKENS):
         sl = slice(c, c + CHUNK_TOKENS)
         logq = F.log_softmax(parent.lm_head(hidden[sl]).float(), -1)
-        p = ref.p[sl] if ref.p is not None else ref.logp[sl].exp()
+        p = p_all[sl] if p_all is not None else logp_all[sl].exp()
         kl = kl + (ref.negent[sl] - torch.linalg.vecdot(p, logq)).clamp_min(0).double().sum()
         at = logq.gather(-1, ref.top1[sl, None]).squeeze(-1)
         # agreement: no token is strictly more likely under the child than the parent's top-1 (ties agree)
@@ -213,6 +241,7 @@ def score_library(
     batch_size: int = 8,
     prefix_reuse: bool = True,
     suffix_tokens: int = 2048,
+    ref_memory_gb: float | None = None,
     progress: bool = True,
     save: bool = True,
 ) -> BlockLibrary:
@@ -227,6 +256,12 @@ def score_library(
     tensor) share its output and run only their FFN; ``prefix_reuse=False`` runs the whole child per candidate
     (the naive baseline the benchmark compares against; same numbers up to float rounding).
     A candidate identical to the parent layer gets the parent's own numbers without a pass.
+
+    The parent's passes over the held-out batches are kept for the whole run: every layer's input
+    and the ``(tokens, vocab)`` log-probs.  ``ref_memory_gb`` bounds them (default: half the free
+    memory of the parent's GPU, unbounded on the CPU): above it the log-probs are recomputed per
+    layer and batch, and if the layer inputs alone do not fit they wait in host memory (the plan is
+    logged).  The numbers do not change.
     ``top5_agree``: fewer than 5 tokens are more likely under the child than the parent's top-1.
 
     Under ``accelerate launch`` / torchrun (``WORLD_SIZE > 1``) the layers are shared out over the
@@ -259,7 +294,8 @@ def score_library(
         if _item(library, i) in done:
             library.candidates[i].metrics.update(done[_item(library, i)]["metrics"])
     dev = parent.model.embed_tokens.weight.device
-    refs = [_Ref(parent, b.to(dev)) for b in batches] if pending else []
+    keep_logits, offload = _ref_plan(parent, batches, ref_memory_gb)
+    refs = [_Ref(parent, b.to(dev), keep_logits=keep_logits, offload=offload) for b in batches] if pending else []
     bar = tqdm(total=len(pending), desc="scoring (replace-1-block)", disable=not progress, unit="cand")
     layers = parent.model.layers
     by_layer: dict[int, list[int]] = {}
@@ -279,25 +315,30 @@ def score_library(
         for ref in refs:
             for ci in same:
                 _add(accs[ci], ref.parent_metrics())
+            if not others:
+                continue
             B = ref.ids.shape[0]
             step = max(1, int(suffix_tokens) // ref.ids.numel())
+            logits = ref.logits()  # kept, or computed once for this layer's candidates
             if prefix_reuse:  # the candidates of layer li, stacked, through the parent's layers li+1..
+                xin = ref.input(li)
                 # candidates keeping the parent's attention share its output: only their FFN runs
-                mid = (ref.inputs[li] + layers[li].attn_delta(ref.inputs[li], ref.pes[li])) if keep_attn else None
+                mid = (xin + layers[li].attn_delta(xin, ref.pes[li])) if keep_attn else None
                 for g in range(0, len(others), step):
                     grp = others[g:g + step]
-                    x = torch.cat([mid + m.ffn_delta(mid) if ci in keep_attn else m(ref.inputs[li], ref.pes[li])
+                    x = torch.cat([mid + m.ffn_delta(mid) if ci in keep_attn else m(xin, ref.pes[li])
                                    for ci, m in grp])
                     for j in range(li + 1, L):
-                        x = layers[j](x.to(ref.inputs[j].device), ref.pes[j])
+                        x = layers[j](x.to(ref.devs[j]), ref.pes[j])
                     for k, (ci, _) in enumerate(grp):
-                        _add(accs[ci], _compare(parent, ref, x[k * B:(k + 1) * B]))
+                        _add(accs[ci], _compare(parent, ref, x[k * B:(k + 1) * B], logits))
             else:  # naive: the whole child, one candidate at a time
                 for ci, m in others:
                     x = parent.model.embed_tokens(ref.ids)
                     for j in range(L):
-                        x = (m if j == li else layers[j])(x.to(ref.inputs[j].device), ref.pes[j])
-                    _add(accs[ci], _compare(parent, ref, x))
+                        x = (m if j == li else layers[j])(x.to(ref.devs[j]), ref.pes[j])
+                    _add(accs[ci], _compare(parent, ref, x, logits))
+            del logits
         for ci, _ in cands:
             metrics = _finish(accs[ci])
             library.candidates[ci].metrics.update(metrics)
@@ -321,6 +362,32 @@ def score_library(
     if save and library.root is not None and (Path(library.root) / "library.json").exists():
         library.save(Path(library.root) / "library.json")
     return library
+
+
+def _ref_plan(parent: Any, batches: list[torch.Tensor], ref_memory_gb: float | None) -> tuple[bool, bool]:
+    """``(keep_logits, offload)`` for the kept parent passes under ``ref_memory_gb`` (see score_library)."""
+    p = parent.model.embed_tokens.weight
+    spec = parent.config.parent_spec
+    tokens = sum(b.numel() for b in batches)
+    inputs = tokens * spec.hidden_size * spec.num_hidden_layers * p.element_size()
+    per_batch = max((b.numel() for b in batches), default=0) * spec.vocab_size * 4
+    logits = sum(b.numel() * spec.vocab_size * 4 * (2 if b.numel() * spec.vocab_size * 4 <= KEEP_PROBS_BYTES else 1)
+                 for b in batches)
+    if ref_memory_gb is not None:
+        if not ref_memory_gb > 0:
+            raise ScoringError(f"ref_memory_gb={ref_memory_gb}: give a positive number of GiB")
+        budget = float(ref_memory_gb) * 2**30
+    elif p.device.type == "cuda":
+        budget = 0.5 * torch.cuda.mem_get_info(p.device)[0]
+    else:
+        budget = math.inf
+    keep = inputs + logits <= budget
+    offload = not keep and inputs + per_batch > budget
+    if not keep:
+        logger.info("scoring plan: the parent's passes (layer inputs %.2f GiB, log-probs %.2f GiB) exceed %.2f GiB: "
+                    "log-probs recomputed per layer and batch%s", inputs / 2**30, logits / 2**30, budget / 2**30,
+                    "; layer inputs kept in host memory" if offload else "")
+    return keep, offload
 
 
 def _share_layers(by_layer: dict[int, list[int]], num_layers: int, world: int) -> list[list[int]]:
@@ -383,7 +450,7 @@ def score_architectures(parent: Any, library: BlockLibrary, choices: Sequence[Se
         for ref in refs:
             x = parent.model.embed_tokens(ref.ids)
             for li, m in enumerate(mods):
-                x = m(x.to(ref.inputs[li].device), ref.pes[li])
+                x = m(x.to(ref.devs[li]), ref.pes[li])
             _add(acc, _compare(parent, ref, x))
         out.append(_finish(acc))
     return out
