@@ -647,7 +647,8 @@ def _fingerprint_parent(parent: Any) -> str:
     h = hashlib.sha256()
     for k, v in sorted(parent.state_dict().items()):
         h.update(k.encode())
-        h.update(v.detach().float().contiguous().numpy().tobytes()[:4096])
+        # the first 1024 values as float32 (a slice first: no full-size copy, and the tensor may be on a GPU)
+        h.update(v.detach().reshape(-1)[:1024].float().cpu().contiguous().numpy().tobytes())
         h.update(str(tuple(v.shape)).encode())
     return h.hexdigest()[:16]
 
