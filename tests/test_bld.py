@@ -126,6 +126,17 @@ def test_groups_follow_the_memory_budget():
     units = plan_units(default_search_space(spec), spec.parent_block(), "decoupled", [0, 1])
     assert plan_groups(units, spec, BLDConfig(), 16) == [[0, 1]]
     assert plan_groups(units, spec, BLDConfig(max_memory_gb=1e-6), 16) == [[0], [1]]
+    # a parent placed over two devices: each holds its own layers' share, so a budget that fits one
+    # layer fits both layers at once
+    one = plan_groups([u for u in units if u.layer == 0], spec, BLDConfig(), 16)
+    assert one == [[0]]
+    from puzzlekit.bld.engine import layer_memory
+
+    per = layer_memory(units, spec, BLDConfig(), 16)
+    gb = 1.2 * max(per.values()) / 2**30  # one layer's units and activations, not two
+    assert sum(per.values()) > gb * 2**30
+    assert plan_groups(units, spec, BLDConfig(max_memory_gb=gb), 16) == [[0], [1]]
+    assert plan_groups(units, spec, BLDConfig(max_memory_gb=gb), 16, {0: "cuda:0", 1: "cuda:1"}) == [[0, 1]]
 
 
 def test_bld_decoupled_trains_and_registers(tmp_path):

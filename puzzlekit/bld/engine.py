@@ -41,7 +41,7 @@ import os
 import re
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -199,6 +199,11 @@ def parent_activations(parent: Any, input_ids: torch.Tensor, layers: Sequence[in
 
 
 # ---- planning -----------------------------------------------------------------------------------
+def layer_devices(parent: Any) -> dict[int, Any]:
+    """Layer index -> the device of its parameters (a parent placed over several devices)."""
+    return {i: device_of(layer) for i, layer in enumerate(parent.model.layers)}
+
+
 def _parent_block(parent: Any) -> BlockConfig:
     return parent.model.layers[0].spec.parent_block()
 
@@ -221,35 +226,43 @@ def _unit_params(unit: Unit, spec: Any) -> int:
     return attention_params(spec, unit.block.attention) + ffn_params(spec, unit.block.ffn)
 
 
-def plan_groups(units: Sequence[Unit], spec: Any, cfg: BLDConfig, seq_len: int) -> list[list[int]]:
-    """Layers trained together, so that activations + unit states fit ``cfg.max_memory_gb``.
-
-    Per layer: the parent's ``x, h, y`` for a training batch and the held-out set, and per
-    unit its weights, gradients and two AdamW moments plus its backward activations.
-    """
-    layers = sorted({u.layer for u in units})
-    if cfg.max_memory_gb is None:
-        return [layers] if layers else []
+def layer_memory(units: Sequence[Unit], spec: Any, cfg: BLDConfig, seq_len: int) -> dict[int, float]:
+    """Estimated bytes per layer while its units train: the parent's ``x, h, y`` for a training batch
+    and the held-out set, and per unit its weights, gradients and two AdamW moments plus its backward
+    activations."""
     H = spec.hidden_size
     tok = cfg.batch_size * seq_len
     per_layer: dict[int, float] = {}
-    for i in layers:
+    for i in sorted({u.layer for u in units}):
         b = 3 * (tok + cfg.eval_sequences * seq_len) * H * 4
         for u in units:
             if u.layer == i:
                 width = (u.block.ffn.intermediate_size or H) + H * 4
                 b += 16 * _unit_params(u, spec) + tok * width * 4 * 3
         per_layer[i] = b
+    return per_layer
+
+
+def plan_groups(units: Sequence[Unit], spec: Any, cfg: BLDConfig, seq_len: int,
+                devices: Mapping[int, Any] | None = None) -> list[list[int]]:
+    """Layers trained together, so that activations + unit states (:func:`layer_memory`) fit
+    ``cfg.max_memory_gb``.  ``devices`` (layer -> device, a parent placed over several): the budget
+    holds per device."""
+    layers = sorted({u.layer for u in units})
+    if cfg.max_memory_gb is None:
+        return [layers] if layers else []
+    per_layer = layer_memory(units, spec, cfg, seq_len)
     budget = cfg.max_memory_gb * 2**30
     groups: list[list[int]] = []
     cur: list[int] = []
-    used = 0.0
+    used: dict[str, float] = {}
     for i in layers:
-        if cur and used + per_layer[i] > budget:
+        d = str((devices or {}).get(i))
+        if cur and used.get(d, 0.0) + per_layer[i] > budget:
             groups.append(cur)
-            cur, used = [], 0.0
+            cur, used = [], {}
         cur.append(i)
-        used += per_layer[i]
+        used[d] = used.get(d, 0.0) + per_layer[i]
     if cur:
         groups.append(cur)
     return groups
@@ -565,7 +578,7 @@ class _Runner:
         mine = [u for i, u in enumerate(units) if i % self.world == self.rank and u.id not in done]
         if not mine:
             return
-        groups = plan_groups(mine, self.spec, self.cfg, self.data.seq_len)
+        groups = plan_groups(mine, self.spec, self.cfg, self.data.seq_len, layer_devices(self.parent))
         logger.info("BLD plan (rank %d/%d): %d units, %d steps each, %d group(s): %s", self.rank, self.world,
                     len(mine), self.total, len(groups), "; ".join(f"layers {g[0]}-{g[-1]}" for g in groups))
         for gi, g in enumerate(groups):

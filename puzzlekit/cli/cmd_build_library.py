@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from ..bld import BLDConfig, default_search_space, plan_groups, plan_units, run_bld, unit_results
+    from ..bld.engine import layer_devices
     from ..errors import PuzzlekitError
 
     logging.basicConfig(level=logging.WARNING)
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     cfg = BLDConfig(mode=args.mode, tokens=args.tokens, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                     hybrid_keep=args.hybrid_keep, max_memory_gb=args.max_memory_gb)
     units = plan_units(space, spec.parent_block(), cfg.mode, space.layer_list(spec))
-    groups = plan_groups(units, spec, cfg, data.seq_len)
+    groups = plan_groups(units, spec, cfg, data.seq_len, layer_devices(parent))
     if not args.json:
         print(f"BLD plan: {len(units)} units ({cfg.mode}), {cfg.steps(data.seq_len)} steps each, "
               f"{len(groups)} group(s): " + "; ".join(f"layers {g[0]}-{g[-1]}" for g in groups))
