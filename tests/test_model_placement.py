@@ -62,6 +62,37 @@ def test_load_parent_with_a_device_map_matches_the_single_device_model(tmp_path)
         assert torch.equal(again(input_ids=ids).logits, ref(input_ids=ids).logits)
 
 
+def test_hidden_state_crosses_device_boundaries(tmp_path):
+    """With the second half of the layers on the meta device (a stand-in for a second accelerator: it
+    propagates shapes, no values), every layer gets its input, rotary tables and mask on its own device,
+    the head gets the final state on its device, and BLD's parent pass leaves each layer's ``x, h, y``
+    on that layer's device."""
+    from puzzlekit.bld.engine import parent_activations
+    from puzzlekit.model import load_parent
+    from puzzlekit.model.placement import device_of, place_model
+
+    m = place_model(load_parent(_llama(layers=4)), ["cpu", "meta"])
+    devs = [device_of(layer).type for layer in m.model.layers]
+    assert devs == ["cpu", "cpu", "meta", "meta"] and m.lm_head.weight.device.type == "meta"
+    seen = []
+
+    def hook(mod, args):
+        x, pe, mask = args[0], args[1], args[2]
+        seen.append({device_of(mod).type, x.device.type, pe[0].device.type, pe[1].device.type,
+                     mask.device.type if mask is not None else device_of(mod).type})
+
+    for layer in m.model.layers:
+        layer.register_forward_pre_hook(hook)
+    ids = torch.randint(0, 96, (2, 8))
+    mask = torch.ones(2, 8, dtype=torch.long)
+    mask[0, :3] = 0  # left padding: a real mask tensor that must follow the hidden state
+    out = m(input_ids=ids, attention_mask=mask)
+    assert out.logits.device.type == "meta" and out.logits.shape == (2, 8, 96)
+    assert seen == [{"cpu"}, {"cpu"}, {"meta"}, {"meta"}]
+    pe, acts = parent_activations(m, ids, [0, 3])
+    assert all(t.device.type == "cpu" for t in acts[0]) and all(t.device.type == "meta" for t in acts[3])
+
+
 def test_bad_device_maps_are_refused_with_a_clear_error(tmp_path):
     from puzzlekit.model import load_parent
 
