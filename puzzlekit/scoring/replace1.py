@@ -206,18 +206,19 @@ def _compare(parent: Any, ref: _Ref, x: torch.Tensor,
         tgt = ref.tgt[sl]
         ce = ce - (logq.gather(-1, tgt.clamp_min(0)[:, None]).squeeze(-1) * (tgt >= 0)).double().sum()
     cos = (1 - F.cosine_similarity(hidden.float(), ref.hidden.float(), dim=-1)).clamp_min(0).double().sum()
-    vals = [kl, ce, cos, top1, top5]
-    got = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=hidden.device) for v in vals]).tolist()
-    return {"kl_div": got[0], "lm_loss": got[1], "cosine_dist": got[2], "top1_agree": got[3],
-            "top5_agree": got[4], "_n": float(hidden.shape[0]), "_n_ce": ref.n_ce}
+    # sums stay on the device (0-dim float64 tensors) until _finish: no host sync between candidates
+    vals = [torch.as_tensor(v, dtype=torch.float64, device=hidden.device) for v in (kl, ce, cos, top1, top5)]
+    return {"kl_div": vals[0], "lm_loss": vals[1], "cosine_dist": vals[2], "top1_agree": vals[3],
+            "top5_agree": vals[4], "_n": float(hidden.shape[0]), "_n_ce": ref.n_ce}
 
 
-def _finish(acc: dict[str, float]) -> dict[str, float]:
+def _finish(acc: dict[str, Any]) -> dict[str, float]:
+    """Means over tokens (the sums may be device tensors: read here, once per candidate)."""
     n, nce = acc.pop("_n"), acc.pop("_n_ce")
-    return {k: v / (nce if k == "lm_loss" else n) for k, v in acc.items()}
+    return {k: float(v) / (nce if k == "lm_loss" else n) for k, v in acc.items()}
 
 
-def _add(acc: dict[str, float], d: dict[str, float]) -> None:
+def _add(acc: dict[str, Any], d: dict[str, Any]) -> None:
     for k, v in d.items():
         acc[k] = acc.get(k, 0.0) + v
 
