@@ -73,6 +73,7 @@ class Config:
     curriculum_replacement: bool = True
     adaptive_decay: float = 0.5
     adaptive_sharpness: float = 1.0
+    adaptive_max_rate: float = 0.75  # what runs saved before this key existed used (config.yaml: 1.0)
     orderings: tuple[str, ...] = ("curriculum", "random")
     max_steps: int = 100
     prompts_per_step: int = 4
@@ -161,7 +162,11 @@ def eval_callback(policy: Any, tok: Any, evals: list[Any], config: Config, curve
 
 
 def run_key(cfg: dict[str, Any], ordering: str) -> dict[str, Any]:
-    """The config keys one run of ``ordering`` depends on (resume reuses a finished run when they match)."""
+    """The config keys one run of ``ordering`` depends on (resume reuses a finished run when they match).
+
+    Keys a saved config lacks (added to the recipe later) take their default, the value such a run used.
+    """
+    cfg = {**json.loads(json.dumps(asdict(Config()))), **cfg}
     skip = {"orderings"}
     if ordering != "curriculum":
         skip |= {"curriculum_sigma", "curriculum_replacement"}
@@ -236,7 +241,7 @@ def main(config: Config) -> dict[str, Any]:
                 # are updated from the accuracy rewards of every group (attached below)
                 cur = AdaptiveCurriculum([r["pass_rate"] for r in pool], batch_size=config.prompts_per_step,
                                          num_batches=config.max_steps, prior_strength=config.pass_rate_samples,
-                                         decay=config.adaptive_decay, max_rate=config.max_pass_rate,
+                                         decay=config.adaptive_decay, max_rate=config.adaptive_max_rate,
                                          sharpness=config.adaptive_sharpness, seed=seed)
                 reward_funcs = [cur.reward_func(accuracy_reward), format_reward]
                 order = []
