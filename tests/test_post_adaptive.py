@@ -205,3 +205,45 @@ def test_grpo_trainer_pulls_from_the_curriculum_and_feeds_it_real_rewards(tmp_pa
         AdaptiveCurriculum([0.5] * n, batch_size=P, num_batches=1).attach(trainer)
     with pytest.raises(ConfigError, match="generation batch holds"):
         AdaptiveCurriculum([0.5] * n, batch_size=3, num_batches=1).attach(trainer)
+
+
+def test_grpo_recipe_adaptive_ordering_and_resume(tmp_path):
+    """The example recipe trains an 'adaptive' run, and a second invocation with another ordering list reuses it."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("trl")
+    from puzzlekit.post import ARITHMETIC_ALPHABET
+    from puzzlekit.post.recipe_config import load_recipe_config
+    from puzzlekit.post.tiny import char_tokenizer, tiny_llama
+
+    torch.set_num_threads(1)
+    tok = char_tokenizer(ARITHMETIC_ALPHABET)
+    tiny_llama(len(tok), hidden_size=32, num_layers=1, intermediate_size=64, pad_token_id=tok.pad_token_id,
+               eos_token_id=tok.eos_token_id).save_pretrained(tmp_path / "sft")
+    tok.save_pretrained(tmp_path / "sft")
+    path = Path(__file__).resolve().parents[1] / "examples" / "grpo_curriculum" / "recipe.py"
+    spec = importlib.util.spec_from_file_location("example_grpo_curriculum_adaptive", path)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+
+    def cfg(orderings):
+        return load_recipe_config(path.with_name("config.yaml"), mod.Config, {
+            "sft_model_dir": str(tmp_path / "sft"), "output_dir": str(tmp_path / "out"), "num_prompts": 8,
+            "num_eval_problems": 4, "pass_rate_samples": 2, "max_steps": 2, "prompts_per_step": 2,
+            "num_generations": 2, "max_completion_length": 8, "eval_every": 2, "eval_samples": 1,
+            "orderings": orderings, "train_seeds": [0], "min_pass_rate": 0.0, "max_pass_rate": 1.0})
+
+    m = mod.main(cfg(["adaptive"]))
+    (run,) = m["runs"]
+    assert run["ordering"] == "adaptive" and len(run["batch_pass_rate"]) == len(run["train_reward"]) == 2
+    assert run["distinct_prompts"] >= 2 and len(run["final_estimates"]) == m["kept"]
+    assert run["live"][-1] == m["kept"] - run["retired"]
+    m2 = mod.main(cfg(["random", "adaptive"]))
+    assert [r["ordering"] for r in m2["runs"]] == ["adaptive", "random"]
+    assert m2["runs"][0] == run   # reused, not retrained
+    with pytest.raises(ConfigError, match="orderings"):
+        cfg(["adaptiv"])
