@@ -105,6 +105,8 @@ def test_bad_device_maps_are_refused_with_a_clear_error(tmp_path):
         load_parent(hf, device_map=[])
     with pytest.raises(ConfigError, match="not a list of devices"):
         load_parent(hf, device_map=["gpu7"])
+    with pytest.raises(ConfigError, match="visible CUDA device"):
+        load_parent(hf, device_map=["cpu", "cuda:63"])
     if not torch.cuda.is_available():
         with pytest.raises(ConfigError, match="needs CUDA"):
             load_parent(hf, device_map="auto")
@@ -169,10 +171,11 @@ def test_cli_build_library_and_score_take_device_and_device_map(tmp_path, capsys
         capsys.readouterr()
         out[name] = json.loads((run / "library.json").read_text())["candidates"]
     assert [c["metrics"] for c in out["one"]] == [c["metrics"] for c in out["split"]]
-    bad = [["--device", "cpu", "--device-map", "cpu"], ["--device", "tpu:3"]]
+    bad = [["--device", "cpu", "--device-map", "cpu"], ["--device", "tpu:3"], ["--device-map", ","],
+           ["--device-map", ""], ["--device", "cuda:63"], ["--ref-memory-gb", "-1"]]
     if not torch.cuda.is_available():
         bad.append(["--device", "cuda"])
     for extra in bad:
         rc = main(["score", "--run", str(tmp_path / "one"), "--parent", str(parent), *extra])
         err = capsys.readouterr().err.strip()
-        assert rc == 2 and len(err.splitlines()) == 1 and "--device" in err, (extra, err)
+        assert rc == 2 and len(err.splitlines()) == 1 and ("device" in err or "memory" in err), (extra, err)

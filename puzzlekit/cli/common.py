@@ -76,7 +76,7 @@ def load_parent_from_args(args: Any) -> Any:
     from ..model import load_parent
 
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
-    if args.device_map:
+    if args.device_map is not None:
         if args.device != "auto":
             raise PuzzlekitError("--device and --device-map: give one of them")
         dm = args.device_map if args.device_map == "auto" else [d.strip() for d in args.device_map.split(",") if d.strip()]
@@ -89,6 +89,11 @@ def load_parent_from_args(args: Any) -> Any:
         torch.device(device)
     except RuntimeError:
         raise PuzzlekitError(f"--device {device!r}: not a device; use cpu, cuda or cuda:N") from None
-    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
-        raise PuzzlekitError(f"--device {device}: no CUDA device is visible here; use --device cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise PuzzlekitError(f"--device {device}: no CUDA device is visible here; use --device cpu")
+        if dev.index is not None and dev.index >= n:
+            raise PuzzlekitError(f"--device {device}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
     return load_parent(args.parent, dtype=dtype, device=device)

@@ -43,6 +43,12 @@ def resolve_devices(device_map: str | Sequence[str | torch.device]) -> list[torc
         raise ConfigError(f"device_map={device_map!r}: not a list of devices ({e})") from None
     if not devs:
         raise ConfigError("device_map is empty: give at least one device")
+    for d in devs:
+        if d.type == "cuda":
+            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if n == 0 or (d.index is not None and d.index >= n):
+                raise ConfigError(f"device_map names {d}, but this machine has {n} visible CUDA device(s)"
+                                  + (f" (cuda:0..cuda:{n - 1})" if n else "; use cpu"))
     return devs
 
 
