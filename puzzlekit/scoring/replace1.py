@@ -114,7 +114,7 @@ class _Ref:
         self.inputs, self.pes, self.devs = [], [], []  # each layer's input, rotary tables and device
         for layer in inner.layers:
             x, pe = follow(device_of(layer), x, pe)
-            self.inputs.append(x.to("cpu", non_blocking=x.is_cuda) if offload and x.device.type != "cpu" else x)
+            self.inputs.append(x.to("cpu") if offload and x.device.type != "cpu" else x)
             self.pes.append(pe)
             self.devs.append(x.device)
             x = layer(x, pe)
