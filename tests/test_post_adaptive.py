@@ -142,8 +142,15 @@ def test_bad_feedback_raises():
     with pytest.raises(ConfigError, match="mini_repeat_count"):
         cur.sampler(mini_repeat_count=0)
     wrapped = cur.reward_func(lambda completions, **kw: [1.0] * len(completions))
-    with pytest.raises(ConfigError, match="prompt_index"):
-        wrapped(completions=["a"], prompts=["p"])
+    # an evaluation batch (no prompt_index column) is scored without touching the curriculum
+    assert wrapped(completions=["a"], prompts=["p"]) == [1.0] and cur.observed == [0, 0]
+    assert wrapped(completions=["a", "b"], prompt_index=[1, 1]) == [1.0, 1.0] and cur.observed == [0, 1]
+
+    async def async_reward(completions, **kw):
+        return [0.0] * len(completions)
+
+    with pytest.raises(ConfigError, match="synchronous"):
+        cur.reward_func(async_reward)
 
 
 def test_grpo_trainer_pulls_from_the_curriculum_and_feeds_it_real_rewards(tmp_path):

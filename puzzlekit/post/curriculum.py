@@ -335,15 +335,23 @@ class AdaptiveCurriculum:
 
     # --- TRL
     def reward_func(self, fn: Callable[..., list[float | None]]) -> Callable[..., list[float | None]]:
-        """Wrap a TRL reward function so that its rewards also update the curriculum (returned unchanged)."""
+        """Wrap a TRL reward function so that its rewards also update the curriculum (returned unchanged).
+
+        Batches without the ``index_column`` column (an evaluation set) are scored without updating; the
+        training dataset's column is checked by :meth:`attach`.  ``fn`` must be synchronous.
+        """
+        import inspect
+
+        if not callable(fn) or inspect.iscoroutinefunction(fn):
+            raise ConfigError(f"AdaptiveCurriculum.reward_func: {fn!r} is not a synchronous function; wrap a "
+                              "TRL reward function such as accuracy_reward")
 
         @functools.wraps(fn)
         def wrapped(*args: Any, **kwargs: Any) -> list[float | None]:
             rewards = fn(*args, **kwargs)
             idx = kwargs.get(self.index_column)
             if idx is None:
-                raise ConfigError(f"AdaptiveCurriculum: the reward function got no {self.index_column!r} column; "
-                                  "add it to the training dataset (each row's index into pass_rates)")
+                return rewards
             self.observe(idx, rewards)
             log = kwargs.get("log_metric")
             if callable(log):
