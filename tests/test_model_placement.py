@@ -179,3 +179,22 @@ def test_cli_build_library_and_score_take_device_and_device_map(tmp_path, capsys
         rc = main(["score", "--run", str(tmp_path / "one"), "--parent", str(parent), *extra])
         err = capsys.readouterr().err.strip()
         assert rc == 2 and len(err.splitlines()) == 1 and ("device" in err or "memory" in err), (extra, err)
+
+
+def test_auto_device_map_shares_the_gpus_out_over_local_processes(monkeypatch):
+    """``device_map="auto"`` under torchrun: each local process gets its contiguous share of the GPUs
+    (the device count is simulated; nothing is allocated)."""
+    from puzzlekit.model.placement import resolve_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert resolve_devices("auto") == [torch.device("cuda", i) for i in range(8)]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_devices("auto") == [torch.device("cuda", i) for i in range(4, 8)]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "3")
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    assert resolve_devices("auto") == [torch.device("cuda", 4), torch.device("cuda", 5)]
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "9")
+    with pytest.raises(ConfigError, match="9 processes on this machine share 8 GPU"):
+        resolve_devices("auto")

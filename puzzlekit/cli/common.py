@@ -61,7 +61,8 @@ def add_parent_device_args(p: Any) -> None:
                    help="where the parent runs: 'auto' (this process's GPU, cuda:LOCAL_RANK, when there is one, "
                         "else the CPU), 'cpu', 'cuda', 'cuda:1', ... (default: auto)")
     p.add_argument("--device-map", default=None, metavar="DEVICES",
-                   help="spread the parent's layers over several devices instead: 'auto' (every visible GPU) or "
+                   help="spread the parent's layers over several devices instead: 'auto' (every visible GPU; under "
+                        "torchrun, this process's share of them) or "
                         "a comma-separated list, e.g. cuda:0,cuda:1 (for a parent larger than one GPU)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"],
                    help="the parent's precision (default: as stored)")

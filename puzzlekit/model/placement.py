@@ -18,6 +18,7 @@ materialised on one device::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,14 +30,22 @@ __all__ = ["resolve_devices", "plan_placement", "place_model", "device_of", "fol
 
 
 def resolve_devices(device_map: str | Sequence[str | torch.device]) -> list[torch.device]:
-    """The devices of a ``device_map`` argument (``"auto"``: every visible CUDA device)."""
+    """The devices of a ``device_map`` argument.  ``"auto"``: every visible CUDA device or, under
+    torchrun / ``accelerate launch`` with several processes on this machine (``LOCAL_WORLD_SIZE``),
+    this process's contiguous share of them (8 GPUs, 2 processes: ``cuda:0-3`` and ``cuda:4-7``)."""
     if isinstance(device_map, str):
         if device_map != "auto":
             raise ConfigError(f"device_map={device_map!r}: use 'auto' or a list of devices, e.g. ['cuda:0', 'cuda:1']")
-        if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
             raise ConfigError("device_map='auto' needs CUDA devices and none is visible; pass device='cpu' or "
                               "a list of devices")
-        return [torch.device("cuda", i) for i in range(torch.cuda.device_count())]
+        lw, lr = int(os.environ.get("LOCAL_WORLD_SIZE", 1)), int(os.environ.get("LOCAL_RANK", 0))
+        if lw > n:
+            raise ConfigError(f"device_map='auto': {lw} processes on this machine share {n} GPU(s); run at most "
+                              f"{n} processes, or give each a device instead (--device)")
+        share = n // lw
+        return [torch.device("cuda", i) for i in range(lr * share, (lr + 1) * share)]
     try:
         devs = [torch.device(d) for d in device_map]
     except (TypeError, RuntimeError) as e:
