@@ -87,7 +87,7 @@ _LAZY: dict[str, str] = {
     "estimate_pass_rates": "puzzlekit.post",
     "filter_by_pass_rate": "puzzlekit.post",
     "CurriculumSampler": "puzzlekit.post",
-    "AdaptiveCurriculum": "puzzlekit.post.curriculum",
+    "AdaptiveCurriculum": "puzzlekit.post",
 }
 
 __all__ = [

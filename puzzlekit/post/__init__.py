@@ -28,7 +28,13 @@ from .chat import (
     staged_mix,
     system_prompt,
 )
-from .curriculum import CurriculumSampler, estimate_pass_rates, filter_by_pass_rate, hf_generator
+from .curriculum import (
+    AdaptiveCurriculum,
+    CurriculumSampler,
+    estimate_pass_rates,
+    filter_by_pass_rate,
+    hf_generator,
+)
 from .rewards import accuracy_reward, completion_text, extract_answer, format_reward, split_reasoning
 from .sft import IGNORE_INDEX, response_only_labels, to_prompt_completion, tokenize_for_sft
 from .tiny import char_tokenizer, tiny_llama
@@ -37,7 +43,7 @@ __all__ = [
     "THINKING_ON", "THINKING_OFF", "THINK_OPEN", "THINK_CLOSE", "system_prompt", "format_response",
     "build_messages", "paired_samples", "render_chat", "Stage", "staged_mix", "DEFAULT_STAGES",
     "accuracy_reward", "format_reward", "extract_answer", "split_reasoning", "completion_text",
-    "estimate_pass_rates", "filter_by_pass_rate", "CurriculumSampler", "hf_generator",
+    "estimate_pass_rates", "filter_by_pass_rate", "CurriculumSampler", "AdaptiveCurriculum", "hf_generator",
     "IGNORE_INDEX", "response_only_labels", "to_prompt_completion", "tokenize_for_sft",
     "ArithmeticProblem", "make_problems", "addition_trace", "arithmetic_pairs", "ARITHMETIC_ALPHABET",
     "char_tokenizer", "tiny_llama",
