@@ -94,6 +94,11 @@ CHUNK_TOKENS = 256
 KEEP_PROBS_BYTES = 256 * 2**20
 
 
+def _with_probs(logp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``logp`` and its probabilities, kept when small (else each chunk exponentiates its slice)."""
+    return logp, (logp.exp() if logp.numel() * 4 <= KEEP_PROBS_BYTES else None)
+
+
 class _Ref:
     """The parent's pass over one batch: every layer input, and (flattened over tokens) the parent's
     log-probs, probabilities, top-1 token and the per-token sums every candidate is compared with.
@@ -127,18 +132,20 @@ class _Ref:
         tgt[:, :-1] = ids[:, 1:]
         self.tgt = tgt.reshape(-1)
         self.n_ce = float(B * (T - 1))
-        top1, negent, ce = [], [], 0.0
-        for c in range(0, B * T, CHUNK_TOKENS):
+        top1, negent, kept, ce = [], [], [], 0.0
+        for c in range(0, B * T, CHUNK_TOKENS):  # one head pass: the per-token sums, and the log-probs if kept
             lp = self._logp(c)
             top1.append(lp.argmax(-1))
             # sum_v p log p per token: KL(p || q) = negent - p.log q, one dot product per token per candidate
             negent.append((lp.exp() * lp).sum(-1))
             t = self.tgt[c:c + CHUNK_TOKENS]
-            ce -= float((lp.gather(-1, t.clamp_min(0)[:, None]).squeeze(-1) * (t >= 0)).double().sum())
-        self.top1, self.negent, self.ce_sum = torch.cat(top1), torch.cat(negent), ce
+            ce = ce - (lp.gather(-1, t.clamp_min(0)[:, None]).squeeze(-1) * (t >= 0)).double().sum()
+            if keep_logits:
+                kept.append(lp)
+        self.top1, self.negent, self.ce_sum = torch.cat(top1), torch.cat(negent), float(ce)
         self.logp = self.p = None
         if keep_logits:
-            self.logp, self.p = self.logits()
+            self.logp, self.p = _with_probs(torch.cat(kept))
 
     def _logp(self, c: int) -> torch.Tensor:
         return F.log_softmax(self.parent.lm_head(self.hidden[c:c + CHUNK_TOKENS]).float(), -1)
@@ -148,8 +155,7 @@ class _Ref:
         ``KEEP_PROBS_BYTES``: each chunk then exponentiates its slice)."""
         if self.logp is not None:
             return self.logp, self.p
-        logp = torch.cat([self._logp(c) for c in range(0, self.hidden.shape[0], CHUNK_TOKENS)])
-        return logp, (logp.exp() if logp.numel() * 4 <= KEEP_PROBS_BYTES else None)
+        return _with_probs(torch.cat([self._logp(c) for c in range(0, self.hidden.shape[0], CHUNK_TOKENS)]))
 
     def input(self, layer: int) -> torch.Tensor:
         """Layer ``layer``'s input, on the layer's device."""
