@@ -75,6 +75,7 @@ def load_parent_from_args(args: Any) -> Any:
     import torch
 
     from ..model import load_parent
+    from ..model.placement import check_device
 
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     if args.device_map is not None:
@@ -87,14 +88,8 @@ def load_parent_from_args(args: Any) -> Any:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}" \
             if torch.cuda.is_available() and torch.cuda.device_count() else "cpu"
     try:
-        torch.device(device)
+        dev = torch.device(device)
     except RuntimeError:
         raise PuzzlekitError(f"--device {device!r}: not a device; use cpu, cuda or cuda:N") from None
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if n == 0:
-            raise PuzzlekitError(f"--device {device}: no CUDA device is visible here; use --device cpu")
-        if dev.index is not None and dev.index >= n:
-            raise PuzzlekitError(f"--device {device}: this machine has {n} CUDA device(s), cuda:0..cuda:{n - 1}")
+    check_device(dev, "--device")
     return load_parent(args.parent, dtype=dtype, device=device)

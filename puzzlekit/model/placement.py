@@ -26,7 +26,7 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["resolve_devices", "plan_placement", "place_model", "device_of", "follow"]
+__all__ = ["resolve_devices", "check_device", "plan_placement", "place_model", "device_of", "follow"]
 
 
 def resolve_devices(device_map: str | Sequence[str | torch.device]) -> list[torch.device]:
@@ -53,12 +53,19 @@ def resolve_devices(device_map: str | Sequence[str | torch.device]) -> list[torc
     if not devs:
         raise ConfigError("device_map is empty: give at least one device")
     for d in devs:
-        if d.type == "cuda":
-            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-            if n == 0 or (d.index is not None and d.index >= n):
-                raise ConfigError(f"device_map names {d}, but this machine has {n} visible CUDA device(s)"
-                                  + (f" (cuda:0..cuda:{n - 1})" if n else "; use cpu"))
+        check_device(d, "device_map names")
     return devs
+
+
+def check_device(device: torch.device, what: str) -> torch.device:
+    """``device``, or a :class:`ConfigError` (``what`` names the argument) when it is a CUDA device this
+    machine does not have."""
+    if device.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0 or (device.index is not None and device.index >= n):
+            raise ConfigError(f"{what} {device}, but this machine has {n} visible CUDA device(s)"
+                              + (f" (cuda:0..cuda:{n - 1})" if n else "; use cpu"))
+    return device
 
 
 def _layer_bytes(model: Any) -> list[int]:
