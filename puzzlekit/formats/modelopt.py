@@ -88,15 +88,19 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _sub_common(d: Any, where: str, kind: str, fields: set[str]) -> tuple[bool, bool]:
-    """Shared checks of a ModelOpt sub-block dict; returns (no_op, replace_with_linear)."""
+def _check_fields(d: Any, where: str, kind: str, fields: set[str], shape: str) -> None:
+    """``d`` is an object whose fields are all among ``fields`` (a ModelOpt ``kind`` config)."""
     if not isinstance(d, Mapping):
-        raise LibraryError(f"{where}: must be an object (a ModelOpt {kind} sub-block config), "
-                           f"got {type(d).__name__}")
+        raise LibraryError(f"{where}: must be an object {shape}, got {type(d).__name__}")
     unknown = sorted(set(d) - fields)
     if unknown:
         raise LibraryError(f"{where}: unknown field {unknown[0]!r} in a ModelOpt {kind} config "
                            f"(known: {', '.join(sorted(fields))}); {_FIX}")
+
+
+def _sub_common(d: Any, where: str, kind: str, fields: set[str]) -> tuple[bool, bool]:
+    """Shared checks of a ModelOpt sub-block dict; returns (no_op, replace_with_linear)."""
+    _check_fields(d, where, kind, fields, f"(a ModelOpt {kind} sub-block config)")
     k = d.get("kind")
     if k is not None and k != kind:
         raise LibraryError(f"{where}: sub-block kind {k!r} is not supported (puzzlekit imports {kind!r}); {_FIX}")
@@ -161,13 +165,7 @@ def block_from_modelopt(d: Any, where: str = "block", parent: ParentSpec | None 
 
     Raises :class:`~puzzlekit.errors.LibraryError` naming ``where`` for anything puzzlekit cannot
     represent exactly."""
-    if not isinstance(d, Mapping):
-        raise LibraryError(f"{where}: must be an object like {{'attention': {{...}}, 'ffn': {{...}}}}, "
-                           f"got {type(d).__name__}")
-    unknown = sorted(set(d) - _BLOCK_FIELDS)
-    if unknown:
-        raise LibraryError(f"{where}: unknown field {unknown[0]!r} in a ModelOpt block config "
-                           f"(known: {', '.join(sorted(_BLOCK_FIELDS))}); {_FIX}")
+    _check_fields(d, where, "block", _BLOCK_FIELDS, "like {'attention': {...}, 'ffn': {...}}")
     if d.get("parallel_blocks") is not None:
         raise LibraryError(f"{where}.parallel_blocks: parallel blocks cannot be represented; {_FIX}")
     for part in ("attention", "ffn"):
