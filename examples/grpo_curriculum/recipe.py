@@ -32,6 +32,7 @@ import torch
 from puzzlekit.errors import ConfigError
 from puzzlekit.io import atomic_write_json
 from puzzlekit.post import (
+    AdaptiveCurriculum,
     CurriculumSampler,
     accuracy_reward,
     build_messages,
@@ -42,7 +43,6 @@ from puzzlekit.post import (
     make_problems,
     render_chat,
 )
-from puzzlekit.post.curriculum import AdaptiveCurriculum
 from puzzlekit.post.recipe_config import load_recipe_config, parse_overrides
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sft_reasoning_toggle"))

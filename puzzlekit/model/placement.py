@@ -72,15 +72,13 @@ def _layer_bytes(model: Any) -> list[int]:
     return [sum(p.numel() * p.element_size() for p in layer.parameters()) for layer in model.model.layers]
 
 
-def plan_placement(model: Any, devices: Sequence[str | torch.device]) -> dict[str, torch.device]:
+def plan_placement(model: Any, devices: str | Sequence[str | torch.device]) -> dict[str, torch.device]:
     """Module name -> device: contiguous runs of layers balanced by parameter bytes, counting the
     embedding with the first device's share and the head with the last's.
 
     Works on a model on the meta device (sizes only), so a checkpoint can be placed while loading.
     """
-    devs = resolve_devices(devices) if isinstance(devices, str) else [torch.device(d) for d in devices]
-    if not devs:
-        raise ConfigError("device_map is empty: give at least one device")
+    devs = resolve_devices(devices)
     layers = _layer_bytes(model)
     emb = sum(p.numel() * p.element_size() for p in model.model.embed_tokens.parameters())
     tied = bool(getattr(model.config, "tie_word_embeddings", False))
@@ -111,7 +109,7 @@ def _device_for(plan: dict[str, torch.device], name: str) -> torch.device:
 
 def place_model(model: Any, device_map: str | Sequence[str | torch.device]) -> Any:
     """Move an in-memory ``PuzzleForCausalLM`` onto ``device_map`` (see :func:`plan_placement`)."""
-    plan = plan_placement(model, resolve_devices(device_map))
+    plan = plan_placement(model, device_map)
     for name, dev in plan.items():
         mod = model.get_submodule(name)
         mod.to(dev)
