@@ -56,7 +56,7 @@ from ..data import TokenData, batch_indices
 from ..errors import PuzzlekitError
 from ..io import atomic_write_safetensors
 from ..library import BlockLibrary
-from ..model.placement import device_of, follow
+from ..model.placement import device_of, follow, moved
 from ..rundir import RunDir, State
 from .space import SearchSpace, default_search_space
 from .step import FrozenFFN, LayerBatch, unit_output
@@ -467,7 +467,7 @@ class _Runner:
         num = den = 0.0
         for pe, acts in eval_acts:
             a = acts[job.unit.layer]
-            out = job.forward(self.parent.model.layers[job.unit.layer], a, follow(a[0].device, a[0], pe)[1])
+            out = job.forward(self.parent.model.layers[job.unit.layer], a, moved(pe, a[0].device))
             y = a[2]
             num += float((out - y).double().pow(2).sum())
             den += float(y.double().pow(2).sum())
@@ -501,7 +501,7 @@ class _Runner:
         for u in units:
             self.run.journal.set_state(KIND, u.id, State.RUNNING, rank=self.rank)
             x = cacts[u.layer][0]
-            job = self._make_job(u, (x, follow(x.device, x, cpe)[1]), ckpts)
+            job = self._make_job(u, (x, moved(cpe, x.device)), ckpts)
             if job.nmse_init is None:
                 job.nmse_init = self._eval(job, eval_acts)
             jobs.append(job)
@@ -518,7 +518,7 @@ class _Runner:
         for step in range(start, self.total):
             ids = self.train[torch.from_numpy(batch_indices(len(self.train), cfg.batch_size, step, cfg.seed))].to(dev)
             pe, acts = parent_activations(self.parent, ids, layers)
-            lbs = {i: LayerBatch(players[i], a, follow(a[0].device, a[0], pe)[1], pffn.get(i)) for i, a in acts.items()}
+            lbs = {i: LayerBatch(players[i], a, moved(pe, a[0].device), pffn.get(i)) for i, a in acts.items()}
             lr = cfg.lr_at(step, self.total)
             losses = []  # read after every unit's step is queued: no host sync between units (devices overlap)
             for j in live:

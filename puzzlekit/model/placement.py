@@ -26,7 +26,7 @@ import torch
 
 from ..errors import ConfigError
 
-__all__ = ["resolve_devices", "check_device", "plan_placement", "place_model", "device_of", "follow"]
+__all__ = ["resolve_devices", "check_device", "plan_placement", "place_model", "device_of", "follow", "moved"]
 
 
 def resolve_devices(device_map: str | Sequence[str | torch.device]) -> list[torch.device]:
@@ -124,17 +124,19 @@ def device_of(module: Any) -> torch.device | None:
     return None if p is None else p.device
 
 
+def moved(obj: Any, dev: torch.device | None) -> Any:
+    """``obj`` (a tensor, a tuple of them, or None) on ``dev``; unchanged when ``dev`` is None or
+    already its device (no copy)."""
+    if obj is None or dev is None:
+        return obj
+    if isinstance(obj, tuple):
+        return tuple(moved(t, dev) for t in obj)
+    return obj if obj.device == dev else obj.to(dev)
+
+
 def follow(dev: torch.device | None, x: torch.Tensor, *rest: Any) -> tuple[Any, ...]:
     """``x`` and ``rest`` (tensors, tuples of tensors or None) on ``dev`` (unchanged when ``dev`` is
-    None or already theirs): what the hidden state carries across a device boundary."""
+    None or already ``x``'s): what the hidden state carries across a device boundary."""
     if dev is None or x.device == dev:
         return (x, *rest)
-
-    def mv(o: Any) -> Any:
-        if o is None:
-            return None
-        if isinstance(o, tuple):
-            return tuple(mv(t) for t in o)
-        return o.to(dev)
-
-    return (x.to(dev), *(mv(o) for o in rest))
+    return (x.to(dev), *(moved(o, dev) for o in rest))
