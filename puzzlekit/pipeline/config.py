@@ -30,8 +30,15 @@ __all__ = [
     "PipelineConfig", "ParentSettings", "DataSettings", "SpaceSettings", "BLDSettings", "ScoreSettings",
     "ProfileSettings", "SearchSettings", "ChildSettings", "FuseSettings", "BaselineSettings", "HealSettings",
     "CPTSettings", "SFTSettings", "RLSettings", "PRESETS", "load_config", "with_overrides", "parse_overrides",
-    "config_to_dict",
+    "config_to_dict", "STAGE_ORDER", "ALIASES",
 ]
+
+
+#: The stages a pipeline can run, in the runner's order (implemented in :mod:`puzzlekit.pipeline.stages`).
+STAGE_ORDER: tuple[str, ...] = ("parent", "tokens", "bld", "score", "profile", "search", "child", "fuse", "baselines",
+                                "heal", "cpt", "sft", "rl", "report")
+#: Other names a stage answers to (``--stage assemble`` is ``child``).
+ALIASES = {"teacher": "parent", "library": "bld", "assemble": "child", "gkd": "heal"}
 
 
 def _positive(obj: Any, *names: str) -> None:
@@ -285,8 +292,6 @@ class PipelineConfig:
     rl: RLSettings = field(default_factory=RLSettings)
 
     def __post_init__(self) -> None:
-        from .stages import ALIASES, STAGE_ORDER
-
         stages = tuple(ALIASES.get(s, s) for s in self.stages)
         for s in stages:
             if s not in STAGE_ORDER:

@@ -114,7 +114,7 @@ class Runner:
 
     def resolve(self, stage: str | Sequence[str]) -> list[str]:
         """``all``, one stage name (or alias) or a list, as configured stage names in order."""
-        from .stages import ALIASES, STAGE_ORDER
+        from .config import ALIASES, STAGE_ORDER
 
         if isinstance(stage, str):
             if stage == "all":

@@ -26,6 +26,7 @@ order (e.g. an ``evaluate`` stage after ``heal``, an engine-checked ``export`` b
 
 from __future__ import annotations
 
+from ..config import ALIASES, STAGE_ORDER
 from ..runner import Stage
 from .compare import BASELINES
 from .library import BLD, PROFILE, SCORE
@@ -37,9 +38,8 @@ from .train import CPT, HEAL
 
 __all__ = ["STAGES", "STAGE_ORDER", "ALIASES"]
 
-#: Every stage by name, in the order a pipeline runs them.
+#: Every stage by name, in the order a pipeline runs them (:data:`~puzzlekit.pipeline.config.STAGE_ORDER`).
 STAGES: dict[str, Stage] = {s.name: s for s in (PARENT, TOKENS, BLD, SCORE, PROFILE, SEARCH, CHILD, FUSE,
                                                  BASELINES, HEAL, CPT, SFT, RL, REPORT)}
-STAGE_ORDER: tuple[str, ...] = tuple(STAGES)
-#: Other names a stage answers to (``--stage assemble`` is ``child``).
-ALIASES = {"teacher": "parent", "library": "bld", "assemble": "child", "gkd": "heal"}
+if tuple(STAGES) != STAGE_ORDER:  # pragma: no cover (a stage added here belongs in config.STAGE_ORDER too)
+    raise RuntimeError(f"puzzlekit.pipeline: stages {tuple(STAGES)} differ from config.STAGE_ORDER {STAGE_ORDER}")
