@@ -16,7 +16,8 @@ Call sequence (:func:`run_bld`)::
     save each unit's weights (safetensors, atomic) and journal it COMPLETE
     rank 0 composes the library (``run/library.json``, weights under ``run/blocks/``)
 
-Loss: ``MSE(out, y) / MSE(0, y)`` on the layer output (FACTS.md), where ``out`` is
+Loss: ``MSE(out, y) / MSE(0, y)`` on the layer output (Puzzle, arXiv 2411.19146, BLD: normalized MSE between
+the child block's and the parent block's outputs, the parent's activations as input), where ``out`` is
 ``x + attn_c(x)`` followed by the parent FFN (attention units), ``h + ffn_c(h)``
 (FFN units) or the candidate layer itself (pairs).  No gradient reaches the parent.
 
@@ -85,8 +86,9 @@ class BLDError(PuzzlekitError):
 
 @dataclass(frozen=True)
 class BLDConfig:
-    """BLD settings.  Optimiser defaults are NVIDIA's (FACTS.md): AdamW lr 1e-4, betas (0.9, 0.95),
-    weight decay 0.1, gradient clipping 1.0; linear warm-up then cosine decay to ``min_lr_fraction``."""
+    """BLD settings.  Optimiser defaults: AdamW lr 1e-4, betas (0.9, 0.95), weight decay 0.1, gradient
+    clipping 1.0, linear warm-up then cosine decay to ``min_lr_fraction`` (10 %): the Llama recipe's AdamW
+    settings (Llama 2, arXiv 2307.09288, §2.2) at a distillation learning rate."""
 
     mode: str = "decoupled"
     tokens: int = 1_000_000
@@ -136,7 +138,7 @@ class BLDConfig:
 
 
 def normalized_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``MSE(out, target) / MSE(0, target)`` (FACTS.md)."""
+    """``MSE(out, target) / MSE(0, target)``: Puzzle's BLD loss (arXiv 2411.19146)."""
     return (out - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)
 
 
