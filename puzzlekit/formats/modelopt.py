@@ -52,6 +52,7 @@ from ..errors import LibraryError, PuzzlekitError
 from ..io import MAX_JSON_BYTES, read_json
 from ..library import BlockLibrary
 from .nvlabs import GPU_NAMES
+from .relocate import relocate_weights
 
 __all__ = [
     "import_modelopt",
@@ -584,29 +585,4 @@ def _load_gathered(path: Path, lib: BlockLibrary, parent: ParentSpec | None, max
                 clean[str(k)] = float(x)
         lib.candidates[i].metrics.update(clean)
         seen[i] = str(name)
-
-
-def relocate_weights(library: BlockLibrary, folder: str | os.PathLike) -> int:
-    """Re-express weight paths relative to ``folder`` (where the library will be saved); weights of
-    candidates whose files are not inside ``folder`` are dropped (logged).  Returns how many were dropped."""
-    new = Path(folder).resolve()
-    old = library.root.resolve() if library.root is not None else None
-    dropped = 0
-    for c in library.candidates:
-        if not c.weight_files:
-            continue
-        try:
-            rel = [(old / w).resolve().relative_to(new).as_posix() for w in c.weight_files] if old else None
-        except ValueError:
-            rel = None
-        if rel is None:
-            c.weights = None
-            dropped += 1
-        else:
-            c.weights = rel[0] if len(rel) == 1 else tuple(rel)
-    library.root = Path(folder)
-    if dropped:
-        logger.warning("%d candidates' weight files are outside %s; their weights are left empty "
-                    "(save the library inside the ModelOpt folder to keep them)", dropped, folder)
-    return dropped
 
