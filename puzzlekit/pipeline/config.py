@@ -92,6 +92,7 @@ class SpaceSettings:
     """The candidate space (:func:`puzzlekit.bld.default_search_space`)."""
 
     ffn_fractions: tuple[float, ...] = ()  # (): Puzzle's widths (puzzlekit.bld.FFN_FRACTIONS)
+    kv_heads: tuple[int, ...] = ()  # (): the parent's KV heads halved down to 1
     linear: bool = True  # linear attention / FFN replacements
     no_op: bool = True  # removed attention / FFN
 

@@ -19,8 +19,8 @@ def search_space(cfg: Any, spec: Any) -> Any:
     from ...bld import FFN_FRACTIONS, default_search_space
 
     sp = cfg.space
-    return default_search_space(spec, ffn_fractions=sp.ffn_fractions or FFN_FRACTIONS, linear=sp.linear,
-                                no_op=sp.no_op)
+    return default_search_space(spec, ffn_fractions=sp.ffn_fractions or FFN_FRACTIONS, kv_heads=sp.kv_heads or None,
+                                linear=sp.linear, no_op=sp.no_op)
 
 
 def run_bld(ctx: Any) -> dict[str, Any]:
