@@ -56,8 +56,7 @@ class Stage:
 
     ``reads`` / ``writes``: the run-directory paths it takes from earlier stages and leaves for later
     ones (documentation, shown by ``--dry-run``).  ``cached=False``: run every time (the report).
-    ``multi_process``: may run under torchrun / accelerate launch.  ``plan(ctx)``: what the stage would
-    do, for ``--dry-run`` (optional)."""
+    ``multi_process``: may run under torchrun / accelerate launch."""
 
     name: str
     run: Callable[[Any], dict[str, Any]]
