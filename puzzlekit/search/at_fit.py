@@ -3,9 +3,10 @@
 **Throughput target** (``search``).  ``T(x) >= τ`` holds iff some batch ``b``
 has ``memory_b(x) <= limit`` and ``runtime_b(x) <= 1000·b·S/τ``: two linear
 budgets.  So ``min objective s.t. T(x) >= τ`` is the best over batches of one
-MIP per batch.  Batches are visited in order of a Lagrangian lower bound;
-a batch whose bound cannot beat the best answer so far is skipped, so the answer
-stays exact while usually one or two MIPs are solved.
+MIP per batch.  Batches are visited in order of a Lagrangian lower bound (each
+row's own multiplier: milliseconds); a batch whose bound, or failing that its LP
+bound, cannot beat the best answer so far is skipped, so the answer stays exact
+while usually one MIP is solved.
 
 **Quality bound** (``max_throughput``): the highest ``T(x)`` with
 ``objective(x) <= q``.  Written per batch it is ``min runtime_b`` under the
@@ -72,7 +73,7 @@ class FitSolution(Solution):
         return d
 
 
-def _bound(p: Problem, lp: bool = False) -> tuple[float, np.ndarray | None]:
+def _bound(p: Problem, lp: bool = False, incumbent: bool = True) -> tuple[float, np.ndarray | None]:
     """``(lower bound, a feasible cover or None)`` of a problem in minimisation form; ``(inf, None)`` when no
     cover meets one of its rows.  The bound is the best one-row Lagrangian bound (each row's multiplier by
     bisection): weaker than the LP bound of all rows together, but a few milliseconds instead of an LP;
@@ -97,8 +98,10 @@ def _bound(p: Problem, lp: bool = False) -> tuple[float, np.ndarray | None]:
         v, _, feas = lagrangian_1d(paths, c, G[r], float(h[r]), tol)
         lb = max(lb, v)
         seen.extend(feas)
-    inc = min((x for x in seen if not p.violations(x)), key=lambda x: float(c[x].sum()), default=None)
-    return lb, inc
+    if not incumbent:
+        return lb, None
+    seen.sort(key=lambda x: float(c[x].sum()))
+    return lb, next((x for x in seen[:8] if not p.violations(x)), None)
 
 
 class AtFit:
@@ -239,7 +242,7 @@ class AtFit:
         probs, bounds = {}, {}
         for b in batches:
             p = probs[b] = self.problem(b, tau)
-            bounds[b], _ = _bound(p)
+            bounds[b], _ = _bound(p, incumbent=False)
             if not math.isfinite(bounds[b]):
                 scan.append({"batch": b, "status": "infeasible"})
         best_b, best_x, best_v, proven, name = None, None, math.inf, True, solver or ""
@@ -250,6 +253,11 @@ class AtFit:
             if math.isfinite(lim) and lb >= lim - 1e-9 * max(1.0, abs(lim)):
                 scan.append({"batch": b, "status": "pruned", "bound": lb})
                 continue
+            if math.isfinite(lim):  # a second chance at pruning: the LP bound of all rows (an LP, not a MIP)
+                lb = max(lb, _bound(p, lp=True)[0])
+                if lb >= lim - 1e-9 * max(1.0, abs(lim)):
+                    scan.append({"batch": b, "status": "pruned", "bound": lb})
+                    continue
             left = None if deadline is None else max(1e-3, deadline - time.perf_counter())
             inc = best_x if best_x is not None and not p.violations(best_x) else None
             t1 = time.perf_counter()

@@ -225,6 +225,7 @@ class FitCosts:
         self._sub: dict[tuple[Any, int], float] = {}
         self._mem: dict[tuple[Any, int], float] = {}
         self._nb: dict[int, tuple[float, float]] = {}
+        self._cols: dict[tuple[int, tuple[Any, ...]], tuple[np.ndarray, np.ndarray]] = {}
         #: batch -> how its runtimes were obtained ("analytic", "measured" or both)
         self.sources: dict[int, set[str]] = {}
 
@@ -296,9 +297,14 @@ class FitCosts:
         return v
 
     def columns(self, blocks: Sequence[Any], batch: int) -> tuple[np.ndarray, np.ndarray]:
-        """Runtime and memory of each of ``blocks`` at ``batch`` (arrays)."""
-        rows = [self.block(b, batch) for b in blocks]
-        return np.array([r[0] for r in rows], dtype=float), np.array([r[1] for r in rows], dtype=float)
+        """Runtime and memory of each of ``blocks`` at ``batch`` (arrays, cached per batch and block list)."""
+        key = (batch, tuple(blocks))
+        v = self._cols.get(key)
+        if v is None:
+            rows = [self.block(b, batch) for b in blocks]
+            v = self._cols[key] = (np.array([r[0] for r in rows], dtype=float),
+                                   np.array([r[1] for r in rows], dtype=float))
+        return v
 
     def monotone(self, blocks: Sequence[Any], batches: Sequence[int]) -> bool:
         """Whether every block's (and the non-block part's) runtime per sequence is non-increasing in the batch:
