@@ -72,3 +72,18 @@ def test_ln_super_report_on_nvidia_library(tmp_path):
     assert (tmp_path / "front.png").stat().st_size > 10_000
     assert "Super-49B as published" in super_markdown(r)
     assert library_score(lib, pk.Architecture.homogeneous(lib.parent).blocks) == 0.0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not NVLABS, reason="NVIDIA's Llama-3.3-70B block library is not here")
+def test_throughput_target_script(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples/ln_super/throughput_target.py"
+    spec = importlib.util.spec_from_file_location("throughput_target", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    out = mod.main(["--library", str(NVLABS[0]), "--hardware", "h100-sxm", "--no-front", "--out", str(tmp_path)])
+    assert (tmp_path / "report.json").exists() and (tmp_path / "report.md").exists()
+    assert out["ln_super"]["super49b"]["batch"] == 256
+    assert "## LN-Ultra" in capsys.readouterr().out
