@@ -283,3 +283,20 @@ def test_throughput_at_fit_of_an_architecture():
     assert not ev.at(2 * ev.batch)["fits"]
     assert not pk.throughput_at_fit(arch, memory_gib=1e-6, batches=BATCHES).fits
     assert list(itertools.islice(covers(tiny_library(0)), 1))
+
+
+def test_tensor_parallel_costs_match_the_profilers():
+    """Per GPU under tensor parallelism: split weights and KV heads, all-reduces in the runtime."""
+    spec = pk.ParentSpec(hidden_size=256, num_attention_heads=8, num_key_value_heads=4, head_dim=32,
+                         intermediate_size=512, vocab_size=300, num_hidden_layers=4)
+    arch = pk.Architecture(spec, (BlockConfig(AttentionConfig.gqa(4), FFNConfig.swiglu(512)),
+                                           BlockConfig(AttentionConfig.gqa(1), FFNConfig.swiglu(256)),
+                                           BlockConfig(AttentionConfig.make_no_op(), FFNConfig.swiglu(1024)),
+                                           BlockConfig(AttentionConfig.gqa(2), FFNConfig.make_no_op())))
+    ev = pk.throughput_at_fit(arch, memory_gib=0.02, batches=BATCHES, tp=2)
+    for row in ev.rows:
+        sc = pk.Scenario("h100-sxm", "fp8", row["batch"], 1000, 200, tp=2)
+        c = architecture_cost(arch, sc, HW)
+        assert row["runtime_ms"] == pytest.approx(c.runtime_ms, rel=1e-12)
+        assert row["memory_mib"] == pytest.approx(c.memory_bytes / 2**20, rel=1e-12)
+    assert ev.fits and ev.batch == ev.largest_batch < BATCHES[-1]
