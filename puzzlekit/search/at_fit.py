@@ -206,14 +206,15 @@ class AtFit:
     def _blocks_of(self, x: np.ndarray) -> list[Any]:
         return [self.library.candidates[int(self.base.origin[j])].block for j in x]
 
-    def _tput(self, x: np.ndarray) -> float:
-        return self.costs.evaluate(self._blocks_of(x)).tokens_per_s
+    def _tput(self, x: np.ndarray, batches: Sequence[int] | None = None) -> float:
+        return self.costs.evaluate(self._blocks_of(x), batches).tokens_per_s
 
     def _report(self, batch: int, x: np.ndarray, status: Status, solver: str, t0: float, scan: list[dict],
-                info: Mapping[str, Any] | None = None) -> FitSolution:
-        """The answer in the user's terms: objective, costs and throughput at the batch where it serves best."""
+                info: Mapping[str, Any] | None = None, batches: Sequence[int] | None = None) -> FitSolution:
+        """The answer in the user's terms: objective, costs and throughput at the batch where it serves best
+        (among ``batches``, default the deployment's)."""
         sol = self.problem(batch).make_solution(x, status, solver=solver, seconds=time.perf_counter() - t0)
-        ev = self.costs.evaluate(self._blocks_of(x))
+        ev = self.costs.evaluate(self._blocks_of(x), batches)
         at = ev.at(ev.batch) if ev.fits else ev.at(batch)
         costs = dict(sol.costs)
         costs.update({_RT: at["runtime_ms"], _MEM: at["memory_mib"], "tokens_per_s": at["tokens_per_s"]})
@@ -300,7 +301,7 @@ class AtFit:
                 + (f" ({best.tokens_per_s / ref.tokens_per_s:.2f}x the parent's)" if ref.fits else "")
                 + "; lower the target", {"tokens_per_s": best.tokens_per_s})
         return self._report(b, x, Status.OPTIMAL if proven else Status.FEASIBLE, name, t0, scan,
-                            {"target_tokens_per_s": tau})
+                            {"target_tokens_per_s": tau}, bs)
 
     def max_throughput(self, *, bound: float | None = None, batches: Sequence[int] | None = None,
                        solver: str | None = None, time_limit: float | None = None) -> FitSolution:
@@ -315,14 +316,14 @@ class AtFit:
         S = self.dep.sequence_length
         # per batch: an upper bound on the throughput within the bound (LP bound on its runtime) and a start
         ub: dict[int, float] = {}
-        best_x, lo = None, 0.0
+        best_x, lo, name = None, 0.0, "presolve incumbent"
         for b in bs:
             lb, inc = _bound(self.runtime_problem(b, bound), lp=True)
             if not math.isfinite(lb):
                 continue
             ub[b] = 1000.0 * b * S / max(lb + self.costs.non_block(b)[0], 1e-300)
-            if inc is not None and self._tput(inc) > lo:
-                best_x, lo = inc, self._tput(inc)
+            if inc is not None and self._tput(inc, bs) > lo:
+                best_x, lo = inc, self._tput(inc, bs)
         what = "no bound" if bound is None else \
             f"{self.base.objective_name} {'>=' if self.base.maximize else '<='} {bound:g}"
         if not ub:
@@ -332,11 +333,11 @@ class AtFit:
         q = math.inf if bound is None else (-bound if self.base.maximize else bound)
         hi = max(ub.values()) * (1 + 1e-12)
         if best_x is None:  # nothing yet: the least objective that fits, at any throughput
-            _, bb, best_x, _, _ = self._scan(1e-300, bs, solver, deadline)
+            _, _, best_x, _, name = self._scan(1e-300, bs, solver, deadline)
             if best_x is None or float(self.base.c[best_x].sum()) > q + 1e-9 * max(1.0, abs(q)):
                 raise InfeasibleError(f"no architecture with {what} fits any batch of {bs} "
                                       f"({self.dep.describe()}); relax the bound or the memory", {})
-            lo = self._tput(best_x)
+            lo = self._tput(best_x, bs)
         # each step is a probe (is anything faster than the best found at all?) when the best found has not been
         # probed and the last step was not one, else a geometric step up from it (until the first no), else bisection
         steps, proven, lo_probed, last_probe, gallop = 0, True, False, False, 0.005
@@ -354,18 +355,18 @@ class AtFit:
                 tau = 0.5 * (lo + hi)
             last_probe = probe
             live = [b for b in bs if ub.get(b, 0.0) >= tau]
-            _, b, x, ok, _ = self._scan(tau, live, solver, deadline, stop_at=q)
+            _, b, x, ok, found_by = self._scan(tau, live, solver, deadline, stop_at=q)
             proven = proven and ok
             v = math.inf if x is None else float(self.base.c[x].sum())
-            t = 0.0 if x is None else self._tput(x)
+            t = 0.0 if x is None else self._tput(x, bs)
             if x is not None and v <= q + 1e-9 * max(1.0, abs(q)) and t > lo:
-                best_x, lo, lo_probed = x, t, False
+                best_x, lo, lo_probed, name = x, t, False, found_by
                 gallop *= 4
             else:
                 hi, gallop = min(hi, tau), 0.0
-        ev = self.costs.evaluate(self._blocks_of(best_x))
-        sol = self._report(ev.batch, best_x, Status.OPTIMAL if proven else Status.FEASIBLE, solver or "",
-                           t0, [], {"bound": bound, "throughput_upper_bound": hi, "level_steps": steps})
+        ev = self.costs.evaluate(self._blocks_of(best_x), bs)
+        sol = self._report(ev.batch, best_x, Status.OPTIMAL if proven else Status.FEASIBLE, name, t0, [],
+                           {"bound": bound, "throughput_upper_bound": hi, "level_steps": steps}, bs)
         sol.gap = None if proven else (hi - lo) / hi
         return sol
 

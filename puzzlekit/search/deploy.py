@@ -89,9 +89,12 @@ class Deployment:
         if not bs or any(isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1 for b in bs):
             raise ConfigError(f"deployment: batches must be a non-empty list of positive integers, got {list(bs)}")
         object.__setattr__(self, "batches", tuple(sorted({int(b) for b in bs})))
-        if self.memory_gib is not None and (isinstance(self.memory_gib, bool) or not self.memory_gib > 0):
+        def num(v: Any) -> bool:
+            return not isinstance(v, bool) and isinstance(v, (int, float, np.number)) and math.isfinite(v)
+
+        if self.memory_gib is not None and not (num(self.memory_gib) and self.memory_gib > 0):
             raise ConfigError(f"deployment: memory_gib must be a positive number of GiB per GPU, got {self.memory_gib!r}")
-        if isinstance(self.memory_fraction, bool) or not 0 < self.memory_fraction <= 1:
+        if not (num(self.memory_fraction) and 0 < self.memory_fraction <= 1):
             raise ConfigError(f"deployment: memory_fraction must be in (0, 1], got {self.memory_fraction!r}")
         k = self.min_kv_tokens
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 0:
