@@ -78,13 +78,14 @@ def _import_graph():
 
 
 def test_import_graph_has_no_cycle_and_no_arrow_up_to_the_cli():
-    """Between modules (package ``__init__`` files aside, which only re-export) no import cycle, lazy imports
-    included: e.g. the data model (``architecture``) does not import its format (``nas``); and only the CLI's
-    own modules (and ``__main__``) import ``puzzlekit.cli``."""
+    """Between the library's modules (package ``__init__`` files aside, which only re-export; the CLI's command
+    modules aside, the top of the graph) no import cycle, lazy imports included: e.g. the data model
+    (``architecture``) does not import its format (``nas``); and only the CLI's own modules (and ``__main__``)
+    import ``puzzlekit.cli``."""
     import networkx as nx
 
     g, mods = _import_graph()
-    modules = g.subgraph([n for n in g if not mods[n][1]])
+    modules = g.subgraph([n for n in g if not mods[n][1] and not n.startswith("puzzlekit.cli.")])
     assert list(nx.simple_cycles(modules)) == []
     assert not g.has_edge("puzzlekit.architecture", "puzzlekit.nas")
     up = [(a, b) for a, b in g.edges if b.startswith("puzzlekit.cli") and not a.startswith("puzzlekit.cli")]

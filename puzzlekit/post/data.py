@@ -20,21 +20,26 @@ __all__ = ["read_jsonl", "read_sft_data", "arithmetic_chat_corpus"]
 
 def read_jsonl(path: str | Path, required: tuple[str, ...]) -> list[dict[str, Any]]:
     """Rows of a JSONL file, each an object with the ``required`` keys (a ConfigError names the line)."""
+    from ..io import MAX_JSON_BYTES
+
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"{path}: no such file; give a JSONL file with the keys {', '.join(required)}")
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{path}:{n}: not JSON ({e.msg})") from e
-        missing = [k for k in required if not isinstance(row, dict) or k not in row]
-        if missing:
-            raise ConfigError(f"{path}:{n}: missing {', '.join(missing)}; each line needs {', '.join(required)}")
-        rows.append(row)
+    with open(path, encoding="utf-8") as f:  # line by line: a large file is never read whole
+        for n, line in enumerate(iter(lambda: f.readline(MAX_JSON_BYTES + 1), ""), 1):
+            if len(line) > MAX_JSON_BYTES:
+                raise ConfigError(f"{path}:{n}: a line longer than {MAX_JSON_BYTES} bytes; one sample per line")
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ConfigError(f"{path}:{n}: not JSON ({e.msg})") from e
+            missing = [k for k in required if not isinstance(row, dict) or k not in row]
+            if missing:
+                raise ConfigError(f"{path}:{n}: missing {', '.join(missing)}; each line needs {', '.join(required)}")
+            rows.append(row)
     if not rows:
         raise ConfigError(f"{path}: no rows")
     return rows
