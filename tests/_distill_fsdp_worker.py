@@ -1,0 +1,63 @@
+"""Worker for tests/test_distill_fsdp.py: GKD under FSDP2, as N processes (torchrun, gloo on CPU) or one.
+
+    python -m torch.distributed.run --nproc_per_node 2 tests/_distill_fsdp_worker.py '{"out": "...", ...}'
+    python tests/_distill_fsdp_worker.py '{"out": "..."}'          # one process (a one-rank group)
+
+Options (JSON): out, steps (6), batch (rows per process; default 8 // processes), stop_after, save_every
+(3), ac (activation checkpointing), rows (32), seq (12), keep (2).  Writes ``rank{r}.json`` (what this
+process holds of child and parent, the run's logs) and, on rank 0, the child gathered with
+``full_model`` to ``weights_step{end}.safetensors``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _distill_helpers import pruned_child, tiny_parent, token_rows  # noqa: E402
+
+from puzzlekit.distill import DistillConfig, distill, full_model  # noqa: E402
+from puzzlekit.distill.fsdp import local_parameter_count  # noqa: E402
+from puzzlekit.io import atomic_path  # noqa: E402
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    o = json.loads(sys.argv[1])
+    out = Path(o["out"])
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    parent = tiny_parent()
+    child = pruned_child(parent, keep=8, reinit_ffn=True)
+    cfg = DistillConfig(max_steps=o.get("steps", 6), batch_size=o.get("batch", 8 // world), learning_rate=2e-3,
+                        weight_decay=0.0, warmup_steps=o.get("warmup", 0), eval_every=o.get("eval_every", 3),
+                        mixed_precision="no", log_every=0, output_dir=str(out / "run"),
+                        save_every=o.get("save_every", 3), keep_checkpoints=o.get("keep", 2), fsdp=True,
+                        activation_checkpointing=bool(o.get("ac", False)))
+    res = distill(child, parent, token_rows(o.get("rows", 32), o.get("seq", 12), seed=4), cfg,
+                  eval_tokens=token_rows(6, 12, seed=5), stop_after=o.get("stop_after"))
+    import torch.distributed as dist
+
+    rank = dist.get_rank()
+    lc, tc = local_parameter_count(child)
+    lp, tp = local_parameter_count(parent)
+    full = full_model(child)
+    if rank == 0:
+        from safetensors.torch import save_file
+
+        with atomic_path(out / f"weights_step{res.end_step}.safetensors", suffix=".safetensors") as tmp:
+            save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(tmp))
+    info = {"world": dist.get_world_size(), "local_child": lc, "total_child": tc, "local_parent": lp,
+            "total_parent": tp, "start": res.start_step, "end": res.end_step, "history": res.history,
+            "evals": res.evals, "sharded_type": type(child).__name__}
+    (out / f"rank{rank}.json").write_text(json.dumps(info))
+    dist.barrier()
+    dist.destroy_process_group()  # gloo can abort at interpreter shutdown otherwise
+
+
+if __name__ == "__main__":
+    main()
