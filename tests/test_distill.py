@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from pathlib import Path
 
@@ -165,3 +166,95 @@ def test_distill_after_another_trainer_set_bf16_in_this_process(tmp_path):
     assert str(acc.state.mixed_precision) == "no"
     assert isinstance(acc.prepare(torch.nn.Linear(2, 2)), torch.nn.Module)
     AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def test_another_childs_checkpoint_in_output_dir_is_named(tmp_path):
+    """Issue 21 item 9: a folder holding another child's run is refused with what it is and what to do
+    (it used to be a raw 'size mismatch' RuntimeError from load_state_dict)."""
+    parent = tiny_parent()
+    train = token_rows(16, 8, seed=1)
+    cfg = _cfg(tmp_path, max_steps=2, save_every=1, eval_every=0)
+    distill(pruned_child(parent, keep=24), parent, train, cfg, stop_after=1)
+    with pytest.raises(ConfigError, match="another model's run") as e:
+        distill(pruned_child(parent, keep=8), parent, train, cfg)
+    msg = str(e.value)
+    assert str(tmp_path) in msg and "new folder" in msg and "delete" in msg and "[32, 24] there, [32, 8] in this model" in msg
+    # a child with other tensors altogether (a third layer) is named the same way
+    with pytest.raises(ConfigError, match="another model's run.*absent"):
+        distill(pruned_child(tiny_parent(layers=3), keep=24), tiny_parent(layers=3), train, cfg)
+    res = distill(pruned_child(parent, keep=24), parent, train, cfg)  # its own child resumes
+    assert res.start_step == 1 and res.end_step == 2
+
+
+def test_resume_with_another_global_batch_is_refused(tmp_path):
+    parent = tiny_parent()
+    train = token_rows(16, 8, seed=1)
+    distill(pruned_child(parent), parent, train, _cfg(tmp_path, max_steps=2, save_every=1, eval_every=0),
+            stop_after=1)
+    with pytest.raises(ConfigError, match="global batch of 4 .* this run has 8"):
+        distill(pruned_child(parent), parent, train, _cfg(tmp_path, max_steps=2, save_every=1, eval_every=0,
+                                                           batch_size=4, grad_accum_steps=2))
+
+
+def test_checkpoint_formats_do_not_mix(tmp_path):
+    from puzzlekit.distill.checkpoint import check_resume_state
+
+    parent = tiny_parent()
+    distill(pruned_child(parent), parent, token_rows(16, 8, seed=1),
+            _cfg(tmp_path, max_steps=2, save_every=1, eval_every=0), stop_after=1)
+    ck = latest_checkpoint(tmp_path)
+    with pytest.raises(ConfigError, match="fsdp=False"):
+        check_resume_state(ck, {}, fmt="dcp", global_batch=4, world=1, batch_size=4, grad_accum_steps=1)
+
+
+def test_activation_checkpointing_gives_the_same_training():
+    parent = tiny_parent()
+    train = token_rows(32, 12, seed=3)
+    a, b = pruned_child(parent), pruned_child(parent)
+    ra = distill(a, parent, train, _cfg(max_steps=4, eval_every=0))
+    rb = distill(b, parent, train, _cfg(max_steps=4, eval_every=0, activation_checkpointing=True))
+    assert [h["loss"] for h in ra.history] == pytest.approx([h["loss"] for h in rb.history], rel=1e-6)
+    for (k, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(pa, pb, atol=1e-6), k
+    assert all("forward" not in layer.__dict__ for layer in b.model.layers)  # undone afterwards
+
+
+def test_checkpointed_layers_recompute_in_backward():
+    """The option really recomputes: a layer's FFN runs twice per training step with it, once without."""
+    from puzzlekit.distill.fsdp import enable_activation_checkpointing
+
+    child = pruned_child(tiny_parent()).train()
+    seen = []
+    child.model.layers[0].mlp.register_forward_pre_hook(lambda m, a: seen.append(1))
+    child(input_ids=token_rows(2, 8), use_cache=False).logits.sum().backward()
+    assert len(seen) == 1
+    undo = enable_activation_checkpointing(child)
+    child(input_ids=token_rows(2, 8), use_cache=False).logits.sum().backward()
+    assert len(seen) == 3  # forward + recomputation in backward
+    undo()
+    child(input_ids=token_rows(2, 8), use_cache=False).logits.sum().backward()
+    assert len(seen) == 4
+
+
+def test_dcp_metadata_is_read_without_unpickling_objects(tmp_path):
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    from puzzlekit.distill.checkpoint import read_dcp_metadata
+    from puzzlekit.errors import UnsafeInputError
+
+    with pytest.warns(UserWarning, match="single process"):
+        dcp.save({"model": {"w": torch.ones(3, 2)}}, checkpoint_id=str(tmp_path / "dcp"))
+    md = read_dcp_metadata(tmp_path / "dcp")
+    assert tuple(md.state_dict_metadata["model.w"].size) == (3, 2)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "dcp" / ".metadata").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(UnsafeInputError, match="metadata"):
+        read_dcp_metadata(tmp_path / "dcp")
+    assert not marker.exists()

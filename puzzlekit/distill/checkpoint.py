@@ -136,7 +136,7 @@ def check_fits(ckpt: Path, shapes: Mapping[str, tuple[int, ...]], output_dir: Pa
         what.append(f"{len(extra)} tensors this model does not have (e.g. {extra[0]!r})")
     raise ConfigError(f"{output_dir}: holds the checkpoint of another model's run ({ckpt.name}: "
                       + "; ".join(what) + "). Point output_dir at a new folder for this model, or delete "
-                      f"{output_dir / 'checkpoints'} to start this run over there")
+                      f"{output_dir / 'checkpoints'} to start this model's run there")
 
 
 def check_resume_state(ckpt: Path, state: Mapping[str, Any], *, fmt: str, global_batch: int, world: int,
