@@ -4,9 +4,10 @@
     python tests/_distill_fsdp_worker.py '{"out": "..."}'          # one process (a one-rank group)
 
 Options (JSON): out, steps (6), batch (rows per process; default 8 // processes), stop_after, save_every
-(3), ac (activation checkpointing), rows (32), seq (12), keep (2).  Writes ``rank{r}.json`` (what this
-process holds of child and parent, the run's logs) and, on rank 0, the child gathered with
-``full_model`` to ``weights_step{end}.safetensors``.
+(3), ac (activation checkpointing), keep (2), parent_dir (load the parent from this folder with
+``load_sharded``: each process reads only its shards), save_dir (write the gathered child there as a
+Nemotron-NAS folder).  Writes ``rank{r}.json`` (what this process holds of child and parent, the run's
+logs) and, on rank 0, the child gathered with ``full_model`` to ``weights_step{end}.safetensors``.
 """
 
 from __future__ import annotations
@@ -21,9 +22,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _distill_helpers import pruned_child, tiny_parent, token_rows  # noqa: E402
 
-from puzzlekit.distill import DistillConfig, distill, full_model  # noqa: E402
+from puzzlekit.distill import DistillConfig, distill, full_model, load_sharded  # noqa: E402
 from puzzlekit.distill.fsdp import local_parameter_count  # noqa: E402
 from puzzlekit.io import atomic_path  # noqa: E402
+
+
+def models() -> tuple:
+    """Parent and child as PuzzleForCausalLM (the child: every FFN cut to 8 channels, re-drawn)."""
+    from puzzlekit.model import load_parent
+
+    parent = tiny_parent()
+    return load_parent(parent), load_parent(pruned_child(parent, keep=8, reinit_ffn=True)).train()
+
+
+def train_rows() -> torch.Tensor:
+    return token_rows(32, 12, seed=4)
 
 
 def main() -> None:
@@ -31,14 +44,15 @@ def main() -> None:
     o = json.loads(sys.argv[1])
     out = Path(o["out"])
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    parent = tiny_parent()
-    child = pruned_child(parent, keep=8, reinit_ffn=True)
+    parent, child = models()
+    if o.get("parent_dir"):
+        parent = load_sharded(o["parent_dir"], frozen=True)
     cfg = DistillConfig(max_steps=o.get("steps", 6), batch_size=o.get("batch", 8 // world), learning_rate=2e-3,
                         weight_decay=0.0, warmup_steps=o.get("warmup", 0), eval_every=o.get("eval_every", 3),
                         mixed_precision="no", log_every=0, output_dir=str(out / "run"),
                         save_every=o.get("save_every", 3), keep_checkpoints=o.get("keep", 2), fsdp=True,
                         activation_checkpointing=bool(o.get("ac", False)))
-    res = distill(child, parent, token_rows(o.get("rows", 32), o.get("seq", 12), seed=4), cfg,
+    res = distill(child, parent, train_rows(), cfg,
                   eval_tokens=token_rows(6, 12, seed=5), stop_after=o.get("stop_after"))
     import torch.distributed as dist
 
@@ -51,6 +65,10 @@ def main() -> None:
 
         with atomic_path(out / f"weights_step{res.end_step}.safetensors", suffix=".safetensors") as tmp:
             save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(tmp))
+        if o.get("save_dir"):
+            from puzzlekit.model import save_model
+
+            save_model(full, o["save_dir"])
     info = {"world": dist.get_world_size(), "local_child": lc, "total_child": tc, "local_parent": lp,
             "total_parent": tp, "start": res.start_step, "end": res.end_step, "history": res.history,
             "evals": res.evals, "sharded_type": type(child).__name__}

@@ -56,22 +56,27 @@ def _weights(out: Path, step: int) -> dict[str, torch.Tensor]:
 
 def _plain_run(steps: int = 6):
     """The same training as one ordinary process (no FSDP), global batch 8."""
+    from _distill_fsdp_worker import models, train_rows
+
     from puzzlekit.distill import DistillConfig, distill
 
     torch.set_num_threads(1)
-    parent = tiny_parent()
-    child = pruned_child(parent, keep=8, reinit_ffn=True)
-    res = distill(child, parent, token_rows(32, 12, seed=4),
+    parent, child = models()
+    res = distill(child, parent, train_rows(),
                   DistillConfig(max_steps=steps, batch_size=8, learning_rate=2e-3, weight_decay=0.0, eval_every=3,
                                 mixed_precision="no", log_every=0), eval_tokens=token_rows(6, 12, seed=5))
     return child, res
 
 
 def test_fsdp_two_processes_shard_match_one_process_and_resume_on_one(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    import puzzlekit.model  # noqa: F401  (registers the Nemotron-NAS Auto classes)
     from puzzlekit.distill import latest_checkpoint
     from puzzlekit.distill.checkpoint import check_fits
 
-    two = _launch(tmp_path, 2, stop_after=3)  # 2 processes x 4 rows, killed (stopped) after step 3 ...
+    tiny_parent().save_pretrained(tmp_path / "parent")  # a Llama folder: each process loads only its shards
+    two = _launch(tmp_path, 2, stop_after=3, parent_dir=str(tmp_path / "parent"))  # 2 x 4 rows, stopped at 3 ...
     for r in two:
         assert r["world"] == 2 and r["sharded_type"].startswith("FSDP") and (r["start"], r["end"]) == (0, 3)
         assert 0.45 <= r["local_child"] / r["total_child"] <= 0.55, r  # each holds about half of the child
@@ -82,7 +87,8 @@ def test_fsdp_two_processes_shard_match_one_process_and_resume_on_one(tmp_path):
     assert [p.name for p in shards] == ["__0_0.distcp", "__1_0.distcp"] and not (ck / "model.safetensors").exists()
     total = sum(p.stat().st_size for p in shards)
     assert all(p.stat().st_size < 0.7 * total for p in shards)  # each process wrote its own share
-    one = _launch(tmp_path, 1, ac=True)  # ... resumed by ONE process x 8 rows, with activation checkpointing
+    # ... resumed by ONE process x 8 rows, with activation checkpointing; the child saved as a NAS folder
+    one = _launch(tmp_path, 1, ac=True, parent_dir=str(tmp_path / "parent"), save_dir=str(tmp_path / "child"))
     assert one[0]["world"] == 1 and (one[0]["start"], one[0]["end"]) == (3, 6)
 
     child, ref = _plain_run()  # one ordinary process, 6 steps of 8 rows
@@ -99,6 +105,9 @@ def test_fsdp_two_processes_shard_match_one_process_and_resume_on_one(tmp_path):
     assert final.keys() == sd.keys()
     for k, v in sd.items():
         assert torch.allclose(final[k], v, atol=2e-6, rtol=1e-5), (k, (final[k] - v).abs().max())
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "child")  # an ordinary Nemotron-NAS folder
+    assert saved.config.model_type == "nemotron-nas"
+    assert all(torch.equal(saved.state_dict()[k], v) for k, v in final.items())
     # the checkpoint folder now belongs to this child: another child pointed at it is told so
     other = pruned_child(tiny_parent(), keep=24)
     with pytest.raises(ConfigError, match="another model's run"):
