@@ -13,6 +13,8 @@ See ``examples/gkd`` for the recipe and ``docs/downstream.md`` for the flow.
 
 from __future__ import annotations
 
+from .checkpoint import latest_checkpoint
+from .fsdp import full_model, load_sharded
 from .loss import (
            GKDWeights,
            gkd_loss,
@@ -22,8 +24,6 @@ from .loss import (
            lm_loss,
            match_layers,
 )
-from .checkpoint import latest_checkpoint
-from .fsdp import full_model, load_sharded
 from .trainer import DistillConfig, DistillResult, distill, evaluate_kl, warmup_cosine
 
 __all__ = ["GKDWeights", "gkd_loss", "hidden_cosine_loss", "kl_to_parent", "layer_pairs_for", "lm_loss",
