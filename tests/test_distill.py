@@ -258,3 +258,32 @@ def test_dcp_metadata_is_read_without_unpickling_objects(tmp_path):
     with pytest.raises(UnsafeInputError, match="metadata"):
         read_dcp_metadata(tmp_path / "dcp")
     assert not marker.exists()
+
+
+def test_fsdp_memory_arithmetic_for_super_49b():
+    """The per-GPU figures of examples/gkd/README.md, computed from the two architectures."""
+    from puzzlekit.accounting import model_params
+    from puzzlekit.architecture import Architecture, ParentSpec
+    from puzzlekit.blocks import BlockConfig
+    from puzzlekit.cli.common import builtin_config_path
+    from puzzlekit.distill.memory import GIB, activation_bytes_per_token, fsdp_memory
+
+    child = Architecture.from_config(builtin_config_path("super-49b"))
+    parent = Architecture.homogeneous(child.parent)
+    assert model_params(child) == 49_867_145_216 and round(model_params(parent) / 1e9, 2) == 70.55
+    m8, m16 = (fsdp_memory(child, parent, gpus=g) for g in (8, 16))
+    pc = model_params(child)
+    assert m8.child_params == pytest.approx(4 * pc / 8) and m8.child_optimizer == 2 * m8.child_grads
+    for k in ("child_params", "child_grads", "child_optimizer", "parent_params"):  # sharded: halves
+        assert getattr(m16, k) == pytest.approx(getattr(m8, k) / 2)
+    for k in ("gathered", "activations", "logits"):  # per GPU micro-batch and one unit: no change
+        assert getattr(m16, k) == getattr(m8, k)
+    no_ac = fsdp_memory(child, parent, gpus=8, activation_checkpointing=False)
+    assert no_ac.activations > 5 * m8.activations
+    assert round(m8.total / GIB, 1) == 138.4 and round(m16.total / GIB, 1) == 83.7  # the README's table
+    # one Llama-3.3-70B layer saves 364,800 bytes per token for backward (bf16, flash attention)
+    spec: ParentSpec = child.parent
+    assert activation_bytes_per_token(spec, spec.parent_block()) == 364_800
+    assert activation_bytes_per_token(spec, BlockConfig.from_key("attn=no_op|ffn=no_op")) == 0
+    with pytest.raises(ConfigError, match="gpus"):
+        fsdp_memory(child, gpus=0)

@@ -183,3 +183,32 @@ def test_fsdp_killed_at_random_points_resumes_to_bit_identical_weights(tmp_path)
     assert [h["loss"] for h in st["history"]] == [h["loss"] for h in ha]
     check_no_half_files(run)
     assert not list((run / "run" / "checkpoints").glob(".*"))
+
+
+@pytest.mark.slow
+def test_cluster_recipe_on_two_processes(tmp_path):
+    """examples/gkd/cluster.py as the README launches it: folders in, shards loaded, NAS folder out."""
+    from transformers import AutoModelForCausalLM
+
+    from puzzlekit.data import TokenData
+    from puzzlekit.model import load_parent, save_model
+
+    parent = tiny_parent()
+    parent.save_pretrained(tmp_path / "parent")
+    save_model(load_parent(pruned_child(parent, keep=8, reinit_ffn=True)), tmp_path / "child")
+    rows = token_rows(40, 12, seed=7).numpy()
+    TokenData(rows[:32], rows[32:], 12).save(tmp_path / "tokens.npz")
+    script = Path(__file__).resolve().parents[1] / "examples" / "gkd" / "cluster.py"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
+           str(script), "--parent", str(tmp_path / "parent"), "--child", str(tmp_path / "child"), "--tokens",
+           str(tmp_path / "tokens.npz"), "--out", str(tmp_path / "out"), "--steps", "4", "--batch-size", "2",
+           "--grad-accum", "2", "--lr", "2e-3", "--warmup", "0", "--eval-every", "2", "--save-every", "2",
+           "--cpt-steps", "1", "--activation-checkpointing"]
+    p = subprocess.run(cmd, capture_output=True, text=True, env=_env(), timeout=600)
+    assert p.returncode == 0, p.stderr[-4000:]
+    m = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert m["processes"] == 2 and [e["step"] for e in m["gkd_evals"]] == [0, 2, 4]
+    assert m["gkd_evals"][-1]["kl"] < m["gkd_evals"][0]["kl"]
+    healed = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "child")
+    assert healed.config.model_type == "nemotron-nas" and healed.config.num_hidden_layers == 2
+    assert (tmp_path / "out" / "gkd" / "checkpoints" / "step_00000004" / "dcp" / ".metadata").exists()
