@@ -3,6 +3,7 @@
     python benchmarks/distill.py                       # 1 process vs 2 FSDP processes (CPU: gloo)
     python benchmarks/distill.py --layers 16 --json    # deeper models; JSON of every process's figures
     python benchmarks/distill.py --fsdp-one            # + FSDP with one process (its overhead alone)
+    python benchmarks/distill.py --processes 1 --mixed-precision auto   # one GPU: plain vs FSDP, bf16
 
 Models (random, seeded): a Llama parent (hidden 512, 8 query / 2 KV heads, FFN 1536, vocab 4096,
 ``--layers`` layers) saved as a safetensors folder, and its child with every FFN cut to half, saved
@@ -146,8 +147,8 @@ def worker(a: argparse.Namespace) -> None:
     register_optimizer_step_post_hook(after_step)
     g = torch.Generator().manual_seed(0)
     rows = torch.randint(0, parent.config.vocab_size, (a.batch * (a.steps + 1), a.seq), generator=g)
-    cfg = DistillConfig(max_steps=a.steps + 1, batch_size=a.batch // world, learning_rate=1e-4, mixed_precision="no",
-                        log_every=0, fsdp=fsdp)
+    cfg = DistillConfig(max_steps=a.steps + 1, batch_size=a.batch // world, learning_rate=1e-4,
+                        mixed_precision=a.mixed_precision, log_every=0, fsdp=fsdp)
     distill(child, parent, rows, cfg)
     rec = {"rank": rank, "world": world, "mode": a.worker, "peak_param_bytes": probe.peak,
            "grad_bytes": grads_opt["grads"], "optimizer_bytes": grads_opt["optimizer"],
@@ -194,7 +195,8 @@ def _port() -> int:
 
 def run(mode: str, nproc: int, a: argparse.Namespace) -> list[dict]:
     args = [str(HERE), "--worker", mode, "--dir", str(a.dir), "--layers", str(a.layers), "--batch", str(a.batch),
-            "--seq", str(a.seq), "--steps", str(a.steps), "--threads", str(a.threads)]
+            "--seq", str(a.seq), "--steps", str(a.steps), "--threads", str(a.threads), "--mixed-precision",
+            a.mixed_precision]
     launch = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_port()}"]
               if mode == "fsdp" else [sys.executable])
     # allocations >= 64 KiB are mmap'ed and returned to the system when freed, so RSS follows live memory
@@ -235,6 +237,8 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--fsdp-one", action="store_true", help="also FSDP with one process")
+    ap.add_argument("--mixed-precision", default="no", choices=("no", "auto", "bf16"),
+                    help="DistillConfig.mixed_precision (auto: bf16 on a bf16-capable GPU)")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--worker", choices=("plain", "fsdp"), help=argparse.SUPPRESS)
     ap.add_argument("--dir", type=Path, help=argparse.SUPPRESS)
@@ -243,15 +247,18 @@ def main() -> None:
         return worker(a)
     if a.batch % a.processes:
         raise SystemExit(f"--batch {a.batch} must be a multiple of --processes {a.processes}")
+    if torch.cuda.is_available() and a.processes > torch.cuda.device_count():
+        raise SystemExit(f"--processes {a.processes}: one GPU per process, and {torch.cuda.device_count()} are visible")
     with tempfile.TemporaryDirectory(prefix="bench_distill_") as d:
         a.dir = Path(d)
         sizes = make_models(a.dir, a.layers)
         one = run("plain", 1, a)[0]
-        extra = run("fsdp", 1, a) if a.fsdp_one else None
+        extra = run("fsdp", 1, a) if a.fsdp_one and a.processes > 1 else None
         many = run("fsdp", a.processes, a)
     print(f"parent {sizes['parent_params'] / 1e6:.1f}M parameters, child {sizes['child_params'] / 1e6:.1f}M "
           f"(fp32); {a.layers} layers; global batch {a.batch} x {a.seq} tokens; median of {a.steps} steps; "
-          f"{a.threads} thread(s) per process; device {'cuda' if torch.cuda.is_available() else 'cpu'}")
+          f"{a.threads} thread(s) per process; mixed precision {a.mixed_precision}; "
+          f"device {'cuda' if torch.cuda.is_available() else 'cpu'}")
     print(table(one, many, extra))
     if a.json:
         print(json.dumps({"sizes": sizes, "one": one, "fsdp_one": extra, "fsdp": many}, indent=1))

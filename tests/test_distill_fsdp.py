@@ -36,14 +36,15 @@ def _cmd(nproc: int, **opts) -> list[str]:
     return [*launch, str(WORKER), json.dumps(opts)]
 
 
-def _env() -> dict[str, str]:
+def _env(cuda: bool = False) -> dict[str, str]:
     from _rel_kill import env
 
-    return {**env(), "CUDA_VISIBLE_DEVICES": ""}
+    return env() if cuda else {**env(), "CUDA_VISIBLE_DEVICES": ""}
 
 
-def _launch(out: Path, nproc: int, **opts) -> list[dict]:
-    p = subprocess.run(_cmd(nproc, out=str(out), **opts), capture_output=True, text=True, env=_env(), timeout=300)
+def _launch(out: Path, nproc: int, cuda: bool = False, **opts) -> list[dict]:
+    p = subprocess.run(_cmd(nproc, out=str(out), **opts), capture_output=True, text=True, env=_env(cuda),
+                       timeout=300)
     assert p.returncode == 0, p.stderr[-4000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
 
@@ -212,3 +213,21 @@ def test_cluster_recipe_on_two_processes(tmp_path):
     healed = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "child")
     assert healed.config.model_type == "nemotron-nas" and healed.config.num_hidden_layers == 2
     assert (tmp_path / "out" / "gkd" / "checkpoints" / "step_00000004" / "dcp" / ".metadata").exists()
+
+
+@pytest.mark.gpu
+def test_fsdp_on_cuda_in_bf16_resumes_bit_identically(tmp_path):
+    """The CUDA path (benchmarks/device_check.sh): FSDP2 with bf16 MixedPrecisionPolicy (mixed_precision
+    'auto') and activation checkpointing; a run stopped and resumed equals an uninterrupted one bit for
+    bit (deterministic algorithms), and the KL falls."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    opts = {"mp": "auto", "ac": True, "deterministic": True}
+    ref = _launch(tmp_path / "ref", 1, cuda=True, **opts)[0]
+    assert ref["device"].startswith("cuda") and ref["compute_dtype"] == "torch.bfloat16"
+    assert ref["evals"][-1]["kl"] < ref["evals"][0]["kl"]
+    _launch(tmp_path / "run", 1, cuda=True, stop_after=3, **opts)
+    _launch(tmp_path / "run", 1, cuda=True, **opts)
+    a, b = _weights(tmp_path / "ref", 6), _weights(tmp_path / "run", 6)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(v.dtype == torch.float32 for v in a.values())  # fp32 master weights
