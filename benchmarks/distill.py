@@ -28,7 +28,9 @@ Measured per process:
   CUDA also ``torch.cuda.max_memory_allocated``;
 * step time: the median wall time between optimiser steps (after the warm-up step).
 
-The ratio column is N processes / 1 process, measured in the same run.
+The ratio column is N processes / 1 process, measured in the same run.  ``--rounds R`` repeats the
+runs, alternating their order, and prints each round's step-time ratio; the table shows the median
+step times (the memory figures are the same every round).
 """
 
 from __future__ import annotations
@@ -208,6 +210,13 @@ def run(mode: str, nproc: int, a: argparse.Namespace) -> list[dict]:
     return [json.loads((a.dir / f"{mode}_{nproc}_{r}.json").read_text()) for r in range(nproc)]
 
 
+def _median_step(rounds: list) -> dict:
+    """The first round's figures with the median over rounds of the step time."""
+    out = dict(rounds[0])
+    out["step_s"] = statistics.median(r["step_s"] for r in rounds)
+    return out
+
+
 def table(one: dict, many: list[dict], extra: list[dict] | None) -> str:
     mib = lambda b: f"{b / 2**20:.1f} MiB"  # noqa: E731
     n = many[0]["world"]
@@ -237,6 +246,7 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process")
     ap.add_argument("--fsdp-one", action="store_true", help="also FSDP with one process")
+    ap.add_argument("--rounds", type=int, default=1, help="repeat the runs, alternating their order")
     ap.add_argument("--mixed-precision", default="no", choices=("no", "auto", "bf16"),
                     help="DistillConfig.mixed_precision (auto: bf16 on a bf16-capable GPU)")
     ap.add_argument("--json", action="store_true")
@@ -252,16 +262,26 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench_distill_") as d:
         a.dir = Path(d)
         sizes = make_models(a.dir, a.layers)
-        one = run("plain", 1, a)[0]
-        extra = run("fsdp", 1, a) if a.fsdp_one and a.processes > 1 else None
-        many = run("fsdp", a.processes, a)
+        got: dict[str, list] = {"one": [], "extra": [], "many": []}
+        for r in range(a.rounds):
+            jobs = [("one", "plain", 1), ("many", "fsdp", a.processes)]
+            if a.fsdp_one and a.processes > 1:
+                jobs.insert(1, ("extra", "fsdp", 1))
+            for key, mode, n in (jobs if r % 2 == 0 else jobs[::-1]):
+                got[key].append(run(mode, n, a))
+        one = _median_step([g[0] for g in got["one"]])
+        extra = [_median_step([g[0] for g in got["extra"]])] if got["extra"] else None
+        many = [_median_step([g[i] for g in got["many"]]) for i in range(a.processes)]
+        per_round = [max(r["step_s"] for r in m) / o[0]["step_s"] for o, m in zip(got["one"], got["many"])]
     print(f"parent {sizes['parent_params'] / 1e6:.1f}M parameters, child {sizes['child_params'] / 1e6:.1f}M "
           f"(fp32); {a.layers} layers; global batch {a.batch} x {a.seq} tokens; median of {a.steps} steps; "
           f"{a.threads} thread(s) per process; mixed precision {a.mixed_precision}; "
           f"device {'cuda' if torch.cuda.is_available() else 'cpu'}")
     print(table(one, many, extra))
+    print(f"step time ratio {a.processes}/1 per round: " + ", ".join(f"{x:.3f}" for x in per_round))
     if a.json:
-        print(json.dumps({"sizes": sizes, "one": one, "fsdp_one": extra, "fsdp": many}, indent=1))
+        print(json.dumps({"sizes": sizes, "one": one, "fsdp_one": extra, "fsdp": many, "rounds": got,
+                          "step_ratio_per_round": per_round}, indent=1))
 
 
 if __name__ == "__main__":
