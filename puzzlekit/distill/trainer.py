@@ -210,7 +210,7 @@ class _AccelerateBackend:
     def barrier(self) -> None:
         self.acc.wait_for_everyone()
 
-    def write(self, tmp: Path | None, model: Any, optimizer: Any) -> dict[str, Any]:
+    def write(self, tmp: Path, model: Any, optimizer: Any) -> dict[str, Any]:
         from safetensors.torch import save_file
 
         state = self.acc.get_state_dict(model)  # every rank calls it (a collective under some wrappers)
