@@ -236,26 +236,46 @@ def test_checkpointed_layers_recompute_in_backward():
     assert len(seen) == 4
 
 
-def test_dcp_metadata_is_read_without_unpickling_objects(tmp_path):
+def test_dcp_checkpoint_metadata_is_json_and_nothing_is_unpickled(tmp_path):
+    import json
     import pickle
 
     import torch.distributed.checkpoint as dcp
 
-    from puzzlekit.distill.checkpoint import read_dcp_metadata
+    from puzzlekit.distill.checkpoint import dcp_reader, dcp_writer, read_dcp_metadata
     from puzzlekit.errors import UnsafeInputError
 
+    state = {"model": {"w": torch.arange(6.0).view(3, 2), "b": torch.ones(2, dtype=torch.bfloat16)}}
     with pytest.warns(UserWarning, match="single process"):
-        dcp.save({"model": {"w": torch.ones(3, 2)}}, checkpoint_id=str(tmp_path / "dcp"))
+        dcp.save(state, storage_writer=dcp_writer(tmp_path / "dcp"))
+    assert not (tmp_path / "dcp" / ".metadata").exists()
     md = read_dcp_metadata(tmp_path / "dcp")
     assert tuple(md.state_dict_metadata["model.w"].size) == (3, 2)
+    back = {"model": {"w": torch.zeros(3, 2), "b": torch.zeros(2, dtype=torch.bfloat16)}}
+    with pytest.warns(UserWarning, match="single process"):
+        dcp.load(back, storage_reader=dcp_reader(tmp_path / "dcp"))
+    assert torch.equal(back["model"]["w"], state["model"]["w"]) and torch.equal(back["model"]["b"], state["model"]["b"])
+    # tampered metadata: a dtype that is not one, a shard file outside the folder
+    doc = json.loads((tmp_path / "dcp" / ".metadata.json").read_text())
+    for bad in ({"dtype": "os.system"}, {"file": "../../x"}):
+        d = json.loads(json.dumps(doc))
+        if "dtype" in bad:
+            d["state_dict_metadata"]["model.w"]["dtype"] = bad["dtype"]
+        else:
+            d["storage_data"][0]["file"] = bad["file"]
+        (tmp_path / "dcp" / ".metadata.json").write_text(json.dumps(d))
+        with pytest.raises(UnsafeInputError, match="metadata"):
+            read_dcp_metadata(tmp_path / "dcp")
+    # torch's own writer pickles its metadata: such a folder is refused, its payload never runs
     marker = tmp_path / "pwned"
 
     class Evil:
         def __reduce__(self):
             return (os.system, (f"touch {marker}",))
 
+    (tmp_path / "dcp" / ".metadata.json").unlink()
     (tmp_path / "dcp" / ".metadata").write_bytes(pickle.dumps(Evil()))
-    with pytest.raises(UnsafeInputError, match="metadata"):
+    with pytest.raises(UnsafeInputError, match="pickled"):
         read_dcp_metadata(tmp_path / "dcp")
     assert not marker.exists()
 

@@ -212,7 +212,7 @@ def test_cluster_recipe_on_two_processes(tmp_path):
     assert m["gkd_evals"][-1]["kl"] < m["gkd_evals"][0]["kl"]
     healed = AutoModelForCausalLM.from_pretrained(tmp_path / "out" / "child")
     assert healed.config.model_type == "nemotron-nas" and healed.config.num_hidden_layers == 2
-    assert (tmp_path / "out" / "gkd" / "checkpoints" / "step_00000004" / "dcp" / ".metadata").exists()
+    assert (tmp_path / "out" / "gkd" / "checkpoints" / "step_00000004" / "dcp" / ".metadata.json").exists()
 
 
 @pytest.mark.gpu

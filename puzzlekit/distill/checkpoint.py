@@ -7,7 +7,9 @@ global batch that wrote it) and the weights in one of two formats:
   the optimizer is read back with ``torch.load(weights_only=True)``);
 * ``dcp/`` -- FSDP: a ``torch.distributed.checkpoint`` folder, each process writing its own shards of
   the model and of the optimizer state (nothing is gathered on one rank).  It can be read back by any
-  number of processes (DCP re-shards on load).
+  number of processes (DCP re-shards on load).  Its metadata is written as JSON
+  (``.metadata.json``), not as the pickle torch's ``FileSystemWriter`` writes, so resuming unpickles
+  nothing; only tensors are stored (the optimizer's hyper-parameters go into ``state.json``).
 
 A folder is written under a temporary name (``.step_N.tmp``) and renamed when complete; then
 ``latest.json`` is replaced atomically.  A run killed at any point resumes from the last complete
@@ -19,7 +21,6 @@ folder that holds another model's run is refused with a message saying so, not w
 from __future__ import annotations
 
 import os
-import pickle
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,7 +32,7 @@ from ..errors import ConfigError, UnsafeInputError
 from ..io import atomic_write_json, fsync_dir, read_json
 
 __all__ = ["latest_checkpoint", "checkpoint_format", "stored_shapes", "check_fits", "check_resume_state",
-           "commit_checkpoint", "read_dcp_metadata"]
+           "commit_checkpoint", "read_dcp_metadata", "dcp_writer", "dcp_reader"]
 
 DCP_DIR = "dcp"
 
@@ -56,41 +57,117 @@ def checkpoint_format(path: Path) -> str | None:
         return None
     if (path / "model.safetensors").exists():
         return "safetensors"
-    if (path / DCP_DIR / ".metadata").exists():
+    if (path / DCP_DIR / METADATA_JSON).exists():
         return "dcp"
     return None
 
 
-# ---- reading DCP metadata without unpickling arbitrary objects ------------------------------------
+# ---- DCP metadata as JSON (torch's own FileSystemWriter pickles it) --------------------------------
 
-#: The classes a ``torch.distributed.checkpoint`` ``.metadata`` file may name (it is a pickle).
-_DCP_CLASSES = {
-    ("torch.distributed.checkpoint.metadata", n) for n in
-    ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "TensorProperties",
-     "MetadataIndex", "StorageMeta", "_MEM_FORMAT_ENCODING")
-} | {("torch.distributed.checkpoint.filesystem", "_StorageInfo"), ("torch", "Size"),
-     ("torch.serialization", "_get_layout"), ("pathlib", "PosixPath"), ("pathlib", "WindowsPath"),
-     ("pathlib", "PurePosixPath"), ("collections", "OrderedDict")}
+METADATA_JSON = ".metadata.json"
 
 
-class _MetadataUnpickler(pickle.Unpickler):
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _DCP_CLASSES or (module == "torch" and isinstance(getattr(torch, name, None),
-                                                                                 torch.dtype)):
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not a checkpoint metadata class")
+def _dtype(name: Any, where: Path) -> torch.dtype:
+    d = getattr(torch, str(name).removeprefix("torch."), None)
+    if not isinstance(d, torch.dtype):
+        raise UnsafeInputError(f"{where}: {name!r} is not a torch dtype; the checkpoint metadata is damaged. "
+                               "Delete this checkpoint folder to resume from the previous one")
+    return d
+
+
+def _metadata_to_json(md: Any) -> dict[str, Any]:
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    sd = {}
+    for k, v in md.state_dict_metadata.items():
+        if isinstance(v, TensorStorageMetadata):
+            sd[k] = {"dtype": str(v.properties.dtype).removeprefix("torch."), "size": list(v.size),
+                     "requires_grad": bool(v.properties.requires_grad),
+                     "chunks": [{"offsets": list(c.offsets), "sizes": list(c.sizes)} for c in v.chunks]}
+        else:
+            sd[k] = {"bytes": True}
+    storage = [{"fqn": i.fqn, "offset": None if i.offset is None else list(i.offset), "index": i.index,
+                "file": s.relative_path, "start": s.offset, "length": s.length,
+                "transforms": None if s.transform_descriptors is None else list(s.transform_descriptors)}
+               for i, s in (md.storage_data or {}).items()]
+    planner = ({k: list(v) for k, v in md.planner_data.items()} if isinstance(md.planner_data, dict) else None)
+    return {"format": "puzzlekit-dcp-metadata", "version": md.version, "state_dict_metadata": sd,
+            "planner_data": planner, "storage_data": storage}
 
 
 def read_dcp_metadata(dcp_dir: Path) -> Any:
-    """A DCP ``.metadata`` file, unpickled with only DCP's own metadata classes allowed (torch's
-    ``FileSystemReader`` would unpickle anything)."""
-    path = dcp_dir / ".metadata"
+    """The ``torch.distributed.checkpoint`` ``Metadata`` of a checkpoint folder, from its JSON file
+    (nothing is unpickled; a folder written with torch's own pickled ``.metadata`` is refused)."""
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+    from torch.distributed.checkpoint.metadata import (
+        BytesStorageMetadata,
+        ChunkStorageMetadata,
+        Metadata,
+        MetadataIndex,
+        StorageMeta,
+        TensorProperties,
+        TensorStorageMetadata,
+    )
+
+    path = dcp_dir / METADATA_JSON
+    if not path.exists():
+        raise UnsafeInputError(f"{dcp_dir}: no {METADATA_JSON}; puzzlekit does not read torch's pickled .metadata. "
+                               "Delete this checkpoint folder to resume from the previous one")
+    doc = read_json(path, what="checkpoint metadata")
     try:
-        with open(path, "rb") as f:
-            return _MetadataUnpickler(f).load()
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError) as e:
-        raise UnsafeInputError(f"{path}: refused, not a plain torch.distributed.checkpoint metadata file ({e}); "
-                               "delete this checkpoint folder to resume from the previous one") from None
+        sd: dict[str, Any] = {}
+        for k, v in doc["state_dict_metadata"].items():
+            if v.get("bytes"):
+                sd[k] = BytesStorageMetadata()
+                continue
+            props = TensorProperties(dtype=_dtype(v["dtype"], path), requires_grad=bool(v["requires_grad"]))
+            chunks = [ChunkStorageMetadata(torch.Size(int(x) for x in c["offsets"]),
+                                           torch.Size(int(x) for x in c["sizes"])) for c in v["chunks"]]
+            sd[str(k)] = TensorStorageMetadata(props, torch.Size(int(x) for x in v["size"]), chunks)
+        storage = {MetadataIndex(str(e["fqn"]), None if e["offset"] is None else [int(x) for x in e["offset"]],
+                                 None if e["index"] is None else int(e["index"])):
+                   _StorageInfo(str(e["file"]), int(e["start"]), int(e["length"]),
+                                None if e["transforms"] is None else [str(t) for t in e["transforms"]])
+                   for e in doc["storage_data"]}
+        planner = doc["planner_data"]
+        planner = None if planner is None else {str(k): tuple(v) for k, v in planner.items()}
+        for e in storage.values():
+            if Path(e.relative_path).name != e.relative_path:
+                raise ValueError(f"shard file {e.relative_path!r} outside the folder")
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise UnsafeInputError(f"{path}: not a checkpoint metadata document ({e}); delete this checkpoint folder "
+                               "to resume from the previous one") from None
+    return Metadata(state_dict_metadata=sd, planner_data=planner, storage_data=storage,
+                    storage_meta=StorageMeta(checkpoint_id=str(dcp_dir)), version=doc.get("version"))
+
+
+def dcp_writer(path: Path) -> Any:
+    """torch's ``FileSystemWriter`` (each process writes its shards, fsynced) with the metadata written
+    as JSON by the coordinator instead of a pickle."""
+    from torch.distributed.checkpoint import FileSystemWriter
+    from torch.distributed.checkpoint.filesystem import CURRENT_DCP_VERSION
+
+    class _Writer(FileSystemWriter):
+        def finish(self, metadata: Any, results: list) -> None:
+            metadata.version = CURRENT_DCP_VERSION
+            metadata.storage_data = {wr.index: wr.storage_data for wrs in results for wr in wrs}
+            atomic_write_json(Path(self.path) / METADATA_JSON, _metadata_to_json(metadata))
+
+    return _Writer(str(path), sync_files=True, overwrite=True)
+
+
+def dcp_reader(path: Path) -> Any:
+    """torch's ``FileSystemReader`` reading the JSON metadata of :func:`dcp_writer` (tensors only:
+    DCP reads them with ``torch.load(weights_only=True)`` or as raw bytes)."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    class _Reader(FileSystemReader):
+        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
+            md = read_dcp_metadata(Path(self.path))
+            md.storage_meta.load_id = self.load_id
+            return md
+
+    return _Reader(str(path))
 
 
 # ---- does a checkpoint fit this model? -----------------------------------------------------------

@@ -17,8 +17,8 @@ mixed precision, activation checkpointing, sharded ``torch.distributed.checkpoin
   recomputed in backward (``torch.utils.checkpoint``, non-reentrant); only the layer inputs are kept.
 * **Checkpoints**: every process writes its own shards of the model and the AdamW state with
   ``torch.distributed.checkpoint`` (nothing is gathered on one rank); any number of processes reads
-  them back (DCP re-shards).  The optimizer's hyper-parameters go into ``state.json`` (JSON, not
-  pickle) and the ``.metadata`` pickle is read with only DCP's own classes allowed.
+  them back (DCP re-shards).  Only tensors are stored; the optimizer's hyper-parameters go into
+  ``state.json`` and DCP's metadata is written as JSON, so resuming unpickles nothing.
 * **The final child**: :func:`full_model` gathers it once, at the end, as an ordinary model on rank 0
   (CPU), for :func:`puzzlekit.model.save_model`.
 
@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, UnsafeInputError
-from .checkpoint import DCP_DIR, read_dcp_metadata
+from .checkpoint import DCP_DIR, dcp_reader, dcp_writer
 
 __all__ = ["FSDPBackend", "ensure_process_group", "shard_model", "load_sharded", "full_model",
            "enable_activation_checkpointing", "decoder_layers", "local_parameter_count", "is_sharded"]
@@ -307,21 +307,6 @@ def _groups_from_json(groups: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{k: tuple(v) if k == "betas" else v for k, v in g.items()} for g in groups]
 
 
-def _safe_reader(path: Path) -> Any:
-    from torch.distributed.checkpoint import FileSystemReader
-    from torch.distributed.checkpoint.metadata import StorageMeta
-
-    class _Reader(FileSystemReader):
-        def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-            md = read_dcp_metadata(Path(self.path))
-            if getattr(md, "storage_meta", None) is None:
-                md.storage_meta = StorageMeta()
-            md.storage_meta.load_id = self.load_id
-            return md
-
-    return _Reader(str(path))
-
-
 def _tensor_planner(path: Path) -> Any:
     from torch.distributed.checkpoint import DefaultLoadPlanner
 
@@ -337,12 +322,10 @@ def save_dcp(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> 
     """Write this process's shards of the model and optimizer state under ``path`` (collective);
     returns the optimizer's param groups (hyper-parameters) for ``state.json``."""
     import torch.distributed.checkpoint as dcp
-    from torch.distributed.checkpoint import FileSystemWriter
     from torch.distributed.checkpoint.state_dict import get_state_dict
 
     msd, osd = get_state_dict(model, optimizer)
-    dcp.save({"model": msd, "optim": {"state": osd["state"]}},
-             storage_writer=FileSystemWriter(str(path), sync_files=True, overwrite=True))
+    dcp.save({"model": msd, "optim": {"state": osd["state"]}}, storage_writer=dcp_writer(path))
     return _jsonable_groups(osd["param_groups"])
 
 
@@ -354,7 +337,7 @@ def load_dcp(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, gro
 
     msd, osd = get_state_dict(model, optimizer)
     sd = {"model": msd, "optim": {"state": osd["state"]}}
-    dcp.load(sd, storage_reader=_safe_reader(path), planner=_tensor_planner(path))
+    dcp.load(sd, storage_reader=dcp_reader(path), planner=_tensor_planner(path))
     set_state_dict(model, optimizer, model_state_dict=sd["model"],
                    optim_state_dict={"state": sd["optim"]["state"], "param_groups": _groups_from_json(groups)})
 
