@@ -116,9 +116,14 @@ def read_texts(source: Any, *, text_column: str = "text") -> list[str]:
 
 
 # ---- tokenising and packing -------------------------------------------------------------------
-def load_tokenizer(path: str | os.PathLike) -> Any:
-    """The tokenizer saved in a model folder (``tokenizer.json``; no remote code, no hub)."""
+def load_tokenizer(path: str | os.PathLike, *, gguf_cache: str | os.PathLike | None = None) -> Any:
+    """The tokenizer saved in a model folder (``tokenizer.json``; no remote code, no hub), or the one
+    of a ``.gguf`` parent (its dequantized cache folder, see :func:`puzzlekit.model.gguf.resolve_parent_path`)."""
     path = Path(path)
+    if path.suffix.lower() == ".gguf" or (path.is_dir() and any(path.glob("*.gguf"))):
+        from .model.gguf import resolve_parent_path
+
+        path = resolve_parent_path(path, gguf_cache=gguf_cache)
     if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
         raise DataError(f"{path}: no tokenizer.json here; give the parent's model folder (it must hold its tokenizer)")
     from transformers import AutoTokenizer

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_parent_device_args, load_parent_from_args, print_json
+from .common import add_parent_device_args, load_parent_from_args, print_json, resolve_parent_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("score", help="replace-1-block scoring (KL, LM loss, cosine, top-k) of a run's library")
     p.add_argument("--run", required=True, metavar="RUN_DIR", help="run directory with library.json and tokens.npz")
-    p.add_argument("--parent", required=True, metavar="MODEL_DIR")
+    p.add_argument("--parent", required=True, metavar="MODEL_DIR|FILE.gguf",
+                   help="the parent's model folder, or a .gguf file (dequantized once into RUN/parent)")
     p.add_argument("--eval-sequences", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--validate", type=int, default=0, metavar="N",
@@ -38,6 +39,7 @@ def run(args: argparse.Namespace) -> int:
     rd = RunDir(run_dir)
     data = TokenData.load(run_dir / "tokens.npz")
     lib = BlockLibrary.load(run_dir / "library.json")
+    args.parent = resolve_parent_arg(args.parent, run_dir)
     parent = load_parent_from_args(args)
     from .._dist import setup
 

