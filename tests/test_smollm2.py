@@ -48,16 +48,14 @@ def test_real_parent_shape_and_logits_equal_transformers_llama(parent, smollm2_p
         torch.testing.assert_close(parent(ids).logits, ref(ids).logits, atol=1e-4, rtol=1e-4)
 
 
-def test_real_parent_chats_with_its_template(parent, smollm2_path):
+def test_real_parent_tokenizer_has_its_chat_template(smollm2_path):
     from puzzlekit.data import load_tokenizer
 
     tok = load_tokenizer(smollm2_path)
-    assert len(tok) == 49152 and tok.chat_template and "<|im_start|>" in tok.chat_template
-    ids = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
-                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
-    out = parent.generate(ids, max_new_tokens=10, do_sample=False, eos_token_id=tok.eos_token_id,
-                          pad_token_id=tok.eos_token_id)
-    assert "Paris" in tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+    assert len(tok) == 49152 and tok.eos_token == "<|im_end|>"
+    text = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                   add_generation_prompt=True, tokenize=False)
+    assert text.endswith("<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n")
 
 
 @pytest.mark.slow
@@ -75,3 +73,16 @@ def test_real_parent_equals_transformers_gguf_loader(parent, smollm2_path):
     ids = torch.randint(0, 49152, (2, 64), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         assert torch.equal(parent(ids).logits, ref(ids).logits)
+
+
+def test_batched_greedy_answers_equal_one_at_a_time(parent, smollm2_path):
+    """It answers "What is the capital of France?" with Paris; left-padded batches give the answers of
+    unpadded one-prompt generation (prompts of different lengths)."""
+    from puzzlekit.data import load_tokenizer
+    from puzzlekit.eval import CHAT_PROMPTS, greedy_answers
+
+    tok = load_tokenizer(smollm2_path)
+    prompts = [CHAT_PROMPTS[0], CHAT_PROMPTS[5], CHAT_PROMPTS[10]]
+    batched = greedy_answers(parent, tok, prompts, max_new_tokens=8, batch_size=3)
+    assert batched == [greedy_answers(parent, tok, [p], max_new_tokens=8)[0] for p in prompts]
+    assert "Paris" in tok.decode(batched[0])
