@@ -86,3 +86,47 @@ def test_batched_greedy_answers_equal_one_at_a_time(parent, smollm2_path):
     batched = greedy_answers(parent, tok, prompts, max_new_tokens=8, batch_size=3)
     assert batched == [greedy_answers(parent, tok, [p], max_new_tokens=8)[0] for p in prompts]
     assert "Paris" in tok.decode(batched[0])
+
+
+@pytest.mark.slow
+def test_real_parent_through_bld_scoring_assembly_and_gkd(parent, smollm2_path, tmp_path):
+    """The tied-embedding, 49K-vocabulary parent through every library stage, on a small budget:
+    BLD (2 layers), replace-1-block scoring, assembly from the trained blocks, GKD, save and reload."""
+    from puzzlekit.bld import BLDConfig, default_search_space, run_bld
+    from puzzlekit.corpus import build_domain_data, two_domain_documents
+    from puzzlekit.data import load_tokenizer
+    from puzzlekit.distill import DistillConfig, distill
+    from puzzlekit.eval import ParentReference, evaluate_model
+    from puzzlekit.model import assemble, load_parent, save_model
+    from puzzlekit.scoring import score_library
+
+    tok = load_tokenizer(smollm2_path)
+    dd = build_domain_data(two_domain_documents(), tok, seq_len=64, train_tokens=2048, valid_tokens=512,
+                           test_tokens=256)
+    data = dd.token_data()
+    spec = parent.config.parent_spec
+    space = default_search_space(spec, ffn_fractions=(1.0, 0.5), layers=(27, 28))
+    lib = run_bld(parent, data, tmp_path / "run", space, BLDConfig(tokens=512, batch_size=4, eval_sequences=2),
+                  progress=False)
+    for c in lib.candidates:
+        if c.first in (27, 28) and c.block.ffn.intermediate_size == 768:
+            assert c.metrics["bld_nmse_ffn"] < c.metrics["bld_nmse_ffn_init"]  # trained
+    score_library(parent, lib, data, tmp_path / "run", eval_sequences=4, batch_size=4, progress=False)
+    choice = []
+    for li, cands in enumerate(lib.layer_table()):
+        pick = [i for i in cands if lib.candidates[i].block.ffn.intermediate_size == 768] if li in (27, 28) else cands
+        choice.append(pick[0])
+    child = assemble(parent, None, lib, choice)
+    assert child.config.tie_word_embeddings and child.lm_head.weight is child.model.embed_tokens.weight
+    ref = ParentReference.build(parent, {k: v[:2] for k, v in dd.test.items()})
+    before = evaluate_model(child, ref)
+    distill(child, parent, data.torch("train"), DistillConfig(max_steps=3, batch_size=2, learning_rate=1e-4,
+                                                              mixed_precision="no", log_every=0))
+    after = evaluate_model(child, ref)
+    assert all(0 < after[d]["kl"] < 5 and after[d]["top1_agree"] > 0.3 for d in after), (before, after)
+    out = save_model(child, tmp_path / "child", tokenizer_from=tmp_path / "run" / "parent"
+                     if (tmp_path / "run" / "parent").exists() else None)
+    back = load_parent(out)
+    ids = torch.from_numpy(dd.test["python"][:1])
+    with torch.no_grad():
+        torch.testing.assert_close(back(ids).logits, child(ids).logits)
