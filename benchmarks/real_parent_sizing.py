@@ -23,10 +23,12 @@ how many scoring tokens the replace-1-block KL needs.
   25 %, none}: the pair's KL against the attention variant's KL (parent FFN) + the FFN variant's KL
   (parent attention) -- what scoring m + n sub-blocks instead of m x n pairs would predict.
 
+Times are this process's CPU seconds (``time.process_time``; run with ``--threads 1``, the default): on
+a shared machine wall time grows with other jobs' load, CPU time much less.  A two-core run splits
+BLD units and scoring layers over 2 processes (torchrun, gloo), about 1.8x (``docs/bld.md``).
 Candidates are initialised from the parent (not BLD-trained): costs do not depend on training, KL
 spreads are an upper bound of trained ones.  Text: :mod:`puzzlekit.corpus` (Shakespeare + the Python
-standard library), ``valid`` rows.  Timings print the load average: on a shared machine they scale
-with it, ratios much less.
+standard library), ``valid`` rows.  The load average is printed with each result.
 """
 
 from __future__ import annotations
@@ -67,8 +69,15 @@ def _widths(spec, fracs):
     return [max(8, 8 * round(spec.intermediate_size * f / 8)) for f in fracs]
 
 
+def now() -> float:
+    """This process's CPU time: with 1 thread it is the wall time a quiet core would take, and other jobs
+    on shared cores (time slicing) do not inflate it as they inflate wall time."""
+    return time.process_time()
+
+
 def _load() -> str:
-    return "load %.1f/%.1f/%.1f" % os.getloadavg()
+    a, b, c = os.getloadavg()
+    return f"load {a:.1f}/{b:.1f}/{c:.1f}"
 
 
 # ---- BLD ---------------------------------------------------------------------------------------------
@@ -82,10 +91,10 @@ def part_bld(parent, dd, args) -> dict:
     L = spec.num_hidden_layers
     t = []
     for _ in range(4):
-        t0 = time.perf_counter()
+        t0 = now()
         with torch.no_grad():
             pe, acts = parent_activations(parent, ids, list(range(L)))
-        t.append(time.perf_counter() - t0)
+        t.append(now() - t0)
     t_parent = statistics.median(t[1:])
     li = args.layer
     player = parent.model.layers[li]
@@ -105,14 +114,14 @@ def part_bld(parent, dd, args) -> dict:
         opt = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
         ts = []
         for _ in range(4):
-            t0 = time.perf_counter()
+            t0 = now()
             lb = LayerBatch(player, acts[li], pe, FrozenFFN(player) if kind == "attn" else None)
             loss = lb.loss(unit_output(kind, m, lb))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
             opt.step()
-            ts.append(time.perf_counter() - t0)
+            ts.append(now() - t0)
         key = f"{kind}:{block.attention.short() if kind == 'attn' else block.ffn.short()}"
         per[key] = statistics.median(ts[1:])
         print(f"  unit {key:14s} {per[key] * 1000:7.1f} ms / step", flush=True)
@@ -151,18 +160,18 @@ def _bld_check(parent, dd, args, t_parent: float, per: dict) -> dict:
     lg.addHandler(h)
     lg.setLevel(logging.INFO)
     with tempfile.TemporaryDirectory() as d:
-        t0 = time.perf_counter()
+        t0 = now()
         run_bld(parent, dd.token_data(), d, space, BLDConfig(tokens=3 * args.batch * SEQ, batch_size=args.batch,
                                                              eval_sequences=2), progress=False)
-        whole = time.perf_counter() - t0
+        whole = now() - t0
     lg.removeHandler(h)
-    loop = loops[0]["seconds"]
+    loop = loops[0]["cpu_seconds"]
     with torch.no_grad():
         from puzzlekit.bld.engine import parent_activations
 
-        t0 = time.perf_counter()
+        t0 = now()
         parent_activations(parent, torch.from_numpy(dd.train[: args.batch]), [15])
-        t16 = time.perf_counter() - t0
+        t16 = now() - t0
     pred = 3 * (t16 + 2 * sum(per.values()))
     print(f"check: run_bld layers 14-15, {loops[0]['units']} units, 3 steps: loop {loop:.1f} s vs predicted "
           f"{pred:.1f} s; whole run {whole:.1f} s", flush=True)
@@ -194,9 +203,9 @@ def part_scoring(parent, dd, args) -> dict:
     for li in (0, 15, 29):
         lib = _pair_library(spec, [li], attn, ffn)
         n = sum(1 for c in lib.candidates if c.first == li and c.block != spec.parent_block())
-        t0 = time.perf_counter()
+        t0 = now()
         score_library(parent, lib, rows, None, eval_sequences=len(rows), batch_size=8, progress=False, save=False)
-        secs = time.perf_counter() - t0
+        secs = now() - t0
         out[li] = {"candidates": n, "seconds": secs, "per_candidate_s": secs / n}
         print(f"scoring layer {li:2d}: {n} candidates on {rows.numel()} tokens in {secs:.1f} s "
               f"({secs / n:.2f} s each; {_load()})", flush=True)
@@ -255,9 +264,9 @@ def part_variance(parent, dd, args) -> dict:
                   BlockConfig(pb.attention, FFNConfig.swiglu(1152))):
             cands.append((li, init_child_layer(parent.model.layers[li], b, calib_inputs=hs[li], position_embeddings=pe)))
             names.append(f"L{li}/{b.key}")
-    t0 = time.perf_counter()
+    t0 = now()
     kl = per_sequence_kl(parent, rows, cands)
-    secs = time.perf_counter() - t0
+    secs = now() - t0
     n_all = kl.shape[1]
     mean = kl.mean(1)
     rse = {n: float(np.median(kl.std(1, ddof=1) / np.sqrt(n) / mean)) for n in (1, 2, 4, 8, 16, 32) if n <= n_all}
@@ -300,9 +309,9 @@ def part_decoupled(parent, dd, args) -> dict:
                     continue
                 cands.append((li, init_child_layer(parent.model.layers[li], b, calib_inputs=hs[li], position_embeddings=pe)))
                 keys.append((li, a, f))
-    t0 = time.perf_counter()
+    t0 = now()
     kl = per_sequence_kl(parent, rows, cands).mean(1)
-    secs = time.perf_counter() - t0
+    secs = now() - t0
     val = {k: float(v) for k, v in zip(keys, kl)}
     pred, real, per_layer = [], [], {}
     for li in layers:
@@ -327,7 +336,7 @@ def part_decoupled(parent, dd, args) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--part", choices=["bld", "scoring", "variance", "decoupled", "all"], default="all")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=8, help="BLD batch (sequences of 256)")
     ap.add_argument("--layer", type=int, default=15, help="BLD: the layer whose units are timed")
     ap.add_argument("--check-run", action="store_true", help="BLD: also time a real run_bld on layers 14-15")
