@@ -222,9 +222,10 @@ def test_cli_commands_take_a_gguf_parent(tmp_path, capsys, monkeypatch):
     assert main(["build-library", *common, "--data", str(text), "--run", str(run), "--tokens", "128",
                  "--batch-size", "2", "--seq-len", "32", "--ffn-fractions", "0.5"]) == 0
     assert (run / "parent" / "gguf_source.json").is_file() and (run / "parent" / "tokenizer.json").is_file()
-    assert main(["score", "--run", str(run), *common, "--eval-sequences", "2"]) == 0
+    assert main(["score", "--run", str(run), *common, "--eval-sequences", "2", "--decoupled"]) == 0
     lib = json.loads((run / "library.json").read_text())
     assert all("kl_div" in c["metrics"] for c in lib["candidates"])
+    assert any(c["metrics"].get("composed") for c in lib["candidates"])
     capsys.readouterr()
     assert main(["inspect", str(f), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["num_layers"] == 2

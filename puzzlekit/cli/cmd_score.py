@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ref-memory-gb", type=float, default=None, metavar="GIB",
                    help="bound on the kept parent passes (layer inputs, log-probs); above it the log-probs are "
                         "recomputed per layer (default: half the GPU's free memory; unbounded on the CPU)")
+    p.add_argument("--decoupled", action="store_true",
+                   help="score only the pairs keeping the parent's attention or FFN; give the others the sum of "
+                        "their two parts (m + n passes per layer instead of m x n)")
     add_parent_device_args(p)
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true")
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     if rank == 0:
         rd.set_stage("score", State.RUNNING)
     score_library(parent, lib, data, rd, eval_sequences=args.eval_sequences, batch_size=args.batch_size,
-                  ref_memory_gb=args.ref_memory_gb,
+                  ref_memory_gb=args.ref_memory_gb, decoupled=args.decoupled,
                   progress=not args.no_progress and not args.json and rank == 0)
     if rank != 0:  # process 0 validates, records the stage and reports
         return 0
