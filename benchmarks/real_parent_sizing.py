@@ -5,6 +5,7 @@ how many scoring tokens the replace-1-block KL needs.
     python benchmarks/real_parent_sizing.py --part scoring      # seconds per scored candidate vs its layer
     python benchmarks/real_parent_sizing.py --part variance     # KL's spread over sequences; ranking vs tokens
     python benchmarks/real_parent_sizing.py --part decoupled    # pair KL vs attention KL + FFN KL
+    python benchmarks/real_parent_sizing.py --part heal         # GKD step, evaluation, chat, whole-model timing
     python benchmarks/real_parent_sizing.py --part all --json sizing.json
 
 * ``bld``: one parent pass (no grad, all 30 layers, ``--batch`` x 256 tokens) and one training step of
@@ -333,9 +334,53 @@ def part_decoupled(parent, dd, args) -> dict:
                       for (li, a, f) in keys], "tokens": int(rows.numel()), "seconds": secs, "load": _load()}
 
 
+def part_heal(parent, dd, args) -> dict:
+    """GKD step of a ~2x child, evaluation per 1K held-out tokens, 30 chat answers, one whole-model timing."""
+    from puzzlekit.profilers.measured import measure_model
+
+    from puzzlekit.architecture import Architecture, Scenario
+    from puzzlekit.data import load_tokenizer
+    from puzzlekit.distill import DistillConfig, distill
+    from puzzlekit.eval import ParentReference, evaluate_model, greedy_answers
+    from puzzlekit.fetch import smollm2_gguf
+    from puzzlekit.model import assemble
+
+    spec = parent.config.parent_spec
+    pb = spec.parent_block()
+    blocks = [BlockConfig(AttentionConfig.make_no_op() if i % 3 == 1 else pb.attention,
+                          FFNConfig.swiglu(768 if i % 2 else 384)) for i in range(spec.num_hidden_layers)]
+    child = assemble(parent, Architecture(spec, tuple(blocks)))
+    train = torch.from_numpy(dd.train)
+    res: dict = {"load": _load()}
+    for b in (2, 4):
+        t0 = now()
+        distill(child, parent, train, DistillConfig(max_steps=3, batch_size=b, learning_rate=1e-5, mixed_precision="no",
+                                                    log_every=0))
+        res[f"gkd_step_s_batch{b}"] = (now() - t0) / 3
+    ref_rows = {"python": dd.valid[:4]}
+    t0 = now()
+    ref = ParentReference.build(parent, ref_rows, batch_size=4)
+    res["parent_reference_s_per_1k_tokens"] = (now() - t0) / 1.024
+    t0 = now()
+    evaluate_model(child, ref)
+    res["evaluate_child_s_per_1k_tokens"] = (now() - t0) / 1.024
+    tok = load_tokenizer(smollm2_gguf())
+    for name, m in (("parent", parent), ("child", child)):
+        t0 = now()
+        greedy_answers(m, tok, max_new_tokens=16, batch_size=8)
+        res[f"chat30_{name}_s"] = now() - t0
+    for sc in (Scenario("local-cpu", "fp32", 1, 128, 16), Scenario("local-cpu", "fp32", 4, 128, 32)):
+        t0 = now()
+        tm = measure_model(parent, sc, threads=args.threads, repeats=3, warmup=1)
+        res[f"measure_parent_{sc.batch}x{sc.prefill}+{sc.decode}"] = {"cost_s": now() - t0, "runtime_ms": tm.runtime_ms}
+    print("heal/eval: " + ", ".join(f"{k} {v if isinstance(v, (str, dict)) else round(v, 2)}" for k, v in res.items()),
+          flush=True)
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--part", choices=["bld", "scoring", "variance", "decoupled", "all"], default="all")
+    ap.add_argument("--part", choices=["bld", "scoring", "variance", "decoupled", "heal", "all"], default="all")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--batch", type=int, default=8, help="BLD batch (sequences of 256)")
     ap.add_argument("--layer", type=int, default=15, help="BLD: the layer whose units are timed")
@@ -347,7 +392,7 @@ def main() -> None:
     args = ap.parse_args()
     parent, dd = setup(args)
     print(f"SmolLM2-135M-Instruct, {args.threads} thread(s), {_load()}", flush=True)
-    parts = ["bld", "scoring", "variance", "decoupled"] if args.part == "all" else [args.part]
+    parts = ["bld", "scoring", "variance", "decoupled", "heal"] if args.part == "all" else [args.part]
     res = {"threads": args.threads}
     for p in parts:
         res[p] = globals()[f"part_{p}"](parent, dd, args)

@@ -30,6 +30,15 @@ from puzzlekit.model.gguf import (  # noqa: E402
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models: a second thread only waits on shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
     """llama.cpp ``convert_hf_to_gguf.py`` ``LlamaModel.permute`` (rows of Q / K for its RoPE layout)."""
     return w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
@@ -220,7 +229,7 @@ def test_cli_commands_take_a_gguf_parent(tmp_path, capsys, monkeypatch):
     run = tmp_path / "run"
     common = ["--parent", str(f), "--no-progress", "--json"]
     assert main(["build-library", *common, "--data", str(text), "--run", str(run), "--tokens", "128",
-                 "--batch-size", "2", "--seq-len", "32", "--ffn-fractions", "0.5"]) == 0
+                 "--batch-size", "2", "--seq-len", "32", "--ffn-fractions", "1,0.5"]) == 0
     assert (run / "parent" / "gguf_source.json").is_file() and (run / "parent" / "tokenizer.json").is_file()
     assert main(["score", "--run", str(run), *common, "--eval-sequences", "2", "--decoupled"]) == 0
     lib = json.loads((run / "library.json").read_text())
