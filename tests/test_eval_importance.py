@@ -53,7 +53,16 @@ def test_a_removed_attention_has_zero_importance(tiny):
     child = assemble(tiny, type(arch)(arch.parent, tuple(blocks)))
     imp = layer_importance(child, torch.randint(0, 128, (2, 10)))
     assert imp.attention[2] == 0 and imp.attention[1] > 0
-    assert LayerImportance.from_dict(imp.to_dict()).order("attention")[0] == 2
+    back = LayerImportance.from_dict(imp.to_dict())
+    assert back.order("attention")[0] == 2
+    spec = tiny.config.parent_spec
+    short = back.removed(spec, 2)  # ShortGPT: the 2 lowest-BI layers go entirely
+    gone = [i for i, b in enumerate(short.blocks) if b.attention.no_op and b.ffn.no_op]
+    assert gone == sorted(back.order()[:2])
+    att = back.removed(spec, 1, "attention").blocks
+    assert att[2].attention.no_op and not att[2].ffn.no_op and sum(b.attention.no_op for b in att) == 1
+    with pytest.raises(ConfigError, match="k=9"):
+        back.removed(spec, 9)
 
 
 def test_evaluate_model_against_a_direct_computation(tiny):

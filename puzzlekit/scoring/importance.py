@@ -25,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..blocks import BlockConfig
 from ..errors import ConfigError
 
 __all__ = ["LayerImportance", "layer_importance"]
@@ -50,6 +51,23 @@ class LayerImportance:
         """Layer indices, least important first (ties: the later layer first), without ``exclude``."""
         s = self.scores(kind)
         return [int(i) for i in sorted(range(len(s)), key=lambda i: (s[i], -i)) if i not in exclude]
+
+    def removed(self, spec: Any, k: int, kind: str = "block") -> Any:
+        """The parent's :class:`~puzzlekit.Architecture` with its ``k`` least important layers removed
+        (``kind="block"``: attention and FFN, ShortGPT) or only their attention (``"attention"``) or FFN
+        (``"ffn"``) replaced by a no-op."""
+        from ..architecture import Architecture
+        from ..blocks import AttentionConfig, FFNConfig
+
+        L = len(self.block)
+        if spec.num_hidden_layers != L or not 0 <= k <= L:
+            raise ConfigError(f"removed: k={k} must be in 0..{L} and the spec must have {L} layers")
+        pb = spec.parent_block()
+        drop = set(self.order(kind)[:k])
+        att = AttentionConfig.make_no_op() if kind in ("block", "attention") else pb.attention
+        ffn = FFNConfig.make_no_op() if kind in ("block", "ffn") else pb.ffn
+        return Architecture(spec, tuple(BlockConfig(att if i in drop else pb.attention, ffn if i in drop else pb.ffn)
+                                        for i in range(L)))
 
     def to_dict(self) -> dict[str, Any]:
         return {"block": self.block.tolist(), "attention": self.attention.tolist(), "ffn": self.ffn.tolist(),
