@@ -160,6 +160,10 @@ def test_cli_run_dry_run_and_errors(tmp_path, capsys):
     assert main(["run", "demo-tiny", "--dry-run", "--out", str(tmp_path / "d")]) == 0
     out = capsys.readouterr().out
     assert "parent" in out and "would run" in out and "report" in out
+    assert main(["run", "demo", "--fast", "--dry-run", "--json", "--out", str(tmp_path / "d")]) == 0
+    assert json.loads(capsys.readouterr().out)["name"] == "demo-fast"
+    assert main(["run", "ln-ultra", "--fast", "--dry-run", "--out", str(tmp_path / "d")]) == 2
+    assert "no preset 'ln-ultra-fast'" in capsys.readouterr().err
     assert main(["run", "no-such-preset", "--out", str(tmp_path / "d")]) == 2
     assert "no such preset" in capsys.readouterr().err
     assert main(["run", "ln-super-tiny", "bld.tokenz=3", "--dry-run", "--out", str(tmp_path / "d")]) == 2

@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="config overrides, e.g. heal.tokens=8192 parent.source=/models/llama data.text=corpus/")
     p.add_argument("--stage", default="all", metavar="NAME",
                    help="one stage (its inputs must be complete), or all (default: every configured stage in order)")
+    p.add_argument("--fast", action="store_true", help="the preset's CI-sized variant (demo --fast: demo-fast)")
+    p.add_argument("--tiny", action="store_true", help="the preset's test-sized variant (ln-super --tiny: ln-super-tiny)")
     p.add_argument("--dry-run", action="store_true",
                    help="show what would run (and, for a deployment search, plan it at real scale: plan.json)")
     p.add_argument("--out", default=None, metavar="DIR", help="run directory (default: the config's output_dir)")
@@ -48,10 +50,27 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
     return over
 
 
+def preset_variant(args: argparse.Namespace) -> str:
+    """``args.config``, or its ``-fast`` / ``-tiny`` preset with ``--fast`` / ``--tiny``."""
+    from ..errors import PuzzlekitError
+    from ..pipeline.config import PRESETS
+
+    flags = [v for v in ("fast", "tiny") if getattr(args, v, False)]
+    if not flags:
+        return args.config
+    if len(flags) > 1:
+        raise PuzzlekitError("--fast and --tiny: give one of them")
+    name = f"{args.config}-{flags[0]}"
+    if name not in PRESETS:
+        raise PuzzlekitError(f"--{flags[0]}: there is no preset {name!r} (presets: {', '.join(PRESETS)})")
+    return name
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import pipeline
     from ..pipeline.stages.report import summary_lines
 
+    args.config = preset_variant(args)
     over = overrides_from_args(args)
     if not args.json:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
