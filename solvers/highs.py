@@ -134,9 +134,8 @@ def _run_once(problem: Any, options: SolveOptions, stop: Any, rows: tuple | None
             if stop.is_set():
                 e.interrupt()
 
-        h.cbMipInterrupt += interrupt
-        h.cbSimplexInterrupt += interrupt
-        h.cbIpmInterrupt += interrupt
+        h.cbMipInterrupt += interrupt  # (polled a few times a second; the LP ones far more often, each
+        # taking the GIL from the racing thread: they slowed HiGHS several times over)
     h.run()
     ms = h.getModelStatus()
     M = highspy.HighsModelStatus
