@@ -5,10 +5,13 @@ positions; every answer it gives is a proven optimum of the float problem, budge
 relative).  The programme wins by far on libraries shaped like NVIDIA's (costs shared across layers),
 and can lose by far where every layer's costs differ (measured runtimes with noise, a heterogeneous
 parent, several budgets): its states then multiply.  So that the default never loses by more than a
-little to HiGHS, three things guard it:
+little to HiGHS, four things guard it:
 
 * **a quick infeasibility proof**: the LP relaxation (solved anyway for the multipliers) is checked
   first; an infeasible LP proves the problem infeasible in milliseconds;
+* **a hand-over without an incumbent**: when neither the presolve nor the first beam pass finds a
+  feasible architecture (nearly infeasible: the programme has no target to prune by), HiGHS solves it
+  alone at once;
 * **an early estimate of a blow-up**: a proof pass whose states, extrapolated linearly over the
   remaining layers, would pass ``max_states`` gives up at once (not after millions of states);
 * **a race**: after ``race_delay`` seconds (0.05 by default; the programme finishes most problems of
