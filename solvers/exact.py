@@ -24,8 +24,8 @@ little to HiGHS, four things guard it:
 The returned :class:`~puzzlekit.search.Solution` names the solver that proved it (``puzzlekit-exact``
 or ``highs``); ``info["race"]`` says who won and ``info["fallback"]`` why the programme stopped.
 ``extra`` options: ``max_states`` (default 3,000,000), ``beam`` (default 300), ``race_delay``
-(seconds, default 0.05), ``race`` (False: no HiGHS thread; the programme alone, then HiGHS after it
-gives up).  A nonzero ``mip_gap`` goes to HiGHS directly.
+(seconds, default 0.05), ``race`` (False: no HiGHS thread and no hand-over without an incumbent: the
+programme alone, then HiGHS only after it gives up past ``max_states`` or half the time limit).  A nonzero ``mip_gap`` goes to HiGHS directly.
 """
 
 from __future__ import annotations
@@ -150,7 +150,7 @@ class ExactBackend(Backend):
             except LPInfeasible:
                 return problem.make_solution(None, Status.INFEASIBLE, solver=self.name, seconds=time.perf_counter() - t0,
                                              info={"exact_reason": "the LP relaxation is infeasible"})
-        if options.hints.get("presolve_incumbent") is False and G.shape[0] > 1:
+        if race and options.hints.get("presolve_incumbent") is False and G.shape[0] > 1:
             # the presolve's Lagrangian covers and swaps found nothing feasible: (nearly) infeasible, where
             # the programme has no target to prune by and HiGHS' branching proves fastest
             return done(solve_highs(problem, hopts), {"race": "HiGHS alone (no feasible incumbent: nearly "
@@ -163,7 +163,7 @@ class ExactBackend(Backend):
             r = solve_exact(problem, incumbent=options.warm_start, beam=beam, max_states=max_states,
                             time_limit=share, lower_bound=options.hints.get("lower_bound"),
                             lp_duals=lp, stop=proved,
-                            on_hard=(lambda why: why.startswith("the beam")) if runner is None else runner.start_now)
+                            on_hard=None if runner is None else runner.start_now)
         except BaseException:
             if runner is not None:
                 runner.stop(wait=True)

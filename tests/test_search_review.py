@@ -149,10 +149,9 @@ def test_default_hands_over_when_the_programme_would_blow_up():
 
 def test_race_stops_the_loser_cleanly():
     import threading
+    import time
 
     from puzzlekit.search.families import family_problem
-
-    import time
 
     def races():
         return [t for t in threading.enumerate() if t.name == "puzzlekit-highs-race"]
@@ -214,20 +213,14 @@ def test_multi_budget_pareto_front_is_exact(seed):
 
 
 def test_multi_budget_pareto_front_on_nvidia_matches_single_solves(nvlabs_library):
-    import time
-
+    # (its speed against the loop of single solves is measured in benchmarks/solvers.py --pareto)
     b = {"runtime_ms": 51200}
-    t = time.perf_counter()
     front = pareto_front(nvlabs_library, "kl_div", "memory_mib", b, low=79900, high=80000)
-    t_front = time.perf_counter() - t
     assert len(front) >= 5 and all(s.status is Status.OPTIMAL for s in front)
     costs = [s.costs["memory_mib"] for s in front]
     assert costs == sorted(costs, reverse=True) and costs[0] <= 80000
     objs = [s.objective for s in front]
     assert all(a < b for a, b in zip(objs, objs[1:]))  # less memory, strictly worse
-    t = time.perf_counter()
     for s in front:  # each point is the optimum at its own cost (a loop of single solves)
         one = search(nvlabs_library, "kl_div", {**b, "memory_mib": s.costs["memory_mib"]})
         assert abs(one.objective - s.objective) < 1e-9
-    t_loop = time.perf_counter() - t
-    assert t_front < t_loop  # measured in the benchmark: several times faster

@@ -240,12 +240,13 @@ def _pareto_on_row(keys: np.ndarray, Ob: np.ndarray, r: int, idx: np.ndarray) ->
 
 
 _PAIRS = 1 << 20  # (state, candidate) pairs expanded at once
+_LAZY = 50_000  # states a proof may use before the resource tables are built
 _TABLE_BYTES = 96 << 20  # the bucketed resource tables together
 
 
 def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: list[tuple[np.ndarray, np.ndarray]],
          minrest: np.ndarray, target: float, beam: int | None, limits: _Limits, counts: list[tuple] = (),
-         ) -> tuple[np.ndarray | None, float, int]:
+         collect: list | None = None) -> tuple[np.ndarray | None, float, int]:
     """One pass of the programme; returns ``(chosen, value, states kept)``; raises _GaveUp."""
     L, m = problem.num_layers, G.shape[0]
     c = problem.c
@@ -333,10 +334,16 @@ def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: l
                     pend[q].append((NU, NO, si + a0, Jq[jj]))
     if back[L] is None or Ob.size == 0:
         return None, math.inf, total
+    if collect is not None:  # every final state (row activities, objective) and the back pointers
+        collect.append((U, Ob, back))
     i = int(np.argmin(Ob))
-    val = float(Ob[i])
+    return trace(problem, back, i), float(Ob[i]), total
+
+
+def trace(problem: Problem, back: list, i: int) -> np.ndarray:
+    """The candidates of final state ``i`` (through the back pointers of a pass)."""
     chosen = []
-    q = L
+    q = problem.num_layers
     while q > 0:
         pi, cj = back[q]
         j = int(cj[i])
@@ -344,7 +351,7 @@ def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: l
         i = int(pi[i])
         q = int(problem.first[j])
     chosen.reverse()
-    return np.array(chosen, dtype=np.int64), val, total
+    return np.array(chosen, dtype=np.int64)
 
 
 
@@ -361,6 +368,7 @@ def solve_exact(
     on_hard: Any = None,
     cache: dict | None = None,
     step: float | None = None,
+    collect_below: float | None = None,
 ) -> ExactResult:
     """The proven optimum of ``problem`` by the Lagrangian-pruned programme (see the module docstring).
 
@@ -375,7 +383,10 @@ def solve_exact(
     returns True the programme gives up at once (the caller hands the problem over).  ``cache`` (a dict
     the caller keeps) reuses the resource tables across problems that differ only in smaller budgets.
     ``step`` (with ``lower_bound``): first try proofs at ``lower_bound + step·4^k``, k = 0..2, before the
-    beam (the optimum is expected just above the bound).  Returns status
+    beam (the optimum is expected just above the bound).  ``collect_below`` (minimisation form): no
+    search for the optimum; one pass keeps every state that can reach an objective at most this, and
+    ``info["final"]`` holds the final states ``(activities, objectives, back pointers)`` (status
+    ``"collected"``; :func:`trace` gives a state's candidates): what a Pareto front needs.  Returns status
     ``"optimal"``, ``"infeasible"`` (proven: no state reaches the last layer) or
     ``"gave_up"`` (more than ``max_states`` states, or a proof pass projected past them; ``time_limit``
     seconds passed; or ``stop``), with the best feasible architecture seen and the Lagrangian lower bound.
@@ -404,9 +415,22 @@ def solve_exact(
         lb = max(lb, float(lower_bound) - 1e-12 * (1.0 + abs(lower_bound)))
     res.lower_bound = lb
     bounds = [(np.zeros(m), paths.backward(c))] + [(lam, paths.backward(c + lam @ G)) for lam in lams]
-    counts = _resource_tables(problem, G, h, tolh, lams, cache=cache)
-    res.info["resource_tables"] = len(counts)
+    # the resource tables cost about n x 8192 operations per row and multiplier set: built only when a proof
+    # needs more than _LAZY states without them (most do not), or when the caller's cache already has them
+    counts: list[tuple] | None = _resource_tables(problem, G, h, tolh, lams, cache=cache) if cache else None
+    lazy = _Limits(min(max_states, _LAZY), limits.deadline, stop)
     ub, x_inc = math.inf, None
+
+    def prove(target: float) -> tuple[np.ndarray | None, float, int]:
+        nonlocal counts
+        if counts is None:
+            try:
+                return _run(problem, G, h, paths, bounds, minrest, target, None, lazy, [])
+            except _GaveUp as e:
+                if not str(e).startswith(("more than", "projected")):
+                    raise
+            counts = _resource_tables(problem, G, h, tolh, lams, cache=cache)
+        return _run(problem, G, h, paths, bounds, minrest, target, None, limits, counts)
 
     def consider(x: np.ndarray | None) -> None:
         nonlocal ub, x_inc
@@ -429,6 +453,19 @@ def solve_exact(
                 consider(x)
                 break
     res.info["multipliers"] = len(lams)
+    if collect_below is not None:
+        buf: list = []
+        try:
+            res.states = _run(problem, G, h, paths, bounds, minrest, float(collect_below), None, limits,
+                              _resource_tables(problem, G, h, tolh, lams, cache=cache) if cache is not None else [],
+                              buf)[2]
+        except _GaveUp as e:
+            res.info["reason"] = str(e)
+            res.seconds = time.perf_counter() - t0
+            return res
+        res.status, res.seconds = "collected", time.perf_counter() - t0
+        res.info["final"] = buf[0] if buf else None
+        return res
     try:
         x, found = None, False
         if step is not None and step > 0 and math.isfinite(lb):
@@ -438,7 +475,7 @@ def solve_exact(
                 target = lb + step * 4.0**k
                 if target >= ub:
                     break
-                x, v, n = _run(problem, G, h, paths, bounds, minrest, target, None, limits, counts)
+                x, v, n = prove(target)
                 res.states += n
                 res.info["guesses"] = k + 1
                 if x is not None and v <= target + 1e-9 * (1.0 + abs(target)):
@@ -448,7 +485,7 @@ def solve_exact(
         width = beam
         for _ in range(0 if found else 3):
             t1 = time.perf_counter()
-            x, v, n = _run(problem, G, h, paths, bounds, minrest, ub, width, limits, counts)
+            x, v, n = _run(problem, G, h, paths, bounds, minrest, ub, width, limits, counts or [])
             res.states += n
             consider(x)
             res.info.setdefault("beam_seconds", 0.0)
@@ -468,7 +505,7 @@ def solve_exact(
         else:
             targets = [ub]
         for target in targets:
-            x, v, n = _run(problem, G, h, paths, bounds, minrest, target, None, limits, counts)
+            x, v, n = prove(target)
             res.states += n
             res.info["targets_tried"] = res.info.get("targets_tried", 0) + 1
             if x is not None and v <= target + 1e-9 * (1.0 + abs(target)):
@@ -482,6 +519,7 @@ def solve_exact(
         res.chosen, res.value = x, v
     elif x_inc is not None:
         res.chosen, res.value = x_inc, ub
+    res.info["resource_tables"] = len(counts or [])
     if res.chosen is None:
         res.status = "infeasible"
         res.info["reason"] = "no partial cover reaches the last layer within every row"
