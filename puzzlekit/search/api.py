@@ -465,7 +465,7 @@ def pareto_front(
     if high is None:
         problem = problem.with_budgets({cost: (None, least_values(problem)[cost][1])})
     use_dp = _one_budget_dp_ready(problem, i)
-    if not use_dp and solver is None:  # several budgets: one programme per point, sharing what they can
+    if not use_dp and solver is None:  # several budgets: windows of the exact programme (search.pareto)
         from .pareto import multi_budget_front
 
         return multi_budget_front(problem, cost, low=low, max_points=max_points)
