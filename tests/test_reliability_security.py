@@ -146,6 +146,7 @@ _JSON_ALLOWED = {
     "rundir.py": "journal lines, each one record written by this package",
     "bld/job.py": "the metadata string of a safetensors header (bounded by safetensors)",
     "post/data.py": "JSONL rows, read line by line, each line at most MAX_JSON_BYTES",
+    "_isolated.py": "the header and the answer exchanged with this package's own child interpreter (solvers/)",
     "corpus.py": "the metadata string of a DomainData .npz this package wrote (read with allow_pickle=False)",
 }
 
