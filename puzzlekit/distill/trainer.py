@@ -215,7 +215,7 @@ class _AccelerateBackend:
 
         state = self.acc.get_state_dict(model)  # every rank calls it (a collective under some wrappers)
         if self.is_main:
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+            save_file(_untied(state), str(tmp / "model.safetensors"))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         return {}
 
@@ -232,6 +232,20 @@ class _AccelerateBackend:
             raise UnsafeInputError(f"{ckpt / 'optimizer.pt'}: refused, not a plain tensor checkpoint ({e}); "
                                    "delete this checkpoint folder to resume from the previous one") from None
         optimizer.load_state_dict(opt_state)
+
+
+def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict with each tensor once: a tied weight (``lm_head.weight`` = ``model.embed_tokens.weight``)
+    shares the storage of the first name it appears under, which safetensors refuses to write twice; loading
+    (``strict=False``) restores it through that first name."""
+    out, seen = {}, set()
+    for k, v in state.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+        if key in seen:
+            continue
+        seen.add(key)
+        out[k] = v.detach().cpu().contiguous()
+    return out
 
 
 class _Single:
