@@ -5,6 +5,7 @@ Needs ``llama-cpp-python`` (``pip install 'puzzlekit[llamacpp]'``, a ~5-minute C
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -186,3 +187,46 @@ def test_smollm2_child_runs_in_llamacpp(tmp_path):
     assert (got.argmax(-1) == ref.argmax(-1)).mean() > 0.99
     llm = llama_cpp.Llama(str(path), n_ctx=64, vocab_only=True, verbose=False)
     assert llm.tokenize(text.encode(), add_bos=True, special=True) == ids
+
+
+# ---- profiling in llama.cpp ---------------------------------------------------------------------------
+
+
+def test_profile_engine_llamacpp_writes_a_library(tmp_path):
+    """``puzzlekit profile --engine llamacpp``: every served block costed from llama.cpp timings; the zero FFN
+    is charged to attention + removed FFN; blocks llama.cpp does not serve are dropped from the space."""
+    import contextlib
+    import io
+
+    from puzzlekit.profilers.llamacpp import ZERO_FFN_KEY
+
+    from puzzlekit import BlockLibrary
+    from puzzlekit.cli import main
+
+    cfg = tmp_path / "parent.json"
+    cfg.write_text(json.dumps({"model_type": "llama", "hidden_size": 64, "intermediate_size": 256,
+                               "num_attention_heads": 4, "num_key_value_heads": 2, "num_hidden_layers": 2,
+                               "vocab_size": 320, "max_position_embeddings": 128, "hidden_act": "silu"}))
+    space = tmp_path / "space.json"
+    space.write_text(json.dumps({"attention": ["gqa:2", "linear", "no_op"], "ffn": ["ffn:256", "linear", "no_op"]}))
+    out = tmp_path / "lib.json"
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        rc = main(["profile", str(cfg), "--engine", "llamacpp", "--dtype", "fp32", "--batch", "2", "--prefill", "8",
+                   "--decode", "2", "--space", str(space), "--copies", "1,3", "--repeats", "1", "-o", str(out)])
+    assert rc == 0, err.getvalue()
+    assert "3 block(s) of the space dropped" in err.getvalue()  # the linear FFN
+    lib = BlockLibrary.load(out)
+    (name,) = lib.scenarios
+    assert name == "llamacpp-cpu/fp32/b2/p8/d2/tp1"
+    costs = lib.costs[name]
+    assert {b.key for b in lib.blocks} == {f"attn={a}|ffn={f}" for a in ("gqa:2", "linear", "no_op")
+                                           for f in ("ffn:256", "no_op")}
+    sub = lib.meta["profiles"][name]["subblocks_ms"]
+    assert set(sub) == {"gqa:2", "linear", "ffn:256", ZERO_FFN_KEY}
+    assert costs["attn=no_op|ffn=no_op"]["runtime_ms"] == 0.0
+    zero = sub[ZERO_FFN_KEY]["prefill"] + sub[ZERO_FFN_KEY]["decode"]
+    gqa = sub["gqa:2"]["prefill"] + sub["gqa:2"]["decode"]
+    assert costs["attn=gqa:2|ffn=no_op"]["runtime_ms"] == pytest.approx(gqa + zero)
+    assert all(c["runtime_ms"] >= 0 for c in costs.values())
+    assert "runtime_ms" in lib.meta["non_block_costs"][name]

@@ -197,12 +197,13 @@ def _llama3_rope_factors(spec: Any) -> Any:
 
 
 def write_gguf(model: Any, path: str | os.PathLike, *, tokenizer_dir: str | os.PathLike | None, dtype: str = "fp32",
-               name: str | None = None) -> Path:
+               name: str | None = None, no_vocab: bool = False) -> Path:
     """Write ``model`` (a :class:`~puzzlekit.model.PuzzleForCausalLM`) as a llama.cpp GGUF file, atomically.
 
     ``dtype``: ``fp32`` / ``fp16`` / ``bf16`` for the matrices (norms and RoPE factors stay F32).
     The architecture is checked first (:func:`layer_plan`), then the tokenizer; nothing is written
-    when either is refused.
+    when either is refused.  ``no_vocab=True`` (timing models only) writes no tokenizer: llama.cpp
+    then takes token ids and has ``vocab_size`` dummy tokens (``src/llama-vocab.cpp``, ``"no_vocab"``).
     """
     import gguf
     import torch
@@ -219,8 +220,8 @@ def write_gguf(model: Any, path: str | os.PathLike, *, tokenizer_dir: str | os.P
                           "scaling only")
     if spec.sliding_window is not None:
         raise EngineError("a sliding-window parent (Mistral) has no sliding window in llama.cpp's deci model")
-    tok = tokenizer_fields(tokenizer_dir, spec.vocab_size) if tokenizer_dir is not None else None
-    if tok is None:
+    tok = tokenizer_fields(tokenizer_dir, spec.vocab_size) if tokenizer_dir is not None and not no_vocab else None
+    if tok is None and not no_vocab:
         raise EngineError("llama.cpp needs the tokenizer inside the GGUF; give the folder of the parent's "
                           "Hugging Face tokenizer (tokenizer_dir / --tokenizer DIR)")
     qtype = getattr(gguf.GGMLQuantizationType, GGUF_DTYPES[dtype])
@@ -281,14 +282,17 @@ def write_gguf(model: Any, path: str | os.PathLike, *, tokenizer_dir: str | os.P
         w.add_rope_freq_base(spec.rope_theta)
         w.add_vocab_size(spec.vocab_size)
         w.add_file_type(ftype)
-        w.add_tokenizer_model(tok["model"])
-        if tok["pre"]:
-            w.add_tokenizer_pre(tok["pre"])
-        w.add_token_list(tok["tokens"])
-        w.add_token_types(tok["types"])
-        if tok["scores"] is not None:
-            w.add_token_scores(tok["scores"])
-        tok["special"].add_to_gguf(w, quiet=True)
+        if tok is None:
+            w.add_tokenizer_model("no_vocab")
+        else:
+            w.add_tokenizer_model(tok["model"])
+            if tok["pre"]:
+                w.add_tokenizer_pre(tok["pre"])
+            w.add_token_list(tok["tokens"])
+            w.add_token_types(tok["types"])
+            if tok["scores"] is not None:
+                w.add_token_scores(tok["scores"])
+            tok["special"].add_to_gguf(w, quiet=True)
         for tn, t, is_matrix in tensors:
             if is_matrix and qtype != gguf.GGMLQuantizationType.F32:
                 if qtype == gguf.GGMLQuantizationType.BF16:
