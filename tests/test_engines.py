@@ -44,6 +44,15 @@ def test_published_configs_are_served(engine, path):
     require_servable(pk.Architecture.from_config(path), engine)
 
 
+@pytest.mark.parametrize("name", ["super-49b", "ultra-253b"])
+def test_cli_published_configs_pass_the_vllm_check(name, capsys):
+    from puzzlekit.cli import main
+
+    assert main(["export", name, "--engine", "vllm", "--check-only"]) == 0
+    assert "vLLM serves all" in capsys.readouterr().out
+    assert main(["export", name, "--engine", "vllm", "-o", "x"]) == 2  # a config alone cannot be written
+
+
 def test_linear_subblocks_and_non_256_widths_are_refused_with_layer_subblock_engine():
     arch = tiny_arch([BlockConfig(A.gqa(2), F.swiglu(512)), BlockConfig(A.make_linear(), F.swiglu(512)),
                       BlockConfig(A.gqa(1), F.make_linear()), BlockConfig(A.gqa(2), F.swiglu(100))])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import print_json
+from .common import print_json, resolve_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +16,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "configuration_decilm.py beside it, safetensors, tokenizer) or, for llama.cpp, a GGUF file. A child the "
         "engine does not serve is refused naming the layer, the sub-block and the engine; nothing is written.",
     )
-    p.add_argument("child", metavar="CHILD_DIR", help="the child model folder (Nemotron-NAS config + safetensors)")
+    p.add_argument("child", metavar="CHILD_DIR",
+                   help="the child model folder (Nemotron-NAS config + safetensors); with --check-only also a "
+                        "config.json or a bundled name (super-49b, ultra-253b)")
     p.add_argument("--engine", required=True,
                    help="vllm, sglang, tensorrt-llm, llamacpp or transformers (`puzzlekit engines` shows the table)")
     p.add_argument("--format", dest="fmt", choices=["nemotron-nas", "gguf"],
@@ -35,20 +37,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from ..architecture import Architecture
     from ..engines import get_engine
     from ..errors import ConfigError
     from ..export.nemotron_nas import check_export, export_model
 
     e = get_engine(args.engine)
-    child = Path(args.child)
-    if not child.is_dir():
-        raise ConfigError(f"{child}: not a model folder; give the child folder (puzzlekit assemble's --out)")
+    child = resolve_config(args.child)
+    if not child.is_dir() and not args.check_only:
+        raise ConfigError(f"{child}: not a model folder; give the child folder (puzzlekit assemble's --out), or check "
+                          "a config alone with --check-only")
     arch = Architecture.from_config(child)
-    tok = args.tokenizer or str(child)
-    fmt = check_export(arch, e.name, args.fmt, tok, what=str(child))
+    tok = args.tokenizer or (str(child) if child.is_dir() else None)
+    fmt = check_export(arch, e.name, args.fmt, tok, what=str(child), check_tokenizer=child.is_dir() or tok is not None)
     if not args.check_only and not args.out:
         raise ConfigError("export: give -o/--out (a new folder, or a .gguf file for llama.cpp), or --check-only")
     if args.check_only:
@@ -60,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print_json(summary)
     elif out is None:
-        print(f"{child}: {e.title} serves all {arch.num_layers} layers ({fmt}); nothing written (--check-only)")
+        note = "" if child.is_dir() or tok else "; no tokenizer checked (a config alone)"
+        print(f"{child}: {e.title} serves all {arch.num_layers} layers ({fmt}){note}; nothing written (--check-only)")
     else:
         print(f"wrote {out} ({fmt}) for {e.title}: {arch.num_layers} layers, all served")
     return 0

@@ -21,7 +21,7 @@ def default_format(engine: str) -> str:
 
 
 def check_export(arch: Any, engine: str, fmt: str | None = None, tokenizer_dir: str | os.PathLike | None = None,
-                 *, what: str = "child") -> str:
+                 *, what: str = "child", check_tokenizer: bool = True) -> str:
     """Every check :func:`export_model` makes before writing; returns the format.  Raises
     :class:`~puzzlekit.engines.EngineError` naming the layer, sub-block and engine."""
     e = get_engine(engine)
@@ -37,6 +37,8 @@ def check_export(arch: Any, engine: str, fmt: str | None = None, tokenizer_dir: 
     issues = parent_issues(e, arch.parent)
     if issues:
         raise EngineError(f"{what}: " + "; ".join(str(i) for i in issues))
+    if not check_tokenizer:
+        return fmt
     if tokenizer_dir is None or not any((Path(tokenizer_dir) / f).is_file() for f in HF_TOKENIZER_FILES):
         where = f"{tokenizer_dir}" if tokenizer_dir is not None else "no tokenizer folder"
         raise EngineError(f"{what}: {where} has no Hugging Face tokenizer (tokenizer.json or tokenizer.model); "
