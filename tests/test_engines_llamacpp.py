@@ -92,6 +92,32 @@ def test_demo_tokenizer_is_llama_cpps(demo_tok, tmp_path):
     llm.close()
 
 
+@pytest.mark.parametrize("kind, model, pre", [("smollm", "gpt2", "smollm"), ("llama3", "gpt2", "llama-bpe"),
+                                              ("sentencepiece", "llama", None)])
+def test_tokenizers_are_written_as_what_they_are(kind, model, pre, tmp_path):
+    """SmolLM2's (Digits + ByteLevel), Llama-3's (Split + ByteLevel) and SentencePiece-style (byte fallback)
+    tokenizers: llama.cpp tokenizes and detokenizes as transformers does."""
+    import gguf
+    from _engines_helpers import byte_level_tokenizer, sentencepiece_style_tokenizer
+
+    from puzzlekit.export.gguf import write_gguf
+
+    tok = (sentencepiece_style_tokenizer(tmp_path / "tok") if kind == "sentencepiece"
+           else byte_level_tokenizer(kind, tmp_path / "tok"))
+    path = write_gguf(tiny_model([BlockConfig(A.gqa(2), F.swiglu(256))], vocab_size=1024), tmp_path / "t.gguf",
+                      tokenizer_dir=tmp_path / "tok")
+    fields = gguf.GGUFReader(str(path)).fields
+    assert fields["tokenizer.ggml.model"].contents() == model
+    assert (fields["tokenizer.ggml.pre"].contents() if "tokenizer.ggml.pre" in fields else None) == pre
+    llm = llama_cpp.Llama(str(path), n_ctx=64, vocab_only=True, verbose=False)
+    for t in [TEXT, "Hello world", "  leading spaces and trailing  ", "12345 67.89 $%^&", "naïve café 東京 🙂",
+              "line1\nline2\r\n\ttab", "It's 2024!"]:
+        ids = llm.tokenize(t.encode("utf-8"), add_bos=True, special=True)
+        assert ids == tok(t).input_ids, (kind, t)
+        assert llm.detokenize(ids, special=True).decode("utf-8") == tok.decode(ids), (kind, t)
+    llm.close()
+
+
 _NO_FIX = r'''
 import sys
 import numpy as np, torch, llama_cpp
