@@ -15,7 +15,8 @@
    predicted one (the library's sums), with prompt-processing and generation tokens/s.
 
     flock /work/notes/measure.lock python benchmarks/engines.py --out runs/bench_engines
-    python benchmarks/engines.py --quick          # fewer repeats (a smoke run)
+    python benchmarks/engines.py --quick          # fewer repeats and rounds
+    python benchmarks/engines.py --smoke          # the whole loop on a tiny random parent (about a minute)
 """
 
 from __future__ import annotations
@@ -45,6 +46,30 @@ def load_parent(gguf: Path, tok_dir: Path):
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     tok.save_pretrained(str(tok_dir))
     return lp(hf).eval(), tok
+
+
+def tiny_parent(tok_dir: Path):
+    """A tiny random Llama parent and a byte-level BPE tokenizer trained on the repository's text (--smoke)."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from puzzlekit import Architecture
+    from puzzlekit.model import PuzzleForCausalLM
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    text = (ROOT / "LICENSE").read_text() + (ROOT / "README.md").read_text()
+    tok.train_from_iterator([text], trainer=trainers.BpeTrainer(vocab_size=512, special_tokens=["<|eos|>"],
+                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|eos|>")
+    fast.save_pretrained(str(tok_dir))
+    cfg = {"model_type": "llama", "hidden_size": 128, "intermediate_size": 512, "num_attention_heads": 4,
+           "num_key_value_heads": 2, "num_hidden_layers": 4, "vocab_size": 512, "max_position_embeddings": 512,
+           "hidden_act": "silu", "rms_norm_eps": 1e-5}
+    torch.manual_seed(0)
+    return PuzzleForCausalLM.from_architecture(Architecture.from_config(cfg)).eval(), fast
 
 
 def calibration_ids(tok, n: int):
@@ -107,11 +132,12 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=7, help="interleaved rounds of the final measurement")
     ap.add_argument("--repeats", type=int, default=5, help="profiler runs per timing model")
     ap.add_argument("--quick", action="store_true", help="2 rounds, 3 repeats (a smoke run)")
+    ap.add_argument("--smoke", action="store_true", help="a tiny random parent: checks the loop, measures nothing")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    if args.quick:
+    if args.quick or args.smoke:
         args.rounds, args.repeats = 2, 3
-    if not args.parent_gguf.exists():
+    if not args.smoke and not args.parent_gguf.exists():
         print(f"{args.parent_gguf}: not found (SmolLM2-135M-Instruct GGUF)", file=sys.stderr)
         return 2
 
@@ -126,18 +152,24 @@ def main(argv=None) -> int:
 
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    log(f"loading the parent from {args.parent_gguf.name}")
-    parent, tok = load_parent(args.parent_gguf, args.out / "tok")
+    if args.smoke:
+        log("--smoke: a tiny random parent")
+        parent, tok = tiny_parent(args.out / "tok")
+    else:
+        log(f"loading the parent from {args.parent_gguf.name}")
+        parent, tok = load_parent(args.parent_gguf, args.out / "tok")
     spec = parent.config.parent_spec
-    widths = [1536, 1280, 1024, 768, 512, 256]
-    blocks = [BlockConfig(a, f) for a in (A.gqa(3), A.gqa(1), A.make_linear(), A.make_no_op())
+    full = spec.intermediate_size
+    widths = [w for w in (full, full * 5 // 6, full * 2 // 3, full // 2, full // 3, full // 6) if w % 8 == 0]
+    kvs = sorted({spec.num_key_value_heads, 1}, reverse=True)
+    blocks = [BlockConfig(a, f) for a in [A.gqa(k) for k in kvs] + [A.make_linear(), A.make_no_op()]
               for f in [F.swiglu(w) for w in widths] + [F.make_no_op()]]
-    s1 = Scenario("llamacpp-cpu", args.dtype, batch=1, prefill=128, decode=32)
-    s2 = Scenario("llamacpp-cpu", args.dtype, batch=4, prefill=64, decode=16)
+    s1 = Scenario("llamacpp-cpu", args.dtype, batch=1, prefill=32 if args.smoke else 128, decode=8 if args.smoke else 32)
+    s2 = Scenario("llamacpp-cpu", args.dtype, batch=4, prefill=16 if args.smoke else 64, decode=4 if args.smoke else 16)
     scenarios = [s1, s2]
 
     log("quality proxy: normalized MSE of every candidate layer against the parent layer")
-    ids = calibration_ids(tok, 256)
+    ids = calibration_ids(tok, 64 if args.smoke else 256)
     metrics = nmse_metrics(parent, blocks, ids)
     lib = pk.BlockLibrary(spec.num_hidden_layers, spec, meta={"created_by": "benchmarks/engines.py"})
     for layer in range(spec.num_hidden_layers):
@@ -210,7 +242,7 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(doc, indent=1))
         return 0
-    print(f"\nllama.cpp ({args.dtype}, {args.threads} thread(s)), SmolLM2-135M parent; "
+    print(f"\nllama.cpp ({args.dtype}, {args.threads} thread(s)), {'tiny random' if args.smoke else 'SmolLM2-135M'} parent; "
           "speed-up = parent time / child time for prompt + generation")
     print(f"{'scenario':<34} {'child':>6} {'measured':>9} {'predicted':>10} {'error':>7} {'pp tok/s':>17} "
           f"{'tg tok/s':>15} {'KL':>6}")
