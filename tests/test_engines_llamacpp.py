@@ -256,3 +256,43 @@ def test_profile_engine_llamacpp_writes_a_library(tmp_path):
     assert costs["attn=gqa:2|ffn=no_op"]["runtime_ms"] == pytest.approx(gqa + zero)
     assert all(c["runtime_ms"] >= 0 for c in costs.values())
     assert "runtime_ms" in lib.meta["non_block_costs"][name]
+
+
+@pytest.mark.slow
+def test_demo_child_runs_in_llamacpp(tmp_path):
+    """The demo's teacher (its tiny preset, trained here on the repository's text with the demo's byte-level BPE)
+    and a child of every kind llama.cpp serves: `puzzlekit assemble`, `puzzlekit export --engine llamacpp`,
+    then the same logits in llama.cpp."""
+    import contextlib
+    import io
+
+    from puzzlekit import Architecture
+    from puzzlekit.cli import main
+    from puzzlekit.demo.teacher import TEACHER_PRESETS, train_teacher
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "LICENSE").read_text() + (root / "README.md").read_text()
+    teacher = tmp_path / "teacher"
+    train_teacher(teacher, [text], TEACHER_PRESETS["tiny"], progress=False)
+    parent = Architecture.from_config(teacher)
+    kinds = [BlockConfig(A.gqa(2), F.swiglu(96)), BlockConfig(A.make_linear(), F.make_no_op()),
+             BlockConfig(A.gqa(1), F.swiglu(48))]
+    cfg = tmp_path / "child.json"
+    cfg.write_text(json.dumps(parent.with_blocks(kinds).to_nemotron_nas()))
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert main(["assemble", str(teacher), "--config", str(cfg), "--out", str(tmp_path / "child"),
+                     "--engine", "llamacpp"]) == 0
+        assert main(["export", str(tmp_path / "child"), "--engine", "llamacpp", "-o", str(tmp_path / "child.gguf")]) == 0
+    from transformers import AutoTokenizer
+
+    from puzzlekit.model import load_parent
+
+    child = load_parent(tmp_path / "child")
+    tok = AutoTokenizer.from_pretrained(str(tmp_path / "child"))
+    ids = tok(text[:2000]).input_ids[:200]
+    with torch.no_grad():
+        ref = child(torch.tensor([ids])).logits[0].numpy()
+    got = llama_logits(tmp_path / "child.gguf", ids)
+    diff = float(np.abs(got - ref).max())
+    print(f"demo child ({len(ids)} tokens): max abs logit difference {diff:.3g} (logit scale {np.abs(ref).max():.1f})")
+    assert diff < TOL * max(1.0, float(np.abs(ref).max()))
