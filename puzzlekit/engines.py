@@ -43,6 +43,8 @@ __all__ = [
     "parent_issues",
     "architecture_issues",
     "require_servable",
+    "block_served",
+    "restriction_note",
     "markdown_table",
 ]
 
@@ -376,7 +378,7 @@ class EngineConstraint:
             out.budgets[name] = (max(lo, float(e.min_gqa_layers)), hi)
 
 
-def restriction_note(engine: str | Engine | None, problem: Any = None) -> str:
+def restriction_note(engine: str | Engine | None) -> str:
     """A phrase for infeasibility messages: which engine restricted the candidates."""
     if engine is None:
         return ""
