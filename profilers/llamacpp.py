@@ -19,7 +19,12 @@ machine hits both); the median difference is the marginal cost.  Measured on thi
 VM (SmolLM2-135M dimensions, fp16, one thread): stacks of 4 to 45 parent layers (83 to 360 MiB) cost
 the same per layer within noise, so a stack's marginal is what the layer costs inside a whole model.
 llama.cpp's thread pool spins on barriers; on a shared machine one thread (``threads=1``, the
-default) gives stable timings where two were 5-10x slower and erratic.
+default) gives stable timings where two were 5-10x slower and erratic.  With one thread the work runs
+in the calling thread, so the default clock is the process's CPU time (``clock="cpu"``): it leaves
+out the time other processes hold the core.  Measured on this VM at load 2-4 (SmolLM2 dimensions,
+fp16, batch 1, 128 + 32 tokens): a 30-layer model predicted from 3- and 11-layer models within 6 %
+(prefill) and 1 % (decode) by CPU time, with a run-to-run spread of 3 % (8 % by wall time, which
+also ran 35 % longer).  ``clock="wall"`` times elapsed time.
 
 * an FFN is timed in layers ``(no-op attention, FFN)``;
 * an attention in layers ``(attention, no-op FFN)``, which llama.cpp gets as attention plus a zero
@@ -48,6 +53,9 @@ __all__ = ["LlamaCppRunner", "PhaseTimes", "LlamaCppProfiler", "llamacpp_availab
 
 #: The key of the zero FFN's own timing in :attr:`LlamaCppProfiler.subblocks`.
 ZERO_FFN_KEY = "zero_ffn"
+#: ``wall``: elapsed time; ``cpu``: this process's CPU time, which on a shared machine leaves out the time
+#: other processes hold the core (with one llama.cpp thread the work runs in the calling thread).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 def llamacpp_available() -> bool:
@@ -89,9 +97,11 @@ class LlamaCppRunner:
     """One GGUF model in llama.cpp, ready to run scenarios (``close()`` or use as a context manager)."""
 
     def __init__(self, path: str | os.PathLike, scenario: Scenario, *, threads: int | None = None,
-                 flash_attn: bool | None = None):
+                 flash_attn: bool | None = None, clock: str = "wall"):
         lc = _need_llama_cpp()
-        self.lc, self.scenario = lc, scenario
+        if clock not in CLOCKS:
+            raise ConfigError(f"clock must be one of {sorted(CLOCKS)}, got {clock!r}")
+        self.lc, self.scenario, self.clock_name = lc, scenario, clock
         lc.llama_backend_init()
         mp = lc.llama_model_default_params()
         self.model = lc.llama_model_load_from_file(str(path).encode(), mp)
@@ -132,23 +142,30 @@ class LlamaCppRunner:
             raise ConfigError(f"llama_decode failed with code {rc} under {self.scenario.name}")
         self.lc.llama_synchronize(self.ctx)
 
-    def run_once(self) -> PhaseTimes:
-        """One prefill + decode of the scenario from an empty KV cache."""
+    def run_both(self) -> dict[str, PhaseTimes]:
+        """One prefill + decode of the scenario from an empty KV cache, timed by both clocks
+        (``{"wall": ..., "cpu": ...}``)."""
         B, P, D = self.scenario.batch, self.scenario.prefill, self.scenario.decode
         self.lc.llama_memory_clear(self.mem, True)
-        t_pre = 0.0
+        wall, cpu = CLOCKS["wall"], CLOCKS["cpu"]
+        pre = [0.0, 0.0]
         if P:
             self._fill([(self._tokens_prefill[p], p, s, p == P - 1) for s in range(B) for p in range(P)])
-            t0 = time.perf_counter()
+            w0, c0 = wall(), cpu()
             self._decode()
-            t_pre = time.perf_counter() - t0
-        t_dec = 0.0
+            pre = [wall() - w0, cpu() - c0]
+        dec = [0.0, 0.0]
         for step in range(D):
             self._fill([(self._tokens_decode[step], P + step, s, True) for s in range(B)])
-            t0 = time.perf_counter()
+            w0, c0 = wall(), cpu()
             self._decode()
-            t_dec += time.perf_counter() - t0
-        return PhaseTimes(t_pre, t_dec)
+            dec[0] += wall() - w0
+            dec[1] += cpu() - c0
+        return {"wall": PhaseTimes(pre[0], dec[0]), "cpu": PhaseTimes(pre[1], dec[1])}
+
+    def run_once(self) -> PhaseTimes:
+        """One prefill + decode of the scenario from an empty KV cache, timed by this runner's clock."""
+        return self.run_both()[self.clock_name]
 
     def time(self, warmup: int = 1, repeats: int = 5) -> PhaseTimes:
         """Median prefill and decode seconds over ``repeats`` runs (after ``warmup``)."""
@@ -234,6 +251,7 @@ class LlamaCppProfiler:
     ballast: int = 1
     warmup: int = 1
     repeats: int = 5
+    clock: str = "cpu"
     workdir: str | os.PathLike | None = None
     subblocks: dict[str, dict[str, PhaseTimes]] = field(default_factory=dict)
     intercepts: dict[str, list[PhaseTimes]] = field(default_factory=dict)
@@ -246,6 +264,10 @@ class LlamaCppProfiler:
         if self.ballast < 1:
             raise ConfigError("LlamaCppProfiler: ballast must be >= 1 (llama.cpp reads head sizes from layer 0, "
                               "which must keep its attention)")
+        if self.clock not in CLOCKS:
+            raise ConfigError(f"clock must be one of {sorted(CLOCKS)}, got {self.clock!r}")
+        if self.clock == "cpu" and self.threads != 1:
+            raise ConfigError("clock='cpu' needs threads=1 (llama.cpp's worker threads spin while they wait)")
         if not 1 <= self.n_lo < self.n_hi:
             raise ConfigError(f"need 1 <= n_lo < n_hi, got n_lo={self.n_lo}, n_hi={self.n_hi}")
         for sc in self.scenarios:
@@ -262,8 +284,8 @@ class LlamaCppProfiler:
         hi_p = write_random_gguf(self._arch([layer] * self.n_hi), tmp / f"{key}-hi.gguf", self.dtype)
         try:
             for sc in self.scenarios:
-                with LlamaCppRunner(lo_p, sc, threads=self.threads) as lo, \
-                        LlamaCppRunner(hi_p, sc, threads=self.threads) as hi:
+                with LlamaCppRunner(lo_p, sc, threads=self.threads, clock=self.clock) as lo, \
+                        LlamaCppRunner(hi_p, sc, threads=self.threads, clock=self.clock) as hi:
                     for _ in range(self.warmup):
                         lo.run_once()
                         hi.run_once()
@@ -358,6 +380,7 @@ class LlamaCppProfiler:
             t = self.non_block(sc)
             nb[name] = {"runtime_ms": 1e3 * t.total_s, "prefill_ms": 1e3 * t.prefill_s, "decode_ms": 1e3 * t.decode_s}
             prof[name] = {"profiler": "llamacpp-measured", "dtype": self.dtype, "threads": self.threads,
+                          "clock": self.clock,
                           "copies": [self.n_lo, self.n_hi], "ballast": self.ballast, "repeats": self.repeats,
                           "subblocks_ms": {k: {"prefill": 1e3 * v.prefill_s, "decode": 1e3 * v.decode_s}
                                            for k, v in self.subblocks[sc.name].items()}}

@@ -54,6 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--copies", default="2,10", metavar="LO,HI",
                    help="llamacpp: layers per timing model for the repeated-block method (default 2,10)")
     p.add_argument("--repeats", type=int, default=5, help="llamacpp: timed runs per model (median; default 5)")
+    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                   help="llamacpp: time by the process's CPU time (default; leaves out other processes' turns on a "
+                        "shared machine; one thread) or by elapsed time")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -148,8 +151,11 @@ def run_profile_llamacpp(args: argparse.Namespace) -> int:
             lib.parent = spec
     else:
         lib = library_from_space(spec, _served(parse_space(args.space, spec), "llamacpp"))
+    if args.clock == "cpu" and args.threads != 1:
+        raise ConfigError("--clock cpu needs --threads 1 (llama.cpp's worker threads spin while they wait); "
+                          "use --clock wall with more threads")
     prof = LlamaCppProfiler(spec, [sc], dtype=args.dtype, threads=args.threads, n_lo=lo, n_hi=hi,
-                            repeats=args.repeats, log=None if args.json else print)
+                            repeats=args.repeats, clock=args.clock, log=None if args.json else print)
     if not args.json:
         print(f"timing {len({s for b in lib.blocks for s in (b.attention, b.ffn)})} sub-blocks in llama.cpp under "
               f"{sc.name} ({args.threads} thread(s), {lo} and {hi} copies, {args.repeats} repeats)")
