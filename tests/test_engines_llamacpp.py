@@ -296,3 +296,16 @@ def test_demo_child_runs_in_llamacpp(tmp_path):
     diff = float(np.abs(got - ref).max())
     print(f"demo child ({len(ids)} tokens): max abs logit difference {diff:.3g} (logit scale {np.abs(ref).max():.1f})")
     assert diff < TOL * max(1.0, float(np.abs(ref).max()))
+
+
+@pytest.mark.slow
+def test_engines_benchmark_smoke(tmp_path):
+    """benchmarks/engines.py --smoke: profile, search, assemble, export and run in llama.cpp, end to end."""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(root / "benchmarks" / "engines.py"), "--smoke", "--out", str(tmp_path),
+                        "--json"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((tmp_path / "engines_benchmark.json").read_text())
+    assert {(x["scenario"].split("/")[2], x["target"]) for x in doc["rows"]} == {
+        ("b1", "1.5x"), ("b1", "2x"), ("b4", "1.5x"), ("b4", "2x")}
+    assert all(x["measured_speedup"] > 0 and x["predicted_speedup"] > 1 for x in doc["rows"])
