@@ -17,7 +17,7 @@ from typing import Any
 
 from ..architecture import Architecture, Scenario
 from ..errors import ConfigError, PuzzlekitError
-from .common import BUILTIN_CONFIGS, print_json, resolve_config
+from .common import BUILTIN_CONFIGS, print_json, resolve_config, resolve_parent_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -51,6 +51,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", metavar="OUT", help="folder to write the fused model to")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
+
+
+def _check_scenario_args(arch: Architecture, args: argparse.Namespace) -> None:
+    """Refuse a tensor-parallel degree or scenario sizes that cannot be meant (exit 2)."""
+    heads = arch.parent.num_attention_heads
+    if args.tp < 1 or heads % args.tp:
+        ok = [d for d in range(1, heads + 1) if heads % d == 0]
+        raise ConfigError(f"--tp {args.tp}: must divide the model's {heads} attention heads (tensor parallelism "
+                          f"splits them evenly); choose one of {ok}")
+    for name in ("batch", "prefill", "decode"):
+        if getattr(args, name) < (1 if name == "batch" else 0):
+            raise ConfigError(f"--{name} {getattr(args, name)}: must be "
+                              + ("at least 1" if name == "batch" else "0 or more"))
 
 
 def _is_model_folder(path: Path) -> bool:
@@ -102,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
     from ..fusion.plan import FusionPlan, fused_architecture, make_plan
 
     src = Path(args.source)
+    if args.source not in BUILTIN_CONFIGS and src.exists() and (not args.plan_only or args.data):
+        src = Path(resolve_parent_arg(args.source))  # a .gguf model: its dequantized folder
     is_model = args.source not in BUILTIN_CONFIGS and _is_model_folder(src)
     if not args.plan_only and not args.output:
         raise ConfigError("fuse: give --plan-only to print a plan, or -o OUT (with a model folder) to fuse and save")
@@ -119,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         arch = Architecture.from_config(resolve_config(args.source))
 
+    _check_scenario_args(arch, args)
     runs = find_ffn_runs(arch)
     dependency = None
     if args.plan and args.plan != "auto":

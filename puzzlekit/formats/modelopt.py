@@ -176,15 +176,28 @@ def block_from_modelopt(d: Any, where: str = "block", parent: ParentSpec | None 
                        ffn_from_modelopt(d["ffn"], f"{where}.ffn", parent))
 
 
-def block_to_modelopt(block: BlockConfig) -> dict[str, Any]:
-    """``block`` in ModelOpt's ``BlockConfig`` form (every puzzlekit block is representable)."""
+def block_to_modelopt(block: BlockConfig, parent: ParentSpec | None = None) -> dict[str, Any]:
+    """``block`` in ModelOpt's ``BlockConfig`` form (every puzzlekit block is representable).
+
+    ModelOpt's ``AttentionConfig`` asserts ``num_key_value_heads`` is set for every attention that is not
+    a no-op (a linear one included, though its linear layer does not use it), and ``FFNConfig`` that
+    ``intermediate_size`` is set for every FFN that is not a no-op (a linear one included).  A linear
+    sub-block gets the parent's value (``parent``), or 1 without a parent: a number ModelOpt accepts and
+    never reads for a linear layer; :func:`block_from_modelopt` reads the block back unchanged.
+    """
     a, f = block.attention, block.ffn
+    kv = a.num_kv_heads
+    if a.linear:
+        kv = parent.num_key_value_heads if parent is not None else 1
+    inter = f.intermediate_size
+    if f.linear:
+        inter = parent.intermediate_size if parent is not None else 1
     return {
         "attention": {"no_op": a.no_op, "replace_with_linear": a.linear, "sparsify": None,
-                      "weights_precision": "bf16", "num_key_value_heads": a.num_kv_heads,
+                      "weights_precision": "bf16", "num_key_value_heads": kv,
                       "llama4": None, "mamba": None},
         "ffn": {"no_op": f.no_op, "replace_with_linear": f.linear, "sparsify": None,
-                "weights_precision": "bf16", "moe": None, "intermediate_size": f.intermediate_size},
+                "weights_precision": "bf16", "moe": None, "intermediate_size": inter},
         "parallel_blocks": None,
     }
 

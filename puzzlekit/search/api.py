@@ -164,6 +164,8 @@ def solve_problem(
         hints["lower_bound"] = max(lbs)
     if red is not None and red.lam is not None and red.lam.size > 1:
         hints["lp_duals"] = red.lam
+    if red is not None:
+        hints["presolve_incumbent"] = red.incumbent is not None
     opts = replace(opts, hints=hints)
     try:
         raw = backend.solve(sub, opts)
@@ -251,10 +253,12 @@ def search_diverse(
     *,
     num_solutions: int = 3,
     min_diversity: int = 1,
+    progress: Any = None,
     **kw: Any,
 ) -> list[Solution]:
     """Diverse top-k: up to ``num_solutions`` answers in objective order, each differing from every
-    earlier one in at least ``min_diversity`` layers.  Fewer are returned when no more exist."""
+    earlier one in at least ``min_diversity`` layers.  Fewer are returned when no more exist.
+    ``progress(done, total)`` (optional) is called after each solution."""
     if isinstance(num_solutions, bool) or not isinstance(num_solutions, int) or num_solutions < 1:
         raise ConfigError(f"num_solutions must be a positive integer, got {num_solutions!r}")
     t0 = time.perf_counter()
@@ -277,6 +281,8 @@ def search_diverse(
         if sol.status is Status.ERROR:
             raise SolverError(f"solver {sol.solver!r} failed on solution {k + 1}: {sol.message or 'no solution'}")
         out.append(sol)
+        if progress is not None:
+            progress(k + 1, num_solutions)
         prev_min = -sol.objective if problem.maximize else sol.objective
         problem = problem.with_cut(problem.origin_to_local(sol.candidates), min_diversity)
     return out
@@ -357,6 +363,7 @@ def sweep(
     method: str = "auto",
     time_limit: float | None = None,
     engine: str | None = None,
+    progress: Any = None,
 ) -> SweepResult:
     """The exact optimum at each value of the ``vary`` upper budget (other budgets fixed).
 
@@ -364,7 +371,8 @@ def sweep(
     ``vary`` is the only budget, and otherwise the backend with warm starts
     from the previous point (values are solved in increasing order, so the
     previous optimum stays feasible); ``"solver"`` always uses the backend.
-    Infeasible points are kept with status ``INFEASIBLE``.
+    Infeasible points are kept with status ``INFEASIBLE``.  ``progress(done, total)`` (optional) is
+    called as points are answered.
     """
     t0 = time.perf_counter()
     vals = [float(v) for v in values]
@@ -433,6 +441,8 @@ def sweep(
                 results[k] = problem.with_budgets({vary: (lo_i, vals[k])}).make_solution(
                     chosen, Status.OPTIMAL, solver=DP_SOLVER, seconds=share, bound=v,
                     info={"lagrangian_bound": lb if k == seg[0] else None, "segment": len(seg)})
+            if progress is not None:
+                progress(len(results), len(vals))
     else:
         for k in order:
             p = problem.with_budgets({vary: (lo_i, vals[k])})
@@ -441,6 +451,8 @@ def sweep(
             if s.status.has_solution:
                 prev = p.origin_to_local(s.candidates)
             results[k] = s
+            if progress is not None:
+                progress(len(results), len(vals))
     return SweepResult(vary, problem.objective_name, [(vals[k], results[k]) for k in range(len(vals))],
                        time.perf_counter() - t0)
 
@@ -472,6 +484,10 @@ def pareto_front(
     if high is None:
         problem = problem.with_budgets({cost: (None, least_values(problem)[cost][1])})
     use_dp = _one_budget_dp_ready(problem, i)
+    if not use_dp and solver is None:  # several budgets: windows of the exact programme (search.pareto)
+        from .pareto import multi_budget_front
+
+        return multi_budget_front(problem, cost, low=low, max_points=max_points)
     front: list[Solution] = []
     cur = problem
     high_i = float(problem.upper[i])
