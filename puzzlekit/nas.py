@@ -24,6 +24,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+from .architecture import Architecture, BlockFormat, ParentSpec, register_block_format
 from .blocks import AttentionConfig, BlockConfig, FFNConfig
 from .errors import ConfigError
 
@@ -170,10 +171,8 @@ def nas_block_dims(d: Mapping[str, Any], src: str = "config") -> tuple[int, int]
     return kv, max(sizes) if sizes else 4 * d["hidden_size"]
 
 
-def read_nemotron_nas(d: Mapping[str, Any], source: str = "config"):
+def read_nemotron_nas(d: Mapping[str, Any], source: str = "config") -> Architecture:
     """A Nemotron-NAS / DeciLM config dict as an :class:`~puzzlekit.Architecture`."""
-    from .architecture import Architecture, ParentSpec
-
     blocks = nas_blocks(d, source)
     n = d.get("num_hidden_layers")
     if n is not None and n != len(blocks):
@@ -253,3 +252,7 @@ def write_nemotron_nas(arch) -> dict[str, Any]:
             stacklevel=2,
         )
     return out
+
+
+register_block_format(BlockFormat("nemotron-nas", ("nemotron-nas", "deci", "puzzle"), nas_block_dims,
+                                  read_nemotron_nas, write_nemotron_nas))

@@ -40,7 +40,7 @@ def parent_spec(config: dict) -> Any:
 
 def _published(name: str) -> Any:
     from ..architecture import Architecture
-    from ..cli.common import builtin_config_path
+    from ..configs import builtin_config_path
 
     return Architecture.from_config(builtin_config_path(name))
 
