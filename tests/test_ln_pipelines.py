@@ -284,3 +284,52 @@ def test_bld_and_gkd_as_two_processes_match_one(super_run, tmp_path):
     assert g["kl_after"] == pytest.approx(one["kl_after"], rel=0.02)
     p = torchrun("--stage", "sft")
     assert p.returncode != 0 and "runs as one process" in p.stderr  # each rank exits 2, torchrun 1
+
+
+def test_throughput_at_fit_dry_run_is_the_library_search(tmp_path):
+    """``search.at_fit``: the search stage is :func:`puzzlekit.search.search_at_fit` on the same library (same
+    answer, same batch), and the plan reports the batch each model runs at."""
+    from puzzlekit import pipeline
+    from puzzlekit.pipeline.config import load_config
+    from puzzlekit.pipeline.plan import load_library
+    from puzzlekit.pipeline.stages.search import fit_deployment
+    from puzzlekit.search import search_at_fit
+
+    over = {"output_dir": str(tmp_path), "search.at_fit": True, "search.throughput_speedup": 1.5,
+            "search.report": "ln-super"}
+    r = pipeline.dry_run(_config("ln_super"), overrides=over)["plan"]
+    fit = r["at_fit"]
+    assert fit["speedup"] >= 1.5 and fit["batch"] >= fit["parent_batch"]
+    assert r["deployment_report"] == {"skipped": "needs NVIDIA's Llama-3.3-70B block library at search.library"}
+    cfg = load_config(_config("ln_super"), overrides=over)
+    lib, _ = load_library(cfg, cfg.parent_spec(), cfg.scenario)
+    direct = search_at_fit(lib, "kl_div", fit_deployment(cfg, lib), parent=cfg.parent_spec(), min_speedup=1.5)
+    assert direct.batch == fit["batch"] and abs(direct.objective - r["search"]["value"]) < 1e-9
+    # a fixed-batch search of the same config is another problem (the tiny config's reference figures)
+    with pytest.raises(ConfigError, match="search.at_fit: give search.throughput_speedup"):
+        load_config(_config("ln_super"), overrides={"search.at_fit": True, "search.throughput_speedup": 0})
+    with pytest.raises(ConfigError, match="search.report='x'"):
+        load_config(_config("ln_super"), overrides={"search.report": "x"})
+
+
+NVIDIA_LIBRARY = ROOT.parent / "shared" / "data" / "puzzle-llama-3.3-70b-block-library"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (NVIDIA_LIBRARY / "block_library.json").exists(), reason="NVIDIA's block library not here")
+def test_ln_super_dry_run_states_nvidias_target(tmp_path):
+    """The LN-Super preset on NVIDIA's library: throughput at the batch that fits, Super-49B's scale, and the
+    deployment report (largest N, Super-49B against the front, why not 5x)."""
+    from puzzlekit import pipeline
+
+    r = pipeline.dry_run(ROOT / "examples/ln_super/config.yaml",
+                         overrides={"output_dir": str(tmp_path), "search.library": str(NVIDIA_LIBRARY)})["plan"]
+    fit, child = r["at_fit"], r["child"]
+    assert fit["parent_batch"] == 48 and fit["batch"] == 256 and fit["speedup"] >= 2.4
+    assert 45e9 < child["params"] < 52e9 and 45 <= child["attention_layers"] <= 52  # Super-49B: 49.9B, 49
+    rep = r["deployment_report"]
+    # the published model lies just above our exact front at its own throughput, and we reach a little more
+    assert rep["super_vs_front"]["equal_throughput_at_fit"]["objective"] < rep["super49b"]["objective"]
+    assert rep["largest_n"]["at_super_quality"]["speedup"] >= rep["super49b"]["speedup"]
+    md = (tmp_path / "deployment_report.md").read_text()
+    assert "Super-49B as published" in md and "5× needs" in md

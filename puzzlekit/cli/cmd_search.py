@@ -47,6 +47,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="a budget: 'memory_mib<=80000', 'num_params>=1e9' or '30000<=memory_mib<=80000' (repeatable)")
     p.add_argument("--scenario", help="scenario whose costs are used (default: the library's)")
     p.add_argument("--drop-nonfinite", action="store_true", help="drop candidates with NaN/inf metrics")
+    p.add_argument("--engine", metavar="ENGINE",
+                   help="keep only candidates this serving engine serves: vllm, sglang, tensorrt-llm, llamacpp, "
+                        "transformers (see `puzzlekit engines`)")
 
 
 def parse_budgets(items: list[str]) -> dict:
@@ -92,7 +95,7 @@ def run(args: argparse.Namespace) -> int:
     check_counts(args.num_solutions, args.min_diversity, lib.num_layers)
     budgets = parse_budgets(args.budget)
     kw = dict(maximize=args.maximize, scenario=args.scenario, solver=args.solver,
-              time_limit=args.time_limit, mip_gap=args.mip_gap)
+              time_limit=args.time_limit, mip_gap=args.mip_gap, engine=args.engine)
     if args.num_solutions > 1:
         sols = search_diverse(lib, args.objective, budgets, num_solutions=args.num_solutions,
                               min_diversity=args.min_diversity, progress=Progress("solution"), **kw)

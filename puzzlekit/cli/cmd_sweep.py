@@ -55,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     lib = BlockLibrary.load(args.library, drop_nonfinite=args.drop_nonfinite)
     name, values = parse_vary(args.vary)
     res = sweep(lib, args.objective, name, values, parse_budgets(args.budget), maximize=args.maximize,
-                scenario=args.scenario, solver=args.solver, method=args.method, progress=Progress("point"))
+                scenario=args.scenario, solver=args.solver, method=args.method, engine=args.engine,
+                progress=Progress("point"))
     if args.csv:
         res.to_csv(args.csv)
     if args.plot:

@@ -177,8 +177,22 @@ class SearchSettings:
     time_limit: float = 120.0
     pareto: bool = False
     library: str | None = None
+    # throughput_speedup at the batch that fits (issue 20): each model runs at the largest batch of
+    # ``at_fit_batches`` whose weights + KV cache fit memory_gib; the parent at the batch it fits.  Costs from
+    # the analytic roofline of the scenario's hardware, or ``at_fit_hardware`` ("calibrated": the roofline
+    # fitted to the library's own measured runtimes, an NVlabs library).
+    at_fit: bool = False
+    at_fit_hardware: str = ""
+    at_fit_batches: tuple[int, ...] = ()
+    # the dry run's deployment report on NVIDIA's library: "" (none), "ln-super" or "ln-ultra"
+    report: str = ""
 
     def __post_init__(self) -> None:
+        if self.report not in ("", "ln-super", "ln-ultra"):
+            raise ConfigError(f"search.report={self.report!r}: use ln-super, ln-ultra or leave it empty")
+        if self.at_fit and not self.throughput_speedup > 0:
+            raise ConfigError("search.at_fit: give search.throughput_speedup (x the parent's throughput at the batch "
+                              "it fits), e.g. 2.4")
         for t in (self.target_speedup, *self.target_speedups):
             if t and not t > 1.0:
                 raise ConfigError(f"search.target_speedup={t}: the search looks for a faster child; "

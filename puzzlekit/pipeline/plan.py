@@ -141,6 +141,8 @@ def plan(cfg: Any) -> dict[str, Any]:
                   "weight_gib": cc_final.weight_bytes / 2**30,
                   "fits": bool(cc_final.memory_bytes <= cfg.search.memory_gib * 2**30 * cfg.num_gpus / sc.tp)},
         "fusion": fusion,
+        "at_fit": _at_fit(sol) if cfg.search.at_fit else None,
+        "deployment_report": _deployment_report(cfg, lib, source, out),
         "would_train": would_train,
         "wall_s": time.perf_counter() - t0,
     }
@@ -148,6 +150,39 @@ def plan(cfg: Any) -> dict[str, Any]:
     final_arch.save_config(out / "child_config.json")
     atomic_write_json(out / "plan.json", report)
     return report
+
+
+def _at_fit(sol: Any) -> dict[str, Any]:
+    return {"batch": sol.batch, "tokens_per_s": sol.tokens_per_s, "speedup": sol.speedup,
+            "parent_batch": sol.reference_batch, "parent_tokens_per_s": sol.reference_tokens_per_s}
+
+
+def _deployment_report(cfg: Any, lib: Any, source: str, out: Path) -> dict[str, Any] | None:
+    """``search.report``: LN-Super's target as the Llama-Nemotron report states it (throughput at the batch that
+    fits, the published Super-49B against our exact front, why the roofline does or does not reach 5x) or
+    LN-Ultra's (latency at TP 8 with and without FFN fusion), from :mod:`puzzlekit.search.ln_targets`; written
+    to ``deployment_report.md``.  LN-Super's needs NVIDIA's library (the published model's blocks are scored
+    there)."""
+    from ..search import ln_targets as lt
+
+    kind = cfg.search.report
+    if not kind:
+        return None
+    if kind == "ln-super":
+        if not source.startswith("imported"):
+            logger.info("search.report=ln-super needs NVIDIA's Llama-3.3-70B library (search.library); skipped")
+            return {"skipped": "needs NVIDIA's Llama-3.3-70B block library at search.library"}
+        s = cfg.search
+        rep = lt.ln_super_report(lib, hardware=s.at_fit_hardware or "calibrated", memory_gib=s.memory_gib,
+                                 min_kv_tokens=s.kv_tokens, prefill=cfg.scenario.prefill, decode=cfg.scenario.decode,
+                                 objective=s.objective)
+        md = lt.super_markdown(rep)
+    else:
+        rep = lt.ln_ultra_report(tp=cfg.scenario.tp, kv_tokens=cfg.search.kv_tokens)
+        md = lt.ultra_markdown(rep)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "deployment_report.md").write_text(md + "\n")
+    return rep
 
 
 def summary(r: dict[str, Any]) -> str:
@@ -158,8 +193,12 @@ def summary(r: dict[str, Any]) -> str:
              f"search ({s['solver']}, {s['status']}, gap {s['gap'] or 0:.2%}, {s['solve_s']:.2f} s): {s['objective']} = "
              f"{s['value']:.4f}, costs " + ", ".join(f"{k} {v:,.1f}" for k, v in s["costs"].items()),
              f"child: {c['params'] / 1e9:.1f}B params ({c['params_ratio']:.2f}x), {c['attention_layers']} attention "
-             f"layers, analytic speedup {c['analytic_speedup']:.2f}x, memory {c['memory_gib']:.1f} GiB "
+             f"layers, analytic speedup {c['analytic_speedup']:.2f}x at batch {r['scenario']['batch']}, memory {c['memory_gib']:.1f} GiB "
              f"(fits {r['num_gpus']} GPU(s): {c['fits']})"]
+    if r.get("at_fit"):
+        a = r["at_fit"]
+        lines.append(f"at the batch that fits: batch {a['batch']}, {a['speedup']:.2f}x the parent's throughput "
+                     f"(parent at batch {a['parent_batch']})")
     if r["fusion"]:
         f = r["fusion"]
         lines.append(f"FFN fusion: {f['fused_ffns']} FFNs in {len(f['groups'])} groups, analytic speedup "
@@ -175,4 +214,6 @@ def summary(r: dict[str, Any]) -> str:
     if w["rl"]:
         train.append("RL (GRPO)")
     lines.append("would train: " + "; ".join(train))
+    if r.get("deployment_report") and "skipped" not in r["deployment_report"]:
+        lines.append("deployment report: deployment_report.md beside plan.json")
     return "\n".join(lines)

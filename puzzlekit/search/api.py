@@ -42,8 +42,17 @@ def build_problem(
     scenario: Any = None,
     constraints: Iterable[Any] = (),
     constants: Mapping[str, float] | None = None,
+    engine: str | None = None,
 ) -> Problem:
-    """A :class:`Problem` from a library (or a Problem, whose budgets are then updated)."""
+    """A :class:`Problem` from a library (or a Problem, whose budgets are then updated).
+
+    ``engine`` (``"vllm"``, ``"llamacpp"``, ...) keeps only candidates that serving engine serves
+    (:class:`puzzlekit.engines.EngineConstraint`).
+    """
+    if engine is not None and not isinstance(source, Problem):
+        from ..engines import EngineConstraint, get_engine
+
+        constraints = [*constraints, EngineConstraint(get_engine(engine).name)]
     if isinstance(source, Problem):
         p = source.with_budgets(budgets) if budgets else source
         if maximize != p.maximize and maximize:
@@ -65,8 +74,11 @@ def build_problem(
         all_budgets[k] = (lo, hi)
     consts = dict(tr.constants)
     consts.update(constants or {})
-    return Problem.from_library(source, objective, all_budgets, maximize=maximize, scenario=scenario,
-                                constants=consts, extra_costs=tr.extra_costs, allowed=tr.allowed)
+    p = Problem.from_library(source, objective, all_budgets, maximize=maximize, scenario=scenario,
+                             constants=consts, extra_costs=tr.extra_costs, allowed=tr.allowed)
+    if engine is not None:
+        p.meta["engine"] = engine
+    return p
 
 
 def infeasible_error(problem: Problem) -> InfeasibleError:
@@ -85,6 +97,10 @@ def infeasible_error(problem: Problem) -> InfeasibleError:
             ok = "reachable" if hi_r >= problem.lower[i] * (1 - 1e-12) - 1e-12 else "UNREACHABLE"
             parts.append(f"{name} >= {problem.lower[i]:.10g} (greatest reachable {hi_r:.10g}: {ok} alone)")
     extra = f"; with {len(problem.cuts)} diversity cuts" if problem.cuts else ""
+    if problem.meta.get("engine"):
+        from ..engines import restriction_note
+
+        extra += restriction_note(problem.meta["engine"])
     msg = ("no architecture satisfies the budgets: " + "; ".join(parts) + extra
            + ". Relax the budgets marked UNREACHABLE"
            + ("" if any("UNREACHABLE" in p for p in parts) else " (none is: they conflict together; relax one)"))
@@ -197,6 +213,7 @@ def search(
     threads: int | None = None,
     presolve: bool = True,
     solver_options: Mapping[str, Any] | None = None,
+    engine: str | None = None,
 ) -> Solution:
     """The best architecture: one candidate per layer, optimising ``objective`` under ``budgets``.
 
@@ -206,11 +223,12 @@ def search(
     (:class:`~puzzlekit.search.MemoryLimit`, ...).  Raises
     :class:`~puzzlekit.errors.InfeasibleError` (naming each budget and the
     least value it could reach) when nothing fits.  A time limit returns the
-    best verified solution found with ``status=FEASIBLE`` and its ``gap``.
+    best verified solution found with ``status=FEASIBLE`` and its ``gap``.  ``engine`` keeps only
+    candidates that serving engine serves (``puzzlekit.engines``).
     """
     t0 = time.perf_counter()
     problem = build_problem(source, objective, budgets, maximize=maximize, scenario=scenario,
-                            constraints=constraints, constants=constants)
+                            constraints=constraints, constants=constants, engine=engine)
     left = None if time_limit is None else max(1e-3, time_limit - (time.perf_counter() - t0))
     one = [i for i in problem.budget_rows]
     if solver is None and presolve and len(one) == 1 and _one_budget_dp_ready(problem, one[0]) and mip_gap == 0:
@@ -244,7 +262,7 @@ def search_diverse(
     if isinstance(num_solutions, bool) or not isinstance(num_solutions, int) or num_solutions < 1:
         raise ConfigError(f"num_solutions must be a positive integer, got {num_solutions!r}")
     t0 = time.perf_counter()
-    build_kw = {k: kw.pop(k) for k in ("maximize", "scenario", "constraints", "constants") if k in kw}
+    build_kw = {k: kw.pop(k) for k in ("maximize", "scenario", "constraints", "constants", "engine") if k in kw}
     problem = build_problem(source, objective, budgets, **build_kw)
     if isinstance(min_diversity, bool) or not isinstance(min_diversity, int) or not (
             1 <= min_diversity <= problem.num_layers):
@@ -344,6 +362,7 @@ def sweep(
     solver: str | None = None,
     method: str = "auto",
     time_limit: float | None = None,
+    engine: str | None = None,
     progress: Any = None,
 ) -> SweepResult:
     """The exact optimum at each value of the ``vary`` upper budget (other budgets fixed).
@@ -371,7 +390,7 @@ def sweep(
     else:
         b[vary] = (None, vals[0])
     problem = build_problem(source, objective, b, maximize=maximize, scenario=scenario, constraints=constraints,
-                            constants=constants)
+                            constants=constants, engine=engine)
     i = problem.cost_names.index(vary)
     lo_i = problem.lower[i]
     use_dp = method == "dp" or (method == "auto" and _one_budget_dp_ready(problem, i))

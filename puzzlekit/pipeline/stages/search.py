@@ -66,6 +66,8 @@ def deployment_search(cfg: Any, lib: Any, spec: Any, scen: str) -> tuple[Any, fl
     from ...search import LatencyLimit, MemoryLimit, ThroughputTarget, search
 
     s = cfg.search
+    if s.at_fit:
+        return at_fit_search(cfg, lib, spec, scen)
     lib_sc = lib.scenarios[scen]
     constraints: list[Any] = [MemoryLimit(max_gib=s.memory_gib * cfg.num_gpus, kv_tokens=s.kv_tokens,
                                           dtype=cfg.scenario.dtype)]
@@ -78,6 +80,34 @@ def deployment_search(cfg: Any, lib: Any, spec: Any, scen: str) -> tuple[Any, fl
     sol = search(lib, s.objective, constraints=constraints, scenario=scen, time_limit=s.time_limit)
     logger.info("search: %s %s in %.1f s", sol.status.name, sol.objective, sol.solve_seconds)
     return sol, ref
+
+
+def fit_deployment(cfg: Any, lib: Any) -> Any:
+    """The :class:`~puzzlekit.search.Deployment` of ``cfg``: its scenario's hardware, dtype, lengths and TP,
+    ``search.memory_gib`` per GPU, ``search.kv_tokens`` cached at any batch, analytic costs."""
+    from ...search.deploy import DEFAULT_BATCHES, Deployment
+    from ...search.ln_targets import fit_hardware
+
+    s, sc = cfg.search, cfg.scenario
+    hw, _ = fit_hardware(lib, s.at_fit_hardware or sc.hardware)
+    return Deployment(hardware=hw, dtype=sc.dtype, prefill=sc.prefill, decode=sc.decode, tp=sc.tp,
+                      batches=tuple(s.at_fit_batches) or DEFAULT_BATCHES, memory_gib=s.memory_gib,
+                      min_kv_tokens=s.kv_tokens, measured=False)
+
+
+def at_fit_search(cfg: Any, lib: Any, spec: Any, scen: str) -> tuple[Any, float]:
+    """``search.throughput_speedup`` × the parent's throughput, each at the batch that fits (one exact MIP per
+    batch, the best kept; :func:`puzzlekit.search.search_at_fit`).  Returns the solution (with its ``batch``,
+    ``tokens_per_s`` and ``speedup``) and the parent's summed runtime at the library's scenario."""
+    from ...search import search_at_fit
+
+    s = cfg.search
+    dep = fit_deployment(cfg, lib)
+    sol = search_at_fit(lib, s.objective, dep, parent=spec, min_speedup=s.throughput_speedup,
+                        time_limit=s.time_limit)
+    logger.info("search at the batch that fits: %s %s, batch %s, %s x the parent's throughput (batch %s)",
+                sol.status.name, sol.objective, sol.batch, sol.speedup, sol.reference_batch)
+    return sol, parent_runtime_ms(lib, spec, scen)
 
 
 # ---------------------------------------------------------------- search
@@ -141,6 +171,8 @@ def _search_settings(cfg: Any) -> dict[str, Any]:
         out.update(memory_gib=s.memory_gib, kv_tokens=s.kv_tokens, throughput_speedup=s.throughput_speedup,
                    latency_speedup=s.latency_speedup, time_limit=s.time_limit, num_gpus=cfg.num_gpus,
                    scenario=cfg.profile.scenario)
+        if s.at_fit:
+            out.update(at_fit=True, at_fit_hardware=s.at_fit_hardware, at_fit_batches=list(s.at_fit_batches))
     return out
 
 
