@@ -153,10 +153,15 @@ class ProfileSettings:
     rounds: int = 5  # interleaved rounds when whole models are timed against each other
     passes: int = 3  # passes over every sub-block (measured; the median per sub-block)
     from_file: str = ""
+    # the decode cache-spill fit (measured): stack (slope of one sub-block's stack, capacity from the parent)
+    # or two-point (slope and capacity from the parent and the parent with every other layer removed)
+    spill: str = "stack"
 
     def __post_init__(self) -> None:
         if self.profiler not in ("analytic", "measured"):
             raise ConfigError(f"profile.profiler={self.profiler!r}: use analytic or measured")
+        if self.spill not in ("stack", "two-point"):
+            raise ConfigError(f"profile.spill={self.spill!r}: use stack or two-point")
         _positive(self, "repeats", "threads", "rounds", "passes")
 
 

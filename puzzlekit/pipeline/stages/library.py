@@ -64,12 +64,12 @@ SCORE = Stage("score", run_score, lambda cfg: {"score": cfg.score, "objective": 
 
 
 def _profile_settings(cfg: Any) -> dict[str, Any]:
-    from ...profilers.cost_model import PROFILE_METHOD
+    from ...profilers.cost_model import PROFILE_METHOD, PROFILE_METHOD_TWO_POINT
 
     p = cfg.profile
     out: dict[str, Any] = {"profiler": p.profiler, "scenario": p.scenario, "reference": p.reference}
     if p.profiler == "measured":
-        out.update(repeats=p.repeats, threads=p.threads, seed=cfg.seed, method=PROFILE_METHOD)
+        out.update(repeats=p.repeats, threads=p.threads, seed=cfg.seed, method=PROFILE_METHOD if p.spill == "stack" else PROFILE_METHOD_TWO_POINT)
         if p.passes != 3:  # the default is left out: runs profiled before the setting existed stay valid
             out["passes"] = p.passes
         if p.from_file:
@@ -102,7 +102,7 @@ def run_profile(ctx: Any) -> dict[str, Any]:
             raise ConfigError(f"{f}: not a measured profile (no subblocks / non_block_ms)")
     else:
         prof = measure_profile(ctx.parent, lib, sc, repeats=p.repeats, threads=p.threads, seed=ctx.cfg.seed,
-                               passes=p.passes, progress=ctx.progress)
+                               passes=p.passes, progress=ctx.progress, spill=p.spill)
     name = apply_profile(lib, prof, default=True)
     if p.reference:  # an analytic scenario beside it, for the report (e.g. an H100 in FP8)
         ref = Scenario(**p.reference)

@@ -112,8 +112,8 @@ def run_heal(ctx: Any) -> dict[str, Any]:
     if done.get("key") != key:
         done = {"key": key, "models": {}}
     for name, recipe in tqdm(jobs, desc=f"healing (GKD, {steps} steps each)", disable=not ctx.progress, unit="model"):
-        if name in done["models"]:
-            continue
+        if name in done["models"] and ctx.path(f"heal/{name}/model/config.json").exists():
+            continue  # healed and saved (a model whose folder was removed is healed again)
         acc = _accelerator(h.mixed_precision)
         model = ctx.build_model(recipe)
         # one checkpoint folder per (model, settings): a changed recipe never resumes another's weights
