@@ -143,9 +143,10 @@ def test_drop_layers_removes_whole_layers_by_block_influence(real_run):
 
 
 def test_layers_recipe_knob_is_fine_between_whole_layers():
+    from puzzlekit.profilers.cost_model import CostModel
+
     import puzzlekit as pk
     from puzzlekit.baselines import layers_knob_for, layers_recipe
-    from puzzlekit.profilers.cost_model import CostModel
 
     spec = pk.ParentSpec(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                          intermediate_size=64, vocab_size=128, num_hidden_layers=4)
@@ -266,7 +267,6 @@ def test_tied_embedding_model_checkpoints_and_resumes(tmp_path):
     is stored once and re-tied on resume; the resumed run ends with the uninterrupted run's weights."""
     from puzzlekit.distill import DistillConfig, distill
     from puzzlekit.model import load_parent
-
     from puzzlekit.model.gguf import ensure_gguf_parent
 
     folder = ensure_gguf_parent(tiny_gguf(tmp_path / "t.gguf"), tmp_path / "parent")
