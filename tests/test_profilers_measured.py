@@ -104,10 +104,11 @@ def test_cache_spill_fit_and_linearisation():
 
 
 def test_cache_spill_two_point_fit_and_half_architecture():
-    import puzzlekit as pk
-    from puzzlekit.errors import ConfigError
     from puzzlekit.profilers.cost_model import _half_architecture
     from puzzlekit.profilers.measured import CacheSpill
+
+    import puzzlekit as pk
+    from puzzlekit.errors import ConfigError
 
     # excess 1 ms at 5 bytes and 6 ms at 10: slope 1 ms/byte, capacity 4 bytes (the small model spills 1)
     s = CacheSpill.fit_two_points(5.0, 1.0, 10.0, 6.0)
