@@ -189,10 +189,11 @@ def load_library(cfg: Config, spec: ParentSpec, scenario: Scenario, root: Path) 
 
 
 def parent_runtime_ms(lib: Any, spec: ParentSpec, scenario: str, cost: str = "runtime_ms") -> float:
-    """The parent's summed per-block cost in the library (the parent block on every layer)."""
+    """The parent's whole-model cost in the library: the parent block on every layer plus the library's
+    non-block part (which the search adds to every architecture's totals)."""
     pb = spec.parent_block()
-    col = lib.cost_names(scenario).index(cost)
-    mat = lib.cost_matrix([lib.cost_names(scenario)[col]], scenario)[:, 0]
+    col = lib.cost_names_for(scenario).index(cost)
+    mat = lib.cost_matrix([lib.cost_names_for(scenario)[col]], scenario)[:, 0]
     total = 0.0
     for layer in range(lib.num_layers):
         idx = [j for j in lib.candidates_for_layer(layer) if lib.candidates[j].block == pb]
@@ -200,7 +201,7 @@ def parent_runtime_ms(lib: Any, spec: ParentSpec, scenario: str, cost: str = "ru
             raise ConfigError(f"the library has no parent block {pb.key} on layer {layer}; cannot take the "
                               "parent's runtime as the reference")
         total += float(mat[idx[0]])
-    return total
+    return total + lib.non_block_costs_for(scenario).get(cost, 0.0)
 
 
 def search_library(cfg: Config, lib: Any, spec: ParentSpec, scen: str) -> tuple[Any, float]:
@@ -694,7 +695,7 @@ def stage_search(pl: Pipeline) -> dict[str, Any]:
     if not sol.status.has_solution:
         raise ConfigError(f"search: {sol.status.name} under the constraints of {pl.cfg.name}; relax memory_gib, "
                           "throughput_speedup or latency_speedup")
-    res = {"objective_name": pl.cfg.objective, "solution": sol.to_dict(), "candidates": list(sol.candidates), "blocks": list(sol.blocks),
+    res = {"objective_name": pl.cfg.objective, "solution": sol.to_dict(), "candidates": list(sol.candidates), "blocks": sol.block_keys,
            "objective": sol.objective, "costs": sol.costs, "status": sol.status.name,
            "parent_runtime_ms": ref, "speedup": ref / sol.costs["runtime_ms"] if sol.costs.get("runtime_ms") else None}
     atomic_write_json(pl.out / "search.json", res)

@@ -67,5 +67,5 @@ def run(args: argparse.Namespace) -> int:
               f"[{s.solver}, {s.solve_seconds:.3f} s{gap}]")
         for c in s.choices:
             where = f"{c.first}" if c.first == c.last else f"{c.first}-{c.last}"
-            print(f"  layer {where:>7}: {c.block}")
+            print(f"  layer {where:>7}: {c.key}")
     return 0

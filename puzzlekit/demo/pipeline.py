@@ -322,8 +322,6 @@ def _stage_score(ctx: _Ctx) -> dict[str, Any]:
 
 
 def _stage_profile(ctx: _Ctx) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
     from ..profilers import profile_library
     from ..profilers.measured import (
         CacheSpill,
@@ -335,6 +333,7 @@ def _stage_profile(ctx: _Ctx) -> dict[str, Any]:
         time_subblock,
         working_set_bytes,
     )
+    from ..progress import progress as progress_bar
 
     c, spec = ctx.cfg, ctx.spec
     sc = c.scenario
@@ -358,7 +357,7 @@ def _stage_profile(ctx: _Ctx) -> dict[str, Any]:
     L = spec.num_hidden_layers
     runs: dict[str, list[Any]] = {_subkey(s): [] for s in subs}
     nbs, parents, excess = [], [], []
-    bar = tqdm(total=3 * (len(subs) + 2) + 1, desc="profile (measured sub-blocks, 3 passes)",
+    bar = progress_bar(total=3 * (len(subs) + 2) + 1, desc="profile (measured sub-blocks, 3 passes)",
                disable=not ctx.progress, unit="sub")
     for k in range(3):
         for s in subs:
@@ -495,12 +494,12 @@ def _stage_search(ctx: _Ctx, prof: dict[str, Any]) -> dict[str, Any]:
     sol = search(lib, "kl_div", budgets, scenario=sc, constants=consts)
     pred = cm.runtime([lib.candidates[i].block for i in sol.candidates])
     front = pareto_front(lib, "kl_div", cost="runtime_ms", scenario=sc)
-    pts = [{"runtime_ms": cm.runtime([BlockConfig.from_key(k) for k in s.blocks]), "kl_sum": s.objective,
-            "blocks": s.blocks} for s in front]
+    pts = [{"runtime_ms": cm.runtime(list(s.blocks)), "kl_sum": s.objective,
+            "blocks": s.block_keys} for s in front]
     del nb
     return {"parent_predicted_ms": parent_pred, "budget_ms": budget, "choices": sol.candidates,
             "predicted_ms": pred, "predicted_speedup": parent_pred / pred,
-            "kl_sum": sol.objective, "solver": sol.solver, "blocks": sol.blocks, "front": pts,
+            "kl_sum": sol.objective, "solver": sol.solver, "blocks": sol.block_keys, "front": pts,
             "parent_choices": parent_ch}
 
 
@@ -542,7 +541,7 @@ def _search_at(ctx: _Ctx, prof: dict[str, Any], srch: dict[str, Any], speedup: f
     pred = _cost_model(prof, ctx.spec).runtime([lib.candidates[i].block for i in sol.candidates])
     info = {"choices": sol.candidates, "predicted_ms": pred,
             "predicted_speedup": srch["parent_predicted_ms"] / pred, "kl_sum": sol.objective,
-            "blocks": sol.blocks, "requested_speedup": speedup}
+            "blocks": sol.block_keys, "requested_speedup": speedup}
     return Recipe("puzzle", choices=list(sol.candidates)), info
 
 
@@ -596,7 +595,7 @@ def _stage_child(ctx: _Ctx, prof: dict[str, Any], srch: dict[str, Any]) -> dict[
 
 
 def _stage_baselines(ctx: _Ctx, prof: dict[str, Any], srch: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+    from ..progress import progress as progress_bar
 
     c, spec, lib = ctx.cfg, ctx.spec, ctx.library
     sc = prof["scenario"]
@@ -665,7 +664,7 @@ def _stage_baselines(ctx: _Ctx, prof: dict[str, Any], srch: dict[str, Any], chil
     if parts.get("key") != key:
         parts = {"key": key, "baselines": {}}
     out = parts["baselines"]
-    for name in tqdm(BASELINES, desc="baselines (speed matching)", disable=not ctx.progress, unit="baseline"):
+    for name in progress_bar(BASELINES, desc="baselines (speed matching)", disable=not ctx.progress, unit="baseline"):
         if name in out:
             continue
         recipe, s, trace = match_speed(makers[name], measure, target, p_over_m, tol=c.match_tol,
@@ -710,7 +709,7 @@ def _heal_one(ctx: _Ctx, name: str, recipe: Recipe) -> dict[str, Any]:
 
 
 def _stage_heal(ctx: _Ctx, child: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+    from ..progress import progress as progress_bar
 
     jobs = [("puzzle", Recipe.from_dict(child["recipe"]))]
     jobs += [(n, Recipe.from_dict(base["baselines"][n]["recipe"])) for n in BASELINES]
@@ -719,7 +718,7 @@ def _stage_heal(ctx: _Ctx, child: dict[str, Any], base: dict[str, Any]) -> dict[
     key = _hash([ctx.cfg.to_dict(), child["recipe"], base["baselines"]])
     if done.get("key") != key:
         done = {"key": key, "models": {}}
-    for name, recipe in tqdm(jobs, desc=f"healing (GKD, {ctx.cfg.heal_steps} steps each)", disable=not ctx.progress,
+    for name, recipe in progress_bar(jobs, desc=f"healing (GKD, {ctx.cfg.heal_steps} steps each)", disable=not ctx.progress,
                              unit="model"):
         if name in done["models"]:
             continue

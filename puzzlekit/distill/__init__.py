@@ -4,10 +4,15 @@
     result = distill(child, parent, train_tokens, DistillConfig(max_steps=200, output_dir="runs/gkd",
                      save_every=50, eval_every=50), eval_tokens=held_out)
 
-See ``examples/gkd`` for the recipe and ``docs/downstream.md`` for the flow.
+See ``examples/gkd`` for the recipe and ``docs/downstream.md`` for the flow.  The package is also
+callable as its :func:`distill` (``puzzlekit.distill(child, parent, tokens, config)``), so ``pk.distill``
+works whether or not ``puzzlekit.distill`` was imported first.
 """
 
 from __future__ import annotations
+
+import sys as _sys
+import types as _types
 
 from .loss import (
            GKDWeights,
@@ -23,3 +28,11 @@ from .trainer import DistillConfig, DistillResult, distill, evaluate_kl, latest_
 __all__ = ["GKDWeights", "gkd_loss", "hidden_cosine_loss", "kl_to_parent", "layer_pairs_for", "lm_loss",
            "match_layers", "DistillConfig", "DistillResult", "distill", "evaluate_kl", "latest_checkpoint",
            "warmup_cosine"]
+
+
+class _CallableModule(_types.ModuleType):
+    def __call__(self, *args, **kwargs):
+        return distill(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableModule

@@ -276,9 +276,8 @@ def score_library(
     every number equals a one-process run's), each journals its candidates in ``run_dir`` (required
     then), and every process returns the whole library; process 0 saves it.
     """
-    from tqdm.auto import tqdm
-
     from ..model import load_parent
+    from ..progress import progress as progress_bar
 
     if type(parent).__name__ != "PuzzleForCausalLM":
         parent = load_parent(parent)
@@ -303,7 +302,7 @@ def score_library(
     dev = parent.model.embed_tokens.weight.device
     keep_logits, offload = _ref_plan(parent, batches, ref_memory_gb)
     refs = [_Ref(parent, b.to(dev), keep_logits=keep_logits, offload=offload) for b in batches] if pending else []
-    bar = tqdm(total=len(pending), desc="scoring (replace-1-block)", disable=not progress, unit="cand")
+    bar = progress_bar(total=len(pending), desc="scoring (replace-1-block)", disable=not progress, unit="cand")
     layers = parent.model.layers
     by_layer: dict[int, list[int]] = {}
     for i in pending:
