@@ -254,9 +254,11 @@ def score_library(
 ) -> BlockLibrary:
     """Replace-1-block scores of every single-layer candidate, written into ``library`` metrics.
 
-    With ``run_dir`` each candidate's result is journaled (kind ``score``) and a re-run skips
-    finished ones; the library document is saved (atomically) after each layer when
-    ``save`` and the library has a folder.  With ``prefix_reuse`` (default) each batch's layer
+    With ``run_dir`` each candidate's result is journaled (kind ``score``), a re-run skips
+    finished ones, and (with ``save``) the library document is saved atomically after each layer:
+    the ``library.json`` it was loaded from, else ``run_dir/library.json``.  Without ``run_dir``
+    only the ``library`` object is changed (puzzlekit's rule: a function given a run directory
+    persists there, a function given objects only does not; save with ``library.save(path)``).  With ``prefix_reuse`` (default) each batch's layer
     inputs come from one parent pass and the candidates of a layer run stacked (up to
     ``suffix_tokens`` tokens at a time: larger stacks fall out of CPU caches and run slower there)
     through the parent's later layers, and the candidates that keep the parent's attention (tensor for
@@ -311,7 +313,7 @@ def score_library(
     if world > 1:
         by_layer = {li: by_layer[li] for li in _share_layers(by_layer, L, world)[rank]}
         bar.total = sum(len(v) for v in by_layer.values())
-    save = save and rank == 0
+    doc = _library_document(library, run) if save and rank == 0 else None
     for li in sorted(by_layer):
         cands = [(ci, candidate_layer(parent, library, ci)) for ci in by_layer[li]]
         accs: dict[int, dict[str, float]] = {ci: {} for ci, _ in cands}
@@ -353,8 +355,8 @@ def score_library(
                                       **({"rank": rank} if world > 1 else {}))
             bar.update(1)
             bar.set_postfix({"layer": li, "kl": f"{metrics['kl_div']:.4f}"}, refresh=False)
-        if save and world == 1 and library.root is not None and (Path(library.root) / "library.json").exists():
-            library.save(Path(library.root) / "library.json")
+        if doc is not None and world == 1:
+            library.save(doc)
     bar.close()
     if world > 1:  # every process takes the others' results from the journal
         _dist.barrier(world)
@@ -365,9 +367,20 @@ def score_library(
                                f"(first: {missing[0]}); re-run the same command to finish them")
         for i in todo:
             library.candidates[i].metrics.update(done[_item(library, i)]["metrics"])
-    if save and library.root is not None and (Path(library.root) / "library.json").exists():
-        library.save(Path(library.root) / "library.json")
+    if doc is not None:
+        library.save(doc)
     return library
+
+
+def _library_document(library: BlockLibrary, run: RunDir | None) -> Path | None:
+    """Where scoring keeps the library document current: nowhere without a run directory (functions given
+    objects only change the objects); with one, the document the library was loaded from
+    (``library.root / "library.json"``, e.g. the BLD run's), else ``run / "library.json"``."""
+    if run is None:
+        return None
+    if library.root is not None and (Path(library.root) / "library.json").exists():
+        return Path(library.root) / "library.json"
+    return Path(run.path) / "library.json"
 
 
 def _ref_plan(parent: Any, batches: list[torch.Tensor], ref_memory_gb: float | None) -> tuple[bool, bool]:
