@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
 from conftest import NVLABS_LIB, ROOT, SUPER_49B
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -200,7 +199,7 @@ def doc_world(tmp_path_factory) -> Path:
     from puzzlekit.post.tiny import char_tokenizer, tiny_llama
 
     text = "".join((w / "corpus" / p.name).read_text(encoding="utf-8") for p in DOCS)
-    tok = char_tokenizer("".join(sorted(set(text) - {"\r"})), model_max_length=4096)
+    tok = char_tokenizer("".join(sorted(set(text) - {"\r"})), model_max_length=1_000_000)
     model = tiny_llama(len(tok), hidden_size=64, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=256,
                        max_position_embeddings=512, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     model.save_pretrained(w / "my-llama")
@@ -266,6 +265,9 @@ def test_doc_examples_run(path, slow, doc_world, tmp_path, monkeypatch):
         os.symlink(entry, tmp_path / entry.name)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("PUZZLEKIT_PROGRESS", "lines")
+    import puzzlekit.solvers as solvers
+
+    monkeypatch.setattr(solvers, "_REGISTRY", dict(solvers._REGISTRY))  # backends a doc registers stay in it
     ns: dict = {"__name__": "__doc_example__"}
     for b in blocks:
         if b.lang in PYTHON:

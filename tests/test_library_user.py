@@ -307,3 +307,44 @@ def test_distill_accepts_numpy_token_rows():
     assert isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.tolist() == rows.tolist()
     with pytest.raises(pk.ConfigError, match="2-D integer"):
         _check_tokens(rows.astype(np.float32), "train_tokens")
+
+
+# ---- item 5: docs/solvers.md's backend runs, and what it returns is re-verified ------------------
+def test_the_documented_backend_runs_and_its_answers_are_reverified(monkeypatch):
+    import puzzlekit.solvers as solvers
+    from test_docs_examples import ALL, ROOT
+
+    monkeypatch.setattr(solvers, "_REGISTRY", dict(solvers._REGISTRY))
+    text = (ROOT / "docs" / "solvers.md").read_text()
+    assert '[project.entry-points."puzzlekit.solvers"]' in text
+    assert all(f"`{flag}`" in text for flag in solvers.CAPABILITIES)
+    backend = next(b for b in ALL[ROOT / "docs" / "solvers.md"] if b.lang == "python")
+    assert len(backend.code.strip().splitlines()) <= 35  # "a complete ~20-line backend"
+    ns: dict = {}
+    exec(compile(backend.code, backend.where, "exec"), ns)
+    assert "brute-force" in solvers.solver_names()
+    spec = pk.ParentSpec.from_hf_config(tiny_llama_config(num_hidden_layers=3))
+    lib = profile_library([spec.parent_block(), pk.BlockConfig(pk.AttentionConfig.gqa(1), pk.FFNConfig.swiglu(64)),
+                           pk.BlockConfig(pk.AttentionConfig.make_no_op(), pk.FFNConfig.make_no_op())], SC, parent=spec)
+    for c in lib.candidates:
+        c.metrics["kl_div"] = 0.0 if c.block == spec.parent_block() else 0.1 * (c.first + 1) + 0.01 * len(c.block.key)
+    t = pk.search(lib, "kl_div").costs["runtime_ms"]
+    for frac in (0.5, 0.7, 0.9):
+        mine = pk.search_diverse(lib, "kl_div", {"runtime_ms": frac * t}, num_solutions=3, min_diversity=1,
+                                 solver="brute-force")
+        ref = pk.search_diverse(lib, "kl_div", {"runtime_ms": frac * t}, num_solutions=3, min_diversity=1)
+        assert [s.objective for s in mine] == pytest.approx([s.objective for s in ref], abs=1e-12)
+        assert all(s.solver == "brute-force" for s in mine)
+    with pytest.raises(pk.InfeasibleError, match="runtime_ms"):
+        pk.search(lib, "kl_div", {"runtime_ms": 0.01 * t}, solver="brute-force")
+
+    class Liar(ns["BruteForce"]):  # claims the parent fits any budget
+        name = "liar"
+
+        def solve(self, problem, options):
+            parent = [int(g[np.argmin(problem.c[g])]) for g in problem.layer_groups]
+            return problem.make_solution(parent, pk.Status.OPTIMAL, solver=self.name, seconds=0)
+
+    solvers.register(Liar)
+    with pytest.raises(pk.SolverError, match="fails the float check: runtime_ms"):
+        pk.search(lib, "kl_div", {"runtime_ms": 0.7 * t}, solver="liar", presolve=False)
