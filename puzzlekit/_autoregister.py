@@ -2,7 +2,7 @@
 
 ``puzzlekit.model`` registers ``PuzzleConfig`` / ``PuzzleForCausalLM`` with ``AutoConfig`` and
 ``AutoModelForCausalLM`` (model type ``"nemotron-nas"``) when it is imported.  So that ``import
-puzzlekit`` alone is enough for ``AutoModelForCausalLM.from_pretrained(child_dir)``, while
+puzzlekit`` alone is enough for ``AutoModelForCausalLM`` to load a child folder, while
 ``import puzzlekit`` stays free of torch:
 
 * if transformers is already imported, ``puzzlekit.model`` is imported now;
