@@ -133,9 +133,22 @@ __all__ = [
 # function `puzzlekit.search` shares its name with the subpackage `puzzlekit.search`: bound
 # lazily, any earlier `from puzzlekit.search import ...` would leave the attribute pointing at
 # the module.  (`from puzzlekit.search import X` keeps working; it reads sys.modules.)
-from .search import Problem, Solution, Status, pareto_front, search, search_diverse, sweep  # noqa: E402
+from .search import (  # noqa: E402
+    Deployment,
+    Problem,
+    Solution,
+    Status,
+    max_throughput_at_fit,
+    pareto_front,
+    search,
+    search_at_fit,
+    search_diverse,
+    sweep,
+    throughput_at_fit,
+)
 
-__all__ += ["search", "search_diverse", "sweep", "pareto_front", "Problem", "Solution", "Status"]
+__all__ += ["search", "search_diverse", "sweep", "pareto_front", "Problem", "Solution", "Status",
+            "search_at_fit", "max_throughput_at_fit", "throughput_at_fit", "Deployment"]
 
 
 def __getattr__(name: str) -> Any:

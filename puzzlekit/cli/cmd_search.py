@@ -40,13 +40,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--time-limit", type=float, metavar="S", help="seconds; returns the best found with its gap")
     p.add_argument("--mip-gap", type=float, default=0.0, help="relative gap to stop at (default 0: proven optimum)")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
+    from .at_fit_args import add_at_fit_args
+
+    add_at_fit_args(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..library import BlockLibrary
     from ..search import search, search_diverse
+    from .at_fit_args import check_at_fit_args, run_at_fit
 
+    if args.throughput_at_fit is not None:
+        return run_at_fit(args)
+    check_at_fit_args(args)
     lib = BlockLibrary.load(args.library, drop_nonfinite=args.drop_nonfinite)
     budgets = parse_budgets(args.budget)
     kw = dict(maximize=args.maximize, scenario=args.scenario, solver=args.solver,
