@@ -141,13 +141,12 @@ def _cli_lines() -> list[tuple[Block, str]]:
     return out
 
 
-def test_every_cli_line_in_the_docs_matches_the_parser():
+def cli_problems(lines: list[tuple[Block, str]]) -> list[str]:
+    """What is wrong with each ``puzzlekit ...`` line: an unknown sub-command or option."""
     from puzzlekit.cli import build_parser
 
     parser = build_parser()
     bad = []
-    lines = _cli_lines()
-    assert len(lines) >= 20
     for b, line in lines:
         toks = [t.strip("[]|") for t in line.replace("[", " [").replace("]", "] ").replace("|", " | ").split()]
         toks = [t for t in toks if t and t not in ("|", "...", "…")]
@@ -171,7 +170,19 @@ def test_every_cli_line_in_the_docs_matches_the_parser():
                 flag = t.split("=", 1)[0]
                 if flag not in p._option_string_actions:
                     bad.append(f"{b.where}: `{line}`: {p.prog} has no option {flag}")
+    return bad
+
+
+def test_every_cli_line_in_the_docs_matches_the_parser():
+    lines = _cli_lines()
+    assert len(lines) >= 20
+    bad = cli_problems(lines)
     assert not bad, "\n".join(bad)
+    # the check itself: a renamed option, a missing sub-command
+    fake = Block(ROOT / "README.md", 1, "bash", "")
+    assert len(cli_problems([(fake, "puzzlekit search LIB.json --objectve kl_div [--json]"),
+                             (fake, "puzzlekit serach LIB.json"),
+                             (fake, "puzzlekit library import --format nvlabs SRC -o LIB.json --fast")])) == 3
 
 
 # ---- the examples, run --------------------------------------------------------------------------
