@@ -40,6 +40,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--library", metavar="LIB.json", help="add the costs to this existing library instead")
     p.add_argument("--memory-convention", choices=["plain", "nvlabs"], default="plain",
                    help="memory_mib = weights + KV cache of the batch (plain), or NVIDIA's Puzzle convention")
+    p.add_argument("--profiler", choices=["analytic", "measured"], default="analytic",
+                   help="analytic roofline of --hardware (default), or time the sub-blocks with torch on this "
+                        "machine (--dtype fp32/bf16/fp16, --tp 1; --hardware is then a label, e.g. local-cpu)")
+    p.add_argument("--threads", type=int, metavar="N", help="measured: CPU threads (default: torch's)")
+    p.add_argument("--repeats", type=int, default=7, metavar="N", help="measured: timings per sub-block (median)")
     p.add_argument("--parent", metavar="CONFIG", help="calibrate: the parent's config (default: Llama-3.3-70B dims)")
     p.add_argument("--fit", default="compute_efficiency,attention_efficiency,kernel_overhead",
                    help="calibrate: comma-separated factors to fit (at most three recommended)")
@@ -80,7 +85,14 @@ def run_profile(args: argparse.Namespace) -> int:
             lib.parent = spec
     else:
         lib = library_from_space(spec, parse_space(args.space, spec))
-    lib = profile_library(lib, sc, args.hardware, parent=spec, memory=memory)
+    if args.profiler == "measured":
+        if args.repeats < 1:
+            raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
+        opts = {"repeats": args.repeats, **({"threads": args.threads} if args.threads else {})}
+        lib = profile_library(lib, sc, args.hardware, parent=spec, memory=memory, profiler="measured",
+                              measure_options=opts)
+    else:
+        lib = profile_library(lib, sc, args.hardware, parent=spec, memory=memory)
     lib.save(args.output)
     table = lib.costs[sc.name]
     if args.json:
