@@ -8,7 +8,11 @@
 #    BLD + scoring with the parent on CUDA against a CPU run);
 # 2. benchmarks/fusion_gpu.py: the Triton kernel vs torch, and a run of 8 FFNs fused vs unfused (bf16);
 # 3. benchmarks/profile_hardware.py --device cuda: measured sub-block profiles of 4 layers of
-#    Super-49B's dimensions, the calibrated roofline's per-sub-block error and the whole-model additivity.
+#    Super-49B's dimensions, the calibrated roofline's per-sub-block error and the whole-model additivity;
+# 4. GKD under FSDP2 on CUDA: the gpu test of tests/test_distill_fsdp.py (bf16 MixedPrecisionPolicy,
+#    activation checkpointing, stop + resume bit-identical) and benchmarks/distill.py with one process,
+#    plain vs FSDP in bf16 (CUDA max allocated, step time).  One GPU here: the multi-process figures are
+#    the CPU / gloo ones in README.md.
 # Each step has its own time limit, so one that hangs does not take the others' time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -28,9 +32,10 @@ step() {  # step NAME SECONDS COMMAND...: run, keep its log, remember a failure
     tail -15 "$OUT/$name.log"
     [ $r -eq 0 ] || { echo "!! $name exited $r"; rc=1; }
 }
-step gpu_tests 200 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_fusion_triton.py tests/test_model.py tests/test_bld.py tests/test_model_placement.py
+step gpu_tests 260 $PY -m pytest -q -p no:cacheprovider -m gpu tests/test_fusion_triton.py tests/test_model.py tests/test_bld.py tests/test_model_placement.py tests/test_distill_fsdp.py
 step fusion_gpu 150 $PY benchmarks/fusion_gpu.py --tokens 1,128,4096 --json
 step profile_cuda 240 $PY benchmarks/profile_hardware.py --device cuda --parent super-49b --layers 4 --archs 2 \
     --batch 16 --prefill 512 --decode 32 --dtype bf16 --rounds 3 -o "$OUT/profile_cuda"
+step distill_fsdp_cuda 180 $PY benchmarks/distill.py --processes 1 --mixed-precision auto --layers 12 --batch 8 --seq 256 --json
 echo "device checks done (rc=$rc); logs in $OUT"
 exit $rc

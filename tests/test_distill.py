@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import sys
 from pathlib import Path
 
@@ -165,3 +166,144 @@ def test_distill_after_another_trainer_set_bf16_in_this_process(tmp_path):
     assert str(acc.state.mixed_precision) == "no"
     assert isinstance(acc.prepare(torch.nn.Linear(2, 2)), torch.nn.Module)
     AcceleratorState._reset_state(reset_partial_state=False)
+
+
+def test_another_childs_checkpoint_in_output_dir_is_named(tmp_path):
+    """Issue 21 item 9: a folder holding another child's run is refused with what it is and what to do
+    (it used to be a raw 'size mismatch' RuntimeError from load_state_dict)."""
+    parent = tiny_parent()
+    train = token_rows(16, 8, seed=1)
+    cfg = _cfg(tmp_path, max_steps=2, save_every=1, eval_every=0)
+    distill(pruned_child(parent, keep=24), parent, train, cfg, stop_after=1)
+    with pytest.raises(ConfigError, match="another model's run") as e:
+        distill(pruned_child(parent, keep=8), parent, train, cfg)
+    msg = str(e.value)
+    assert str(tmp_path) in msg and "new folder" in msg and "delete" in msg and "[32, 24] there, [32, 8] in this model" in msg
+    # a child with other tensors altogether (a third layer) is named the same way
+    with pytest.raises(ConfigError, match="another model's run.*absent"):
+        distill(pruned_child(tiny_parent(layers=3), keep=24), tiny_parent(layers=3), train, cfg)
+    res = distill(pruned_child(parent, keep=24), parent, train, cfg)  # its own child resumes
+    assert res.start_step == 1 and res.end_step == 2
+
+
+def test_resume_with_another_global_batch_is_refused(tmp_path):
+    parent = tiny_parent()
+    train = token_rows(16, 8, seed=1)
+    distill(pruned_child(parent), parent, train, _cfg(tmp_path, max_steps=2, save_every=1, eval_every=0),
+            stop_after=1)
+    with pytest.raises(ConfigError, match="global batch of 4 .* this run has 8"):
+        distill(pruned_child(parent), parent, train, _cfg(tmp_path, max_steps=2, save_every=1, eval_every=0,
+                                                           batch_size=4, grad_accum_steps=2))
+
+
+def test_checkpoint_formats_do_not_mix(tmp_path):
+    from puzzlekit.distill.checkpoint import check_resume_state
+
+    parent = tiny_parent()
+    distill(pruned_child(parent), parent, token_rows(16, 8, seed=1),
+            _cfg(tmp_path, max_steps=2, save_every=1, eval_every=0), stop_after=1)
+    ck = latest_checkpoint(tmp_path)
+    with pytest.raises(ConfigError, match="fsdp=False"):
+        check_resume_state(ck, {}, fmt="dcp", global_batch=4, world=1, batch_size=4, grad_accum_steps=1)
+
+
+def test_activation_checkpointing_gives_the_same_training():
+    parent = tiny_parent()
+    train = token_rows(32, 12, seed=3)
+    a, b = pruned_child(parent), pruned_child(parent)
+    ra = distill(a, parent, train, _cfg(max_steps=4, eval_every=0))
+    rb = distill(b, parent, train, _cfg(max_steps=4, eval_every=0, activation_checkpointing=True))
+    assert [h["loss"] for h in ra.history] == pytest.approx([h["loss"] for h in rb.history], rel=1e-6)
+    for (k, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.allclose(pa, pb, atol=1e-6), k
+    assert all("forward" not in layer.__dict__ for layer in b.model.layers)  # undone afterwards
+
+
+def test_checkpointed_layers_recompute_in_backward():
+    """The option really recomputes: a layer's FFN runs twice per training step with it, once without."""
+    from puzzlekit.distill.fsdp import enable_activation_checkpointing
+
+    child = pruned_child(tiny_parent()).train()
+    seen = []
+    child.model.layers[0].mlp.register_forward_pre_hook(lambda m, a: seen.append(1))
+    child(input_ids=token_rows(2, 8), use_cache=False).logits.sum().backward()
+    assert len(seen) == 1
+    undo = enable_activation_checkpointing(child)
+    child(input_ids=token_rows(2, 8), use_cache=False).logits.sum().backward()
+    assert len(seen) == 3  # forward + recomputation in backward
+    undo()
+    child(input_ids=token_rows(2, 8), use_cache=False).logits.sum().backward()
+    assert len(seen) == 4
+
+
+def test_dcp_checkpoint_metadata_is_json_and_nothing_is_unpickled(tmp_path):
+    import json
+    import pickle
+
+    import torch.distributed.checkpoint as dcp
+
+    from puzzlekit.distill.checkpoint import dcp_reader, dcp_writer, read_dcp_metadata
+    from puzzlekit.errors import UnsafeInputError
+
+    state = {"model": {"w": torch.arange(6.0).view(3, 2), "b": torch.ones(2, dtype=torch.bfloat16)}}
+    with pytest.warns(UserWarning, match="single process"):
+        dcp.save(state, storage_writer=dcp_writer(tmp_path / "dcp"))
+    assert not (tmp_path / "dcp" / ".metadata").exists()
+    md = read_dcp_metadata(tmp_path / "dcp")
+    assert tuple(md.state_dict_metadata["model.w"].size) == (3, 2)
+    back = {"model": {"w": torch.zeros(3, 2), "b": torch.zeros(2, dtype=torch.bfloat16)}}
+    with pytest.warns(UserWarning, match="single process"):
+        dcp.load(back, storage_reader=dcp_reader(tmp_path / "dcp"))
+    assert torch.equal(back["model"]["w"], state["model"]["w"]) and torch.equal(back["model"]["b"], state["model"]["b"])
+    # tampered metadata: a dtype that is not one, a shard file outside the folder
+    doc = json.loads((tmp_path / "dcp" / ".metadata.json").read_text())
+    for bad in ({"dtype": "os.system"}, {"file": "../../x"}):
+        d = json.loads(json.dumps(doc))
+        if "dtype" in bad:
+            d["state_dict_metadata"]["model.w"]["dtype"] = bad["dtype"]
+        else:
+            d["storage_data"][0]["file"] = bad["file"]
+        (tmp_path / "dcp" / ".metadata.json").write_text(json.dumps(d))
+        with pytest.raises(UnsafeInputError, match="metadata"):
+            read_dcp_metadata(tmp_path / "dcp")
+    # torch's own writer pickles its metadata: such a folder is refused, its payload never runs
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    (tmp_path / "dcp" / ".metadata.json").unlink()
+    (tmp_path / "dcp" / ".metadata").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(UnsafeInputError, match="pickled"):
+        read_dcp_metadata(tmp_path / "dcp")
+    assert not marker.exists()
+
+
+def test_fsdp_memory_arithmetic_for_super_49b():
+    """The per-GPU figures of examples/gkd/README.md, computed from the two architectures."""
+    from puzzlekit.accounting import model_params
+    from puzzlekit.architecture import Architecture, ParentSpec
+    from puzzlekit.blocks import BlockConfig
+    from puzzlekit.cli.common import builtin_config_path
+    from puzzlekit.distill.memory import GIB, activation_bytes_per_token, fsdp_memory
+
+    child = Architecture.from_config(builtin_config_path("super-49b"))
+    parent = Architecture.homogeneous(child.parent)
+    assert model_params(child) == 49_867_145_216 and round(model_params(parent) / 1e9, 2) == 70.55
+    m8, m16 = (fsdp_memory(child, parent, gpus=g) for g in (8, 16))
+    pc = model_params(child)
+    assert m8.child_params == pytest.approx(4 * pc / 8) and m8.child_optimizer == 2 * m8.child_grads
+    for k in ("child_params", "child_grads", "child_optimizer", "parent_params"):  # sharded: halves
+        assert getattr(m16, k) == pytest.approx(getattr(m8, k) / 2)
+    for k in ("gathered", "activations", "logits"):  # per GPU micro-batch and one unit: no change
+        assert getattr(m16, k) == getattr(m8, k)
+    no_ac = fsdp_memory(child, parent, gpus=8, activation_checkpointing=False)
+    assert no_ac.activations > 5 * m8.activations
+    assert round(m8.total / GIB, 1) == 138.4 and round(m16.total / GIB, 1) == 83.7  # the README's table
+    # one Llama-3.3-70B layer saves 364,800 bytes per token for backward (bf16, flash attention)
+    spec: ParentSpec = child.parent
+    assert activation_bytes_per_token(spec, spec.parent_block()) == 364_800
+    assert activation_bytes_per_token(spec, BlockConfig.from_key("attn=no_op|ffn=no_op")) == 0
+    with pytest.raises(ConfigError, match="gpus"):
+        fsdp_memory(child, gpus=0)

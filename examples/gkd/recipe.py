@@ -6,6 +6,11 @@ parent, resumable, KL evaluated on held-out text) → continued pre-training (LM
 (child as a Nemotron-NAS folder, ``metrics.json``).
 
     python examples/gkd/recipe.py --config examples/gkd/config.yaml
+    torchrun --nproc_per_node 2 examples/gkd/recipe.py --config examples/gkd/config.yaml fsdp=true
+
+With ``fsdp: true`` child and parent are sharded with FSDP2 over the processes (checkpoints sharded
+too) and the child is gathered once, at the end, for the Nemotron-NAS save.  For models that do not
+fit one process, load them straight into their shards instead: ``examples/gkd/cluster.py``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ import torch
 
 from puzzlekit.architecture import Architecture
 from puzzlekit.blocks import BlockConfig
-from puzzlekit.distill import DistillConfig, GKDWeights, distill, evaluate_kl, match_layers
+from puzzlekit.distill import DistillConfig, GKDWeights, distill, evaluate_kl, full_model, match_layers
 from puzzlekit.errors import ConfigError
 from puzzlekit.io import atomic_write_json
 from puzzlekit.post.recipe_config import load_recipe_config, parse_overrides
@@ -56,6 +61,8 @@ class Config:
     eval_rows: int = 32
     cpt_steps: int = 50
     cpt_learning_rate: float = 3e-4
+    fsdp: bool = False
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         for k in self.child_blocks:
@@ -111,7 +118,8 @@ def main(config: Config, accelerator: Any = None) -> dict[str, Any]:
                             warmup_steps=config.warmup_steps,
                             weights=GKDWeights(config.cosine_weight, config.kl_weight, config.lm_weight),
                             eval_every=config.eval_every, save_every=config.save_every,
-                            output_dir=str(out / "gkd"), seed=config.seed, log_every=config.eval_every)
+                            output_dir=str(out / "gkd"), seed=config.seed, log_every=config.eval_every,
+                            fsdp=config.fsdp, activation_checkpointing=config.activation_checkpointing)
     gkd = distill(child, parent, train, gkd_cfg, eval_tokens=held, pairs=pairs, accelerator=acc)
     child = acc.unwrap_model(child)
 
@@ -131,6 +139,7 @@ def main(config: Config, accelerator: Any = None) -> dict[str, Any]:
                "after_gkd": gkd.evals[-1] if gkd.evals else None, "after_cpt": end,
                "cpt_lm_first_last": [cpt.history[0]["lm"], cpt.history[-1]["lm"]] if cpt and cpt.history else None,
                "parent_lm_loss": evaluate_kl(parent, parent, held)["lm_loss"], "wall_s": time.perf_counter() - t0}
+    child = full_model(child)  # FSDP: gathered once, here (collective); rank 0 gets it. Else: the child itself
     if acc.is_main_process:
         model_dir = out / "child"
         if not model_dir.exists():

@@ -1,22 +1,26 @@
-"""A resumable accelerate training loop for global KD and continued pre-training.
+"""A resumable training loop for global KD and continued pre-training, on accelerate or FSDP2.
 
 One loop serves both stages of LN-Ultra's healing: GKD (cosine + KL to the
 parent) and continued pre-training (LM loss on raw text, ``weights =
-GKDWeights(cosine=0, kl=0, lm=1)``, no parent needed).  It runs unchanged on
-one device, under DDP and under FSDP (launch with ``accelerate launch
---config_file examples/gkd/accelerate_{ddp,fsdp}.yaml``).
+GKDWeights(cosine=0, kl=0, lm=1)``, no parent needed).  It runs on two backends:
+
+* accelerate (default): one device, or DDP under ``accelerate launch`` /
+  ``torchrun`` (``examples/gkd/accelerate_ddp.yaml``);
+* FSDP2 (``DistillConfig(fsdp=True)``, see :mod:`puzzlekit.distill.fsdp`):
+  child and frozen parent sharded per decoder layer, bf16 mixed precision on
+  GPUs, optional activation checkpointing, sharded DCP checkpoints that any
+  number of processes can resume.
 
 * Data: a 2-D LongTensor of token rows (packed sequences).  The batch order
   is a pure function of ``(seed, step)``, so a resumed run sees exactly the
   batches it would have seen; each process takes its slice of the global
-  batch.
-* Gradient accumulation (``no_sync`` on inner micro-steps), clipping, AdamW,
-  linear warm-up + cosine decay, bf16 autocast where the device supports it.
-* Checkpoints: ``model.safetensors`` + ``optimizer.pt`` (read back with
-  ``torch.load(weights_only=True)``) + ``state.json`` in a folder written
-  under a temporary name and renamed, so a killed run resumes from the last
-  complete checkpoint.  Under FSDP the full model state is saved; the
-  optimizer state restarts on resume (logged).
+  batch.  The logged losses are the global batch's (averaged over processes).
+* Gradient accumulation (``no_sync`` on inner micro-steps under DDP), clipping,
+  AdamW, linear warm-up + cosine decay, bf16 where the device supports it.
+* Checkpoints (:mod:`puzzlekit.distill.checkpoint`): written under a temporary
+  name and renamed, so a killed run resumes from the last complete checkpoint
+  to the same weights as an uninterrupted run; a folder holding another
+  model's run, or written with another global batch, is refused with a message.
 * Periodic evaluation of the child's KL to the parent on held-out rows.
 """
 
@@ -26,17 +30,17 @@ import contextlib
 import functools
 import logging
 import math
-import os
-import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from dataclasses import replace as dataclass_replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..errors import ConfigError, UnsafeInputError
-from ..io import atomic_write_json, fsync_dir, read_json
+from ..io import read_json
+from .checkpoint import begin_checkpoint, check_fits, check_resume_state, commit_checkpoint, latest_checkpoint
 from .loss import GKDWeights, gkd_loss, hidden_cosine_loss, kl_to_parent, lm_loss
 
 __all__ = ["DistillConfig", "DistillResult", "distill", "evaluate_kl", "warmup_cosine", "latest_checkpoint"]
@@ -46,7 +50,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class DistillConfig:
-    """Knobs of :func:`distill` (NVIDIA's BLD/GKD optimiser: AdamW, betas (0.9, 0.95), wd 0.1, clip 1)."""
+    """Knobs of :func:`distill` (NVIDIA's BLD/GKD optimiser: AdamW, betas (0.9, 0.95), wd 0.1, clip 1).
+
+    ``batch_size`` is rows per process and micro-step: the global batch is ``batch_size x
+    grad_accum_steps x processes``.  ``fsdp``: shard child and parent with FSDP2 (launch with
+    torchrun; :mod:`puzzlekit.distill.fsdp`).  ``activation_checkpointing``: recompute each decoder
+    layer's forward in backward (either backend).
+    """
 
     max_steps: int
     batch_size: int = 8
@@ -67,6 +77,8 @@ class DistillConfig:
     output_dir: str | None = None
     seed: int = 0
     log_every: int = 10
+    fsdp: bool = False
+    activation_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.max_steps < 1:
@@ -80,6 +92,9 @@ class DistillConfig:
             raise ConfigError(f"DistillConfig.mixed_precision={self.mixed_precision!r}: use auto, no, bf16 or fp16")
         if self.save_every and self.output_dir is None:
             raise ConfigError("DistillConfig: save_every > 0 needs output_dir for the checkpoints")
+        if self.fsdp and self.mixed_precision == "fp16":
+            raise ConfigError("DistillConfig(fsdp=True, mixed_precision='fp16'): fp16 needs loss scaling, which the "
+                              "FSDP path does not do; use 'bf16' (or 'auto')")
         if self.temperature <= 0:
             raise ConfigError(f"DistillConfig.temperature={self.temperature}: use a positive temperature")
 
@@ -132,20 +147,6 @@ def _epoch_order(seed: int, epoch: int, n_rows: int) -> torch.Tensor:
     return torch.randperm(n_rows, generator=gen)
 
 
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The last complete checkpoint folder under ``output_dir/checkpoints`` (None when there is none)."""
-    root = Path(output_dir) / "checkpoints"
-    ptr = root / "latest.json"
-    if not ptr.exists():
-        return None
-    name = read_json(ptr, what="checkpoint pointer")["name"]
-    path = root / str(name)
-    if path.parent != root or not (path / "model.safetensors").exists():
-        raise ConfigError(f"{ptr}: points at {path}, which is not a complete checkpoint; delete the pointer "
-                          "to start over")
-    return path
-
-
 def _mixed_precision(requested: str) -> str:
     if requested != "auto":
         return requested
@@ -167,76 +168,166 @@ def _new_accelerator(mixed_precision: str) -> Any:
     return Accelerator(mixed_precision=mixed_precision)
 
 
+class _AccelerateBackend:
+    """One device or DDP through an ``Accelerator``; checkpoints are the full state (safetensors +
+    ``optimizer.pt``) written by the main process."""
+
+    kind = "safetensors"
+
+    def __init__(self, accelerator: Any) -> None:
+        self.acc = accelerator
+        self.rank, self.world = accelerator.process_index, accelerator.num_processes
+        self.is_main = accelerator.is_main_process
+        self.device = accelerator.device
+
+    def setup(self, child: Any, parent: Any) -> tuple[Any, Any]:
+        if parent is not None:
+            parent = parent.to(self.device).eval().requires_grad_(False)
+        return child, parent
+
+    def prepare(self, model: Any, optimizer: Any) -> tuple[Any, Any]:
+        return self.acc.prepare(model, optimizer)
+
+    def micro_step(self, model: Any, sync: bool) -> Any:
+        return contextlib.nullcontext() if sync else self.acc.no_sync(model)
+
+    def autocast(self) -> Any:
+        return self.acc.autocast()
+
+    def forward(self) -> Any:
+        return contextlib.nullcontext()
+
+    def after_parent_forward(self, parent: Any) -> None:
+        pass
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.acc.backward(loss)
+
+    def clip(self, model: Any, max_norm: float) -> float:
+        return float(self.acc.clip_grad_norm_(model.parameters(), max_norm))
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        return self.acc.reduce(t, reduction="sum") if self.world > 1 else t
+
+    def barrier(self) -> None:
+        self.acc.wait_for_everyone()
+
+    def write(self, tmp: Path, model: Any, optimizer: Any) -> dict[str, Any]:
+        from safetensors.torch import save_file
+
+        state = self.acc.get_state_dict(model)  # every rank calls it (a collective under some wrappers)
+        if self.is_main:
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        return {}
+
+    def load(self, ckpt: Path, model: Any, optimizer: Any, state: dict[str, Any]) -> None:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
+        if not (ckpt / "optimizer.pt").exists():  # written by accelerate's FSDP plugin before the FSDP2 path
+            logger.warning("%s: no optimizer state; the optimizer restarts", ckpt)
+            return
+        try:
+            opt_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
+        except Exception as e:  # weights_only refuses pickled objects other than tensors/containers
+            raise UnsafeInputError(f"{ckpt / 'optimizer.pt'}: refused, not a plain tensor checkpoint ({e}); "
+                                   "delete this checkpoint folder to resume from the previous one") from None
+        optimizer.load_state_dict(opt_state)
+
+
+class _Single:
+    """Evaluation context of one process (or of FSDP processes when no accelerator is given)."""
+
+    def __init__(self, model: Any) -> None:
+        from .fsdp import is_sharded
+
+        self.rank, self.world = 0, 1
+        if is_sharded(model):
+            import torch.distributed as dist
+
+            self.rank, self.world = dist.get_rank(), dist.get_world_size()
+        self.device = next(model.parameters()).device
+
+    def autocast(self) -> Any:
+        return contextlib.nullcontext()
+
+    def forward(self) -> Any:
+        from .fsdp import quiet_view_warning
+
+        return quiet_view_warning()
+
+    def sum(self, t: torch.Tensor) -> torch.Tensor:
+        if self.world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(t)
+        return t
+
+
 @torch.no_grad()
 def evaluate_kl(model: Any, parent: Any, tokens: torch.Tensor | Any, *, batch_size: int = 8,
                 pairs: list[tuple[int, int]] | None = None, accelerator: Any = None,
                 temperature: float = 1.0) -> dict[str, float]:
     """Mean per-token KL(parent ‖ child), LM loss and (with ``pairs``) cosine loss on ``tokens``.
 
-    Under several processes each evaluates its share of rows and the sums
-    are reduced, so every process returns the same numbers.  ``tokens``: a torch tensor or numpy array.
+    Under several processes (an ``accelerator``, or FSDP-sharded models) each evaluates its share of
+    rows and the sums are reduced, so every process returns the same numbers.  ``tokens``: a torch
+    tensor or a numpy array.
     """
     tokens = _check_tokens(tokens, "tokens")
+    ctx = _AccelerateBackend(accelerator) if accelerator is not None else _Single(model)
+    return _evaluate(model, parent, tokens, ctx, batch_size=batch_size, pairs=pairs, temperature=temperature)
+
+
+def _evaluate(model: Any, parent: Any, tokens: torch.Tensor, ctx: Any, *, batch_size: int,
+              pairs: list[tuple[int, int]] | None, temperature: float) -> dict[str, float]:
+    from .fsdp import reshard
+
     was_training = model.training
     model.eval()
-    rank = accelerator.process_index if accelerator else 0
-    world = accelerator.num_processes if accelerator else 1
-    device = accelerator.device if accelerator else next(model.parameters()).device
+    rank, world, device = ctx.rank, ctx.world, ctx.device
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # kl·tok, lm·tok, cos·rows, tokens
     rows = list(range(rank, tokens.shape[0], world))
     n_batches = math.ceil(tokens.shape[0] / (batch_size * world))
-    autocast = accelerator.autocast() if accelerator else contextlib.nullcontext()
-    with autocast:
+    hidden = pairs is not None
+    with torch.no_grad(), ctx.autocast(), ctx.forward():
         for b in range(n_batches):  # same number of forwards on every rank (FSDP needs it)
             sel = rows[b * batch_size:(b + 1) * batch_size] or rows[:1] or [0]
             ids = tokens[sel].to(device)
             weight = 1.0 if rows[b * batch_size:(b + 1) * batch_size] else 0.0
-            co = model(input_ids=ids, output_hidden_states=pairs is not None)
-            po = parent(input_ids=ids, output_hidden_states=pairs is not None)
+            co = model(input_ids=ids, output_hidden_states=hidden, use_cache=False)
+            po = parent(input_ids=ids, output_hidden_states=hidden, use_cache=False)
             ntok = ids.numel()
             sums[0] += weight * float(kl_to_parent(co.logits, po.logits, None, temperature)) * ntok
             sums[1] += weight * float(lm_loss(co.logits, ids)) * ids.shape[0] * (ids.shape[1] - 1)
-            if pairs is not None:
+            if hidden:
                 sums[2] += weight * float(hidden_cosine_loss(co.hidden_states, po.hidden_states, pairs)) * ntok
             sums[3] += weight * ntok
-    if accelerator is not None and world > 1:
-        sums = accelerator.reduce(sums, reduction="sum")
+    reshard(model)
+    reshard(parent)
+    if world > 1:
+        sums = ctx.sum(sums)
     model.train(was_training)
     ntok = float(sums[3])
     out = {"kl": float(sums[0]) / ntok,
            "lm_loss": float(sums[1]) / (ntok * (tokens.shape[1] - 1) / tokens.shape[1])}
-    if pairs is not None:
+    if hidden:
         out["cosine"] = float(sums[2]) / ntok
     return out
 
 
-def _save_checkpoint(accelerator: Any, model: Any, optimizer: Any, out: Path, step: int,
-                     history: list, evals: list, cfg: DistillConfig, keep: int) -> None:
-    from safetensors.torch import save_file
-
-    state = accelerator.get_state_dict(model)  # collective under FSDP: every rank calls it
-    fsdp = accelerator.distributed_type.name == "FSDP"
-    if accelerator.is_main_process:
-        root = out / "checkpoints"
-        root.mkdir(parents=True, exist_ok=True)
-        name = f"step_{step:08d}"
-        tmp = root / f".{name}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir()
-        save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
-        if not fsdp:
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        atomic_write_json(tmp / "state.json", {"step": step, "history": history, "evals": evals,
-                                               "config": _jsonable(asdict(cfg))})
-        final = root / name
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        fsync_dir(root)
-        atomic_write_json(root / "latest.json", {"name": name, "step": step})
-        done = sorted(p for p in root.glob("step_*") if p.is_dir())
-        for old in done[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+def _save_checkpoint(backend: Any, model: Any, optimizer: Any, out: Path, step: int, state: dict[str, Any],
+                     keep: int) -> None:
+    """Every process writes its part into the temporary folder; the main one commits it."""
+    if backend.is_main:
+        begin_checkpoint(out, step)
+    backend.barrier()
+    extra = backend.write(out / "checkpoints" / f".step_{step:08d}.tmp", model, optimizer)
+    backend.barrier()
+    if backend.is_main:
+        commit_checkpoint(out, step, {**state, **extra}, keep)
+    backend.barrier()
 
 
 def _jsonable(d: Any) -> Any:
@@ -245,6 +336,26 @@ def _jsonable(d: Any) -> Any:
     if isinstance(d, (list, tuple)):
         return [_jsonable(v) for v in d]
     return d
+
+
+def _adamw(model: Any, cfg: DistillConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.learning_rate, betas=cfg.betas)
+
+
+def _backend(cfg: DistillConfig, accelerator: Any) -> Any:
+    if accelerator is not None and accelerator.distributed_type.name == "FSDP" and not cfg.fsdp:
+        logger.info("accelerate's FSDP launch: distill takes its own FSDP2 path (child and parent sharded per "
+                    "layer, sharded DCP checkpoints); the accelerate fsdp_config settings are not used")
+        cfg = dataclass_replace(cfg, fsdp=True)
+    if cfg.fsdp:
+        from .fsdp import FSDPBackend
+
+        return FSDPBackend(cfg.mixed_precision, accelerator), cfg
+    return _AccelerateBackend(accelerator or _new_accelerator(_mixed_precision(cfg.mixed_precision))), cfg
 
 
 def distill(child: Any, parent: Any | None, train_tokens: torch.Tensor | Any, config: DistillConfig, *,
@@ -260,12 +371,13 @@ def distill(child: Any, parent: Any | None, train_tokens: torch.Tensor | Any, co
     ``resume`` and a checkpoint in ``config.output_dir`` the run continues
     from it; a run already at ``max_steps`` returns at once.  The child is
     trained in place (unwrap it from the accelerator with
-    ``accelerator.unwrap_model`` if you pass your own accelerator).
+    ``accelerator.unwrap_model`` if you pass your own accelerator).  Under
+    ``config.fsdp`` child and parent are sharded in place (a second call
+    reuses the shards); gather the child with
+    :func:`puzzlekit.distill.fsdp.full_model` to save it.
     ``stop_after``: return after this optimiser step (a session of a longer
     run; the schedule still follows ``max_steps``; resume later).
     """
-    from safetensors.torch import load_file
-
     from .loss import layer_pairs_for
 
     t0 = time.perf_counter()
@@ -278,36 +390,37 @@ def distill(child: Any, parent: Any | None, train_tokens: torch.Tensor | Any, co
                           "weights=GKDWeights(cosine=0, kl=0, lm=1) for continued pre-training")
     if cfg.weights.cosine > 0 and pairs is None:
         pairs = layer_pairs_for(child, parent)
-    if accelerator is None:
-        accelerator = _new_accelerator(_mixed_precision(cfg.mixed_precision))
-    out = Path(cfg.output_dir) if cfg.output_dir else None
-    fsdp = accelerator.distributed_type.name == "FSDP"
+    backend, cfg = _backend(cfg, accelerator)
+    undo = None
+    if cfg.activation_checkpointing:
+        from .fsdp import enable_activation_checkpointing
 
-    params = [p for p in child.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}],
-                                  lr=cfg.learning_rate, betas=cfg.betas)
+        undo = enable_activation_checkpointing(child)
+    try:
+        return _train(backend, child, parent, train_tokens, cfg, eval_tokens, pairs, resume, stop_after, t0)
+    finally:
+        if undo is not None:
+            undo()
+
+
+def _train(backend: Any, child: Any, parent: Any, train_tokens: torch.Tensor, cfg: DistillConfig,
+           eval_tokens: torch.Tensor | None, pairs: Any, resume: bool, stop_after: int | None,
+           t0: float) -> DistillResult:
+    out = Path(cfg.output_dir) if cfg.output_dir else None
+    model, parent = backend.setup(child, parent)
+    optimizer = _adamw(model, cfg)
+    rank, world = backend.rank, backend.world
+    global_batch = cfg.batch_size * cfg.grad_accum_steps * world
 
     start, history, evals = 0, [], []
     ckpt = latest_checkpoint(out) if (resume and out is not None) else None
     if ckpt is not None:
-        missing, unexpected = child.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
-        if unexpected or [k for k in missing if "rotary" not in k]:
-            raise ConfigError(f"{ckpt}: checkpoint does not fit this child (missing {missing[:3]}, unexpected "
-                              f"{unexpected[:3]}); use a fresh output_dir")
         st = read_json(ckpt / "state.json", what="checkpoint state")
+        check_resume_state(ckpt, st, fmt=backend.kind, global_batch=global_batch, world=world,
+                           batch_size=cfg.batch_size, grad_accum_steps=cfg.grad_accum_steps)
+        check_fits(ckpt, {k: tuple(v.shape) for k, v in model.state_dict().items()}, out)
+        backend.load(ckpt, model, optimizer, st)
         start, history, evals = int(st["step"]), list(st["history"]), list(st["evals"])
-        if (ckpt / "optimizer.pt").exists():
-            try:
-                opt_state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True)
-            except Exception as e:  # weights_only refuses pickled objects other than tensors/containers
-                raise UnsafeInputError(f"{ckpt / 'optimizer.pt'}: refused, not a plain tensor checkpoint ({e}); "
-                                       "delete this checkpoint folder to resume from the previous one") from None
-            optimizer.load_state_dict(opt_state)
-        else:
-            logger.warning("%s: no optimizer state (FSDP run); the optimizer restarts", ckpt)
         logger.info("resuming from %s at step %d", ckpt, start)
     if start >= cfg.max_steps:
         return DistillResult(history, evals, start, start, time.perf_counter() - t0)
@@ -317,55 +430,61 @@ def distill(child: Any, parent: Any | None, train_tokens: torch.Tensor | Any, co
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, total=cfg.max_steps, warmup=cfg.warmup_steps,
                                            min_ratio=cfg.min_lr_ratio), last_epoch=start - 1)
-    model, optimizer = accelerator.prepare(child, optimizer)
-    if parent is not None:
-        parent = parent.to(accelerator.device).eval().requires_grad_(False)
+    model, optimizer = backend.prepare(model, optimizer)
     want_hidden = cfg.weights.cosine > 0
 
     def run_eval(step: int) -> None:
         if eval_tokens is None or parent is None:
             return
-        r = evaluate_kl(model, parent, eval_tokens, batch_size=cfg.eval_batch_size, accelerator=accelerator,
-                        pairs=pairs if want_hidden else None, temperature=cfg.temperature)
+        r = _evaluate(model, parent, eval_tokens, backend, batch_size=cfg.eval_batch_size,
+                      pairs=pairs if want_hidden else None, temperature=cfg.temperature)
         r["step"] = step
         evals.append(r)
         logger.info("eval step %d: %s", step, r)
 
+    def save(step: int) -> None:
+        state = {"step": step, "history": history, "evals": evals, "config": _jsonable(asdict(cfg)),
+                 "world": world, "global_batch": global_batch}
+        _save_checkpoint(backend, model, optimizer, out, step, state, cfg.keep_checkpoints)
+
     if start == 0 and cfg.eval_every:
         run_eval(0)
     model.train()
-    rank, world = accelerator.process_index, accelerator.num_processes
     end = cfg.max_steps if stop_after is None else max(start, min(cfg.max_steps, int(stop_after)))
     for step in range(start, end):
         parts_sum: dict[str, float] = {}
         for micro in range(cfg.grad_accum_steps):
-            ids = train_tokens[_rows_for(step, micro, cfg, train_tokens.shape[0], rank, world)].to(accelerator.device)
+            ids = train_tokens[_rows_for(step, micro, cfg, train_tokens.shape[0], rank, world)].to(backend.device)
             sync = micro == cfg.grad_accum_steps - 1
-            ctx = contextlib.nullcontext() if sync or fsdp else accelerator.no_sync(model)
-            with ctx, accelerator.autocast():
-                child_out = model(input_ids=ids, output_hidden_states=want_hidden)
+            with backend.micro_step(model, sync), backend.autocast(), backend.forward():
+                child_out = model(input_ids=ids, output_hidden_states=want_hidden, use_cache=False)
                 parent_out = None
                 if cfg.weights.needs_parent:
                     with torch.no_grad():
-                        parent_out = parent(input_ids=ids, output_hidden_states=want_hidden)
+                        parent_out = parent(input_ids=ids, output_hidden_states=want_hidden, use_cache=False)
+                    backend.after_parent_forward(parent)
                 loss, parts = gkd_loss(child_out, parent_out, ids, pairs=pairs or (), weights=cfg.weights,
                                        temperature=cfg.temperature)
-                accelerator.backward(loss / cfg.grad_accum_steps)
+                backend.backward(loss / cfg.grad_accum_steps)
             for k, v in parts.items():
                 parts_sum[k] = parts_sum.get(k, 0.0) + v / cfg.grad_accum_steps
-        gnorm = accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
+        if world > 1:  # log the global batch's losses, not this process's share
+            keys = sorted(parts_sum)
+            t = backend.sum(torch.tensor([parts_sum[k] for k in keys], dtype=torch.float64, device=backend.device))
+            parts_sum = {k: float(v) / world for k, v in zip(keys, t.tolist())}
+        gnorm = backend.clip(model, cfg.max_grad_norm) if cfg.max_grad_norm > 0 else None
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         rec = {"step": step + 1, "lr": scheduler.get_last_lr()[0], **parts_sum}
         if gnorm is not None:
-            rec["grad_norm"] = float(gnorm)
+            rec["grad_norm"] = gnorm
         history.append(rec)
         if cfg.log_every and (step + 1) % cfg.log_every == 0:
             logger.info("step %d: %s", step + 1, rec)
         if cfg.eval_every and ((step + 1) % cfg.eval_every == 0 or step + 1 == cfg.max_steps):
             run_eval(step + 1)
         if out is not None and cfg.save_every and ((step + 1) % cfg.save_every == 0 or step + 1 == end):
-            _save_checkpoint(accelerator, model, optimizer, out, step + 1, history, evals, cfg, cfg.keep_checkpoints)
+            save(step + 1)
     model.eval()
     return DistillResult(history, evals, start, end, time.perf_counter() - t0)
