@@ -21,12 +21,18 @@ _SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "nemotron-nas", "deci", "
 
 
 def load_config_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
-    """A ``config.json`` as a dict, from a dict, a file, or a model folder holding one."""
+    """A ``config.json`` as a dict, from a dict, a file, or a model folder holding one; a ``.gguf``
+    file (or a folder holding one) gives the config in its metadata (nothing dequantized)."""
     from .io import read_json
 
     if isinstance(source, Mapping):
         return dict(source)
     path = Path(source)
+    if path.suffix.lower() == ".gguf" or (path.is_dir() and not (path / "config.json").exists()
+                                          and any(path.glob("*.gguf"))):
+        from .model.gguf import gguf_config_dict
+
+        return gguf_config_dict(path)
     if path.is_dir():
         path = path / "config.json"
         if not path.exists():

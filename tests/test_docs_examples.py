@@ -17,9 +17,12 @@ How the docs are read
 Marks: an HTML comment on the line just above a fence,
 
 * ``<!-- doc-test: skip REASON -->``: not run (the reason is required: large data, network, GPUs);
-* ``<!-- doc-test: needs nvidia-library -->``: runs only where NVIDIA's library is found;
+* ``<!-- doc-test: needs nvidia-library -->``: runs only where NVIDIA's library is found
+  (``needs smollm2``: where the SmolLM2 GGUF is already in puzzlekit's cache);
 * ``<!-- doc-test: slow -->``: runs only with ``-m slow`` (the file's other blocks run by default);
 * ``<!-- doc-test: synopsis -->``: a usage summary with placeholders (shell): only the parser check.
+
+Several marks: one comment line each, directly above the fence.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -42,7 +45,15 @@ PYTHON = {"python", "py", "python3"}
 SHELL = {"bash", "sh", "shell", "console"}
 INERT = {"text", "json", "yaml", "yml", "toml", "csv", "diff", "ini", "jsonl", "output"}
 MARKS = {"skip", "needs", "slow", "synopsis"}
-RESOURCES = {"nvidia-library": lambda: (NVLABS_LIB / "block_library.json").exists()}
+def _smollm2_cached() -> bool:
+    from puzzlekit.fetch import SMOLLM2_GGUF, default_cache_dir
+
+    return (default_cache_dir() / SMOLLM2_GGUF.folder / SMOLLM2_GGUF.name).exists()
+
+
+#: data an example may need, found in place (never downloaded by the tests)
+RESOURCES = {"nvidia-library": lambda: (NVLABS_LIB / "block_library.json").exists(),
+             "smollm2": _smollm2_cached}
 _FENCE = re.compile(r"^(\s*)```(.*)$")
 _MARK = re.compile(r"^\s*<!--\s*doc-test:\s*([\w-]+)\s*(.*?)\s*-->\s*$")
 
@@ -63,8 +74,7 @@ class Block:
     line: int
     lang: str
     code: str
-    mark: str = ""
-    arg: str = ""
+    marks: dict = field(default_factory=dict)
 
     @property
     def where(self) -> str:
@@ -72,7 +82,7 @@ class Block:
 
     @property
     def runnable(self) -> bool:
-        return (self.lang in PYTHON or self.lang in SHELL) and self.mark not in ("skip", "synopsis")
+        return (self.lang in PYTHON or self.lang in SHELL) and not ({"skip", "synopsis"} & set(self.marks))
 
 
 def parse(path: Path) -> list[Block]:
@@ -87,12 +97,12 @@ def parse(path: Path) -> list[Block]:
             continue
         indent, info = m.group(1), m.group(2).strip()
         lang = info.split()[0].lower() if info else ""
-        mark = arg = ""
+        marks: dict[str, str] = {}
         j = i - 1
-        if j >= 0:
+        while j >= 0 and _MARK.match(lines[j]):  # one mark per line, any number of lines above the fence
             mm = _MARK.match(lines[j])
-            if mm:
-                mark, arg = mm.group(1), mm.group(2)
+            marks[mm.group(1)] = mm.group(2)
+            j -= 1
         body = []
         fence_line = i + 1
         i += 1
@@ -101,7 +111,7 @@ def parse(path: Path) -> list[Block]:
             i += 1
         if i >= len(lines):
             raise AssertionError(f"{path.relative_to(ROOT)}:{len(lines)}: unclosed code fence")
-        out.append(Block(path, fence_line, lang, "\n".join(body) + "\n", mark, arg))
+        out.append(Block(path, fence_line, lang, "\n".join(body) + "\n", marks))
         i += 1
     return out
 
@@ -116,14 +126,15 @@ def test_every_fence_is_tagged_and_every_mark_is_known():
         for b in blocks:
             if b.lang not in PYTHON | SHELL | INERT:
                 bad.append(f"{b.where}: fence tagged {b.lang!r}: tag it python / bash (run) or text (not run)")
-            if b.mark and b.mark not in MARKS:
-                bad.append(f"{b.where}: unknown doc-test mark {b.mark!r}; known: {sorted(MARKS)}")
-            if b.mark == "skip" and not b.arg:
-                bad.append(f"{b.where}: 'doc-test: skip' needs a reason")
-            if b.mark == "needs" and b.arg not in RESOURCES:
-                bad.append(f"{b.where}: 'doc-test: needs {b.arg}': known resources {sorted(RESOURCES)}")
-            if b.mark == "synopsis" and b.lang not in SHELL:
-                bad.append(f"{b.where}: a synopsis is a shell block")
+            for mark, arg in b.marks.items():
+                if mark not in MARKS:
+                    bad.append(f"{b.where}: unknown doc-test mark {mark!r}; known: {sorted(MARKS)}")
+                if mark == "skip" and not arg:
+                    bad.append(f"{b.where}: 'doc-test: skip' needs a reason")
+                if mark == "needs" and arg not in RESOURCES:
+                    bad.append(f"{b.where}: 'doc-test: needs {arg}': known resources {sorted(RESOURCES)}")
+                if mark == "synopsis" and b.lang not in SHELL:
+                    bad.append(f"{b.where}: a synopsis is a shell block")
     assert not bad, "\n".join(bad)
     assert sum(b.runnable for bs in ALL.values() for b in bs) >= 20  # the harness sees the examples
 
@@ -243,13 +254,13 @@ def _plan(path: Path, slow: bool) -> tuple[list[Block], list[str]]:
     run, why = [], []
     for b in ALL[path]:
         if not b.runnable:
-            if b.mark == "skip":
-                why.append(f"{b.where}: skipped ({b.arg})")
+            if "skip" in b.marks:
+                why.append(f"{b.where}: skipped ({b.marks['skip']})")
             continue
-        if b.mark == "needs" and not RESOURCES[b.arg]():
-            why.append(f"{b.where}: needs {b.arg}, not found")
+        if "needs" in b.marks and not RESOURCES[b.marks["needs"]]():
+            why.append(f"{b.where}: needs {b.marks['needs']}, not found")
             continue
-        if b.mark == "slow" and not slow:
+        if "slow" in b.marks and not slow:
             why.append(f"{b.where}: slow (runs with -m slow)")
             continue
         run.append(b)
@@ -262,7 +273,7 @@ def _params():
         blocks = ALL[p]
         if any(b.runnable for b in blocks):
             out.append(pytest.param(p, False, id=str(p.relative_to(ROOT))))
-        if any(b.runnable and b.mark == "slow" for b in blocks):
+        if any(b.runnable and "slow" in b.marks for b in blocks):
             out.append(pytest.param(p, True, id=f"{p.relative_to(ROOT)}::slow", marks=pytest.mark.slow))
     return out
 

@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import ConfigError
-from .common import print_json
+from .common import print_json, resolve_parent_arg
 
 _DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
@@ -16,11 +16,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "assemble",
         help="assemble a child model (Hugging Face folder, Nemotron-NAS config) from the parent",
         description="Build the child from a parent folder (Llama / Qwen2 / Mistral / Nemotron-NAS, safetensors) "
-        "and either a child config.json (--config; every layer initialised from the parent layer) or a block "
+        "or a .gguf file, and either a child config.json (--config; every layer initialised from the parent layer) or a block "
         "library with the search's choices (--library with --solution or --choices; trained candidate weights "
         "are used, the rest initialised from the parent). Writes OUT atomically.",
     )
-    p.add_argument("parent", metavar="PARENT_DIR")
+    p.add_argument("parent", metavar="PARENT_DIR|FILE.gguf",
+                   help="the parent's model folder, or a .gguf file (dequantized once into $PUZZLEKIT_CACHE/gguf)")
     p.add_argument("--config", metavar="CONFIG", help="child config.json (Nemotron-NAS) or model folder")
     p.add_argument("--library", metavar="LIB.json", help="block library holding the chosen candidates")
     p.add_argument("--solution", metavar="SOLUTION.json",
@@ -91,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.config and not args.library:
         raise ConfigError("give the child as --config CONFIG, or --library LIB.json with --solution / --choices")
     dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else None
+    args.parent = resolve_parent_arg(args.parent)
     parent = load_parent(args.parent, dtype=dtype)
     arch = Architecture.from_config(resolve_config(args.config)) if args.config else None
     library = choices = None

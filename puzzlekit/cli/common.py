@@ -68,6 +68,20 @@ def add_parent_device_args(p: Any) -> None:
                    help="the parent's precision (default: as stored)")
 
 
+def resolve_parent_arg(parent: str, run_dir: Any = None) -> str:
+    """A parent argument (a model folder, a ``.gguf`` file or a folder holding one) as a model folder:
+    a GGUF parent is dequantized once into ``RUN/parent`` (with a run directory) or the user cache
+    (``$PUZZLEKIT_CACHE/gguf``) and read from there afterwards."""
+    from ..model.gguf import find_gguf, resolve_parent_path
+
+    p = Path(parent)
+    if not p.exists():
+        raise PuzzlekitError(f"{parent}: no such file or folder; give the parent's model folder or a .gguf file")
+    if find_gguf(p) is None:
+        return parent
+    return str(resolve_parent_path(p, gguf_cache=Path(run_dir) / "parent" if run_dir is not None else None))
+
+
 def load_parent_from_args(args: Any) -> Any:
     """The ``--parent`` model, on ``--device`` / ``--device-map`` in ``--dtype``."""
     import os

@@ -1,5 +1,8 @@
 """Load a parent (Llama, Qwen2, Mistral, or a Nemotron-NAS child) as a :class:`PuzzleForCausalLM`.
 
+A ``.gguf`` file (or a folder holding one) is dequantized once into a cached model folder
+(:mod:`puzzlekit.model.gguf`) and loaded from there.
+
 The Llama-family weight names are ours already (``model.layers.{i}.self_attn.q_proj.weight``…),
 so loading is a name-checked copy.  A folder is loaded without materialising the model twice:
 the model is built on the meta device (accelerate's ``init_empty_weights``) and each tensor of
@@ -171,15 +174,18 @@ def _set_param(model: nn.Module, name: str, value: torch.Tensor) -> None:
 
 def load_parent(path_or_hf_model: str | os.PathLike | nn.Module, dtype: torch.dtype | None = None,
                 device: torch.device | str | None = None, *,
-                device_map: str | list[str | torch.device] | None = None) -> PuzzleForCausalLM:
+                device_map: str | list[str | torch.device] | None = None,
+                gguf_cache: str | os.PathLike | None = None) -> PuzzleForCausalLM:
     """The parent as a :class:`PuzzleForCausalLM` (homogeneous child equal to it).
 
     ``path_or_hf_model``: a local Hugging Face folder (Llama, Qwen2, Mistral or Nemotron-NAS;
-    safetensors, single or sharded) or an in-memory transformers model (its tensors are shared,
-    not copied, when ``dtype`` / ``device`` do not change them).  ``dtype`` defaults to the
-    stored dtype; ``device`` to CPU.  ``device_map`` (``"auto"`` or a list of devices) spreads the
-    layers over several devices instead (:mod:`puzzlekit.model.placement`); each tensor is read
-    straight onto its device.
+    safetensors, single or sharded), a ``.gguf`` file or a folder holding one (Llama / Qwen2
+    architectures; dequantized to float32 once into ``gguf_cache``, default
+    ``~/.cache/puzzlekit/gguf/NAME-HASH``, and read from there afterwards), or an in-memory
+    transformers model (its tensors are shared, not copied, when ``dtype`` / ``device`` do not
+    change them).  ``dtype`` defaults to the stored dtype; ``device`` to CPU.  ``device_map``
+    (``"auto"`` or a list of devices) spreads the layers over several devices instead
+    (:mod:`puzzlekit.model.placement`); each tensor is read straight onto its device.
     """
     if device_map is not None:
         if device is not None:
@@ -205,9 +211,12 @@ def load_parent(path_or_hf_model: str | os.PathLike | nn.Module, dtype: torch.dt
         load_state_into(model, sd, dtype=dtype, device=device, source=type(hf).__name__)
         log.info("loaded parent %s (%d layers) from an in-memory model", d.get("model_type"), config.num_hidden_layers)
         return model.eval()
-    folder = Path(path_or_hf_model)
+    from .gguf import resolve_parent_path
+
+    folder = resolve_parent_path(path_or_hf_model, gguf_cache=gguf_cache)
     if not folder.is_dir():
-        raise ConfigError(f"{folder}: not a folder; load_parent takes a Hugging Face model folder or a transformers model")
+        raise ConfigError(f"{folder}: not a folder; load_parent takes a Hugging Face model folder, a .gguf file "
+                          "or a transformers model")
     d = load_config_dict(folder)
     if d.get("model_type") in ("nemotron-nas", "deci", "puzzle"):
         raw = dict(d)

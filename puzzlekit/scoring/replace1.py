@@ -251,6 +251,7 @@ def score_library(
     ref_memory_gb: float | None = None,
     progress: bool = True,
     save: bool = True,
+    decoupled: bool = False,
 ) -> BlockLibrary:
     """Replace-1-block scores of every single-layer candidate, written into ``library`` metrics.
 
@@ -258,8 +259,8 @@ def score_library(
     finished ones, and (with ``save``) the library document is saved atomically after each layer:
     the ``library.json`` it was loaded from, else ``run_dir/library.json``.  Without ``run_dir``
     only the ``library`` object is changed (puzzlekit's rule: a function given a run directory
-    persists there, a function given objects only does not; save with ``library.save(path)``).  With ``prefix_reuse`` (default) each batch's layer
-    inputs come from one parent pass and the candidates of a layer run stacked (up to
+    persists there, a function given objects only does not; save with ``library.save(path)``).
+    With ``prefix_reuse`` (default) each batch's layer inputs come from one parent pass and the candidates of a layer run stacked (up to
     ``suffix_tokens`` tokens at a time: larger stacks fall out of CPU caches and run slower there)
     through the parent's later layers, and the candidates that keep the parent's attention (tensor for
     tensor) share its output and run only their FFN; ``prefix_reuse=False`` runs the whole child per candidate
@@ -272,6 +273,13 @@ def score_library(
     layer and batch, and if the layer inputs alone do not fit they wait in host memory (the plan is
     logged).  The numbers do not change.
     ``top5_agree``: fewer than 5 tokens are more likely under the child than the parent's top-1.
+
+    ``decoupled``: score only the candidates that keep the parent's attention or the parent's FFN
+    (m + n per layer instead of m·n) and give every other pair ``(a, f)`` the sum of its two parts'
+    changes, ``kl_div(a, f) = kl_div(a, parent FFN) + kl_div(parent attention, f)`` (likewise
+    ``cosine_dist``; ``lm_loss`` and the agreements add their differences from the parent's), with
+    ``composed = 1`` in its metrics.  It matches how decoupled BLD trains the pair's sub-blocks (each
+    against the parent's other one); a pair whose parts are missing from the library is scored.
 
     Under ``accelerate launch`` / torchrun (``WORLD_SIZE > 1``) the layers are shared out over the
     processes (balanced by their candidates' suffix lengths; a layer's candidates stay together, so
@@ -297,6 +305,8 @@ def score_library(
     if run is not None:
         done = {k: r for k, r in run.journal.states(KIND).items() if r.get("state") == State.COMPLETE.value}
     todo = [i for i, c in enumerate(library.candidates) if c.span == 1]
+    composed = _composed(library, parent.model.layers[0].spec.parent_block(), todo) if decoupled else {}
+    todo = [i for i in todo if i not in composed]
     pending = [i for i in todo if _item(library, i) not in done]
     for i in todo:
         if _item(library, i) in done:
@@ -367,9 +377,50 @@ def score_library(
                                f"(first: {missing[0]}); re-run the same command to finish them")
         for i in todo:
             library.candidates[i].metrics.update(done[_item(library, i)]["metrics"])
+    if composed:
+        base = _parent_metrics(refs) if refs else _parent_metrics(
+            [_Ref(parent, b.to(dev), keep_logits=False) for b in batches])  # resumed: no passes kept
+        for ci, (ia, iff) in composed.items():
+            library.candidates[ci].metrics.update(_compose(library.candidates[ia].metrics,
+                                                           library.candidates[iff].metrics, base))
     if doc is not None:
         library.save(doc)
     return library
+
+
+def _composed(library: BlockLibrary, pblock: Any, todo: list[int]) -> dict[int, tuple[int, int]]:
+    """Pairs changing both sub-blocks whose two parts (attention with the parent FFN, parent attention
+    with the FFN) are candidates of the same layer: ``{pair: (attention part, FFN part)}``."""
+    index = {(library.candidates[i].first, library.candidates[i].block): i for i in todo}
+    out = {}
+    for i in todo:
+        c = library.candidates[i]
+        a, f = c.block.attention, c.block.ffn
+        if a == pblock.attention or f == pblock.ffn:
+            continue
+        ia = index.get((c.first, type(c.block)(a, pblock.ffn)))
+        iff = index.get((c.first, type(c.block)(pblock.attention, f)))
+        if ia is not None and iff is not None:
+            out[i] = (ia, iff)
+    return out
+
+
+def _parent_metrics(refs: list[_Ref]) -> dict[str, float]:
+    """The parent's own metrics over the kept passes (the base the composed pairs add changes to)."""
+    acc: dict[str, Any] = {}
+    for r in refs:
+        _add(acc, r.parent_metrics())
+    return _finish(acc)
+
+
+def _compose(ma: dict[str, float], mf: dict[str, float], base: dict[str, float]) -> dict[str, float]:
+    out = {}
+    for k in METRICS:
+        if k in ma and k in mf:
+            v = ma[k] + mf[k] - base[k]  # the parent's own value plus both parts' changes
+            out[k] = max(0.0, v) if k in ("kl_div", "cosine_dist", "top1_agree", "top5_agree") else v
+    out["composed"] = 1.0
+    return out
 
 
 def _library_document(library: BlockLibrary, run: RunDir | None) -> Path | None:
