@@ -12,8 +12,8 @@ candidates (``--mix``, see :func:`eight_candidates`), decoupled:
 * ``nvidia`` (default): FFN widths 87.5, 75, 62.5, 50, 37.5, 25, 20 and 10 % fed the parent attention
   output: the six FFN widths of NVIDIA's Llama-3.3-70B block library plus two (that library's only other
   variants, the parent's own and the no-ops, cost nothing to train);
-* ``mixed``: attention GQA-2, GQA-1 and linear, each trained through the frozen parent FFN (FACTS.md:
-  the loss is on the block output), and FFN 75, 50, 25, 10 % and linear.
+* ``mixed``: attention GQA-2, GQA-1 and linear, each trained through the frozen parent FFN (Puzzle,
+  arXiv 2411.19146: the BLD loss is on the block output), and FFN 75, 50, 25, 10 % and linear.
 
 The parent's own variants and no-ops are left out of the count: they cost nothing to train.
 

@@ -2,6 +2,7 @@
 
     python benchmarks/solvers.py [--library ../shared/data/puzzle-llama-3.3-70b-block-library]
                                  [--repeat 3] [--synthetic] [--synthetic-time-limit 120]
+                                 [--families [--instances 5]] [--families-only] [--pareto]
 
 Prints ratios measured in the same run (solver libraries loaded before timing;
 each case is timed ``--repeat`` times, ours and the references interleaved, and
@@ -90,10 +91,26 @@ def main() -> None:
     ap.add_argument("--synthetic", action="store_true", help="also the 162 x 200 x 3 synthetic problem")
     ap.add_argument("--synthetic-time-limit", type=float, default=120.0)
     ap.add_argument("--skip-sweep-reference", action="store_true")
+    ap.add_argument("--families", action="store_true", help="also the problem families (solver_families.py)")
+    ap.add_argument("--families-only", action="store_true", help="only the problem families")
+    ap.add_argument("--instances", type=int, default=5, help="instances per family")
+    ap.add_argument("--layers", type=int, default=30)
+    ap.add_argument("--per-layer", type=int, default=24)
+    ap.add_argument("--family-time-limit", type=float, default=60.0)
+    ap.add_argument("--pareto", action="store_true", help="also the multi-budget Pareto front vs single solves")
     ap.add_argument("--synthetic-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.synthetic_only:
         return synthetic(args.synthetic_time_limit)
+    if args.families or args.families_only:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from solver_families import run as run_families
+
+        run_families(args.instances, args.layers, args.per_layer, args.family_time_limit)
+        if args.families_only:
+            return None
     from puzzlekit.formats import import_nvlabs
     from puzzlekit.search import search, search_diverse, sweep
 
@@ -149,12 +166,28 @@ def main() -> None:
                 assert abs(h - ours[i]) < 1e-6 and abs(pl - ours[i]) < 1e-6
         print(f"  equal to 1e-6 at {sum(abs(d) <= 1e-6 for d in diff)}/100 points; elsewhere python-mip returned a "
               "worse architecture that HiGHS and PuLP/CBC both beat, matching ours")
+    if args.pareto:
+        pareto(lib)
     if args.synthetic:
         import subprocess
         import sys
 
         subprocess.run([sys.executable, __file__, "--synthetic-only", "--synthetic-time-limit",
                         str(args.synthetic_time_limit)], check=True)
+
+
+def pareto(lib) -> None:
+    """The multi-budget Pareto front (memory under a runtime budget) against a loop of single solves."""
+    from puzzlekit.search import pareto_front, search
+
+    b = {"runtime_ms": 51200}
+    t, front = timed(lambda: pareto_front(lib, "kl_div", "memory_mib", b, low=79000, high=80000))
+    t_loop, objs = timed(lambda: [search(lib, "kl_div", {**b, "memory_mib": s.costs["memory_mib"]}).objective
+                                  for s in front])
+    err = max(abs(a.objective - o) for a, o in zip(front, objs))
+    print(f"Pareto front memory 79,000-80,000 MiB under runtime <= 51,200: {len(front)} points in {t:.2f}s "
+          f"({1000 * t / len(front):.0f} ms/point); a loop of {len(front)} single solves {t_loop:.2f}s: "
+          f"{t_loop / t:.1f}x, max |objective difference| {err:.1e}")
 
 
 def synthetic(limit: float) -> None:

@@ -221,7 +221,7 @@ def measurements_from_library(library: BlockLibrary, spec: ParentSpec, scenario:
 
 
 def _default_70b_parent() -> ParentSpec:
-    from puzzlekit.cli.common import builtin_config_path
+    from puzzlekit.configs import builtin_config_path
 
     # Super-49B keeps its parent's dimensions (Llama-3.3-70B: hidden 8192, 64 heads, head_dim 128,
     # intermediate 28672, vocab 128256, 80 layers); its widest block is the parent's.

@@ -1,6 +1,7 @@
 """The hardware catalogue: datasheet peaks, memory, interconnect and roofline efficiency factors.
 
-Figures are vendor datasheet numbers (dense, no sparsity; ``reference/FACTS.md``):
+Figures are vendor datasheet numbers, dense (no sparsity): NVIDIA's H100 Tensor Core GPU datasheet (SXM and
+PCIe), H200 datasheet, A100 80GB datasheet, L40S datasheet and the DGX B200 / Blackwell datasheet (per GPU):
 
 =============  ============  ===========  ========  =======  ==============
 GPU            bf16 TFLOP/s  fp8 TFLOP/s  HBM TB/s  memory   NVLink (1 dir)

@@ -47,8 +47,8 @@ __version__ = "0.1.0"
 
 # name -> module that defines it; imported on first attribute access (PEP 562)
 _LAZY: dict[str, str] = {
-    "run_demo": "puzzlekit.demo.pipeline",
-    "DemoConfig": "puzzlekit.demo.pipeline",
+    "run_demo": "puzzlekit.demo",
+    "PipelineConfig": "puzzlekit.pipeline",
     "run_bld": "puzzlekit.bld",
     "BLDConfig": "puzzlekit.bld",
     "SearchSpace": "puzzlekit.bld",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -12,12 +12,43 @@ from typing import Any
 from .blocks import AttentionConfig, BlockConfig, FFNConfig
 from .errors import ConfigError
 
-__all__ = ["ParentSpec", "Architecture", "Scenario", "DTYPE_BYTES", "load_config_dict"]
+__all__ = ["ParentSpec", "Architecture", "Scenario", "DTYPE_BYTES", "load_config_dict", "BlockFormat",
+           "register_block_format"]
 
 #: Bytes per element of each supported dtype.
 DTYPE_BYTES: dict[str, float] = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1}
 
 _SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "nemotron-nas", "deci", "puzzle")
+
+
+@dataclass(frozen=True)
+class BlockFormat:
+    """A config format that describes each layer's block (Nemotron-NAS ``block_configs``).
+
+    The data model does not import its formats: the module implementing one registers it with
+    :func:`register_block_format` when imported (``puzzlekit.nas`` does; ``import puzzlekit`` imports it).
+    ``block_dims(d, src)``: the largest KV-head count and intermediate size over the blocks (the parent's
+    dimensions); ``read(d, src)``: the :class:`Architecture`; ``write(arch)``: the ``config.json`` dict."""
+
+    name: str
+    model_types: tuple[str, ...]
+    block_dims: Callable[[Mapping[str, Any], str], tuple[int, int]]
+    read: Callable[[Mapping[str, Any], str], Architecture]
+    write: Callable[[Architecture], dict[str, Any]]
+
+
+_BLOCK_FORMAT: list[BlockFormat] = []
+
+
+def register_block_format(fmt: BlockFormat) -> None:
+    """Make ``fmt`` the format :meth:`Architecture.from_config` reads and :meth:`Architecture.save_config` writes."""
+    _BLOCK_FORMAT[:] = [fmt]
+
+
+def _block_format() -> BlockFormat:
+    if not _BLOCK_FORMAT:
+        raise ConfigError("no per-layer config format is registered; import puzzlekit (it registers Nemotron-NAS)")
+    return _BLOCK_FORMAT[0]
 
 
 def load_config_dict(source: str | os.PathLike | Mapping[str, Any]) -> dict[str, Any]:
@@ -142,9 +173,7 @@ class ParentSpec:
         if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim <= 0:
             raise ConfigError(f"{src}: 'head_dim' must be a positive integer, got {head_dim!r}")
         if mt in ("nemotron-nas", "deci", "puzzle"):
-            from .nas import nas_block_dims
-
-            kv, inter = nas_block_dims(d, src)
+            kv, inter = _block_format().block_dims(d, src)
         else:
             kv = d.get("num_key_value_heads") or heads
             inter = _req(d, "intermediate_size", src)
@@ -264,9 +293,7 @@ class Architecture:
         """Read a Nemotron-NAS / DeciLM config or a plain Llama / Qwen2 / Mistral one (homogeneous)."""
         d = load_config_dict(source)
         if "block_configs" in d:
-            from .nas import read_nemotron_nas
-
-            return read_nemotron_nas(d, source=str(source) if not isinstance(source, Mapping) else "config")
+            return _block_format().read(d, str(source) if not isinstance(source, Mapping) else "config")
         parent = ParentSpec.from_hf_config(d)
         return replace(cls.homogeneous(parent), extra_config=d)
 
@@ -310,9 +337,7 @@ class Architecture:
 
     def to_nemotron_nas(self) -> dict[str, Any]:
         """This architecture as a Nemotron-NAS ``config.json`` dict."""
-        from .nas import write_nemotron_nas
-
-        return write_nemotron_nas(self)
+        return _block_format().write(self)
 
     def save_config(self, path: str | os.PathLike) -> None:
         """Write the Nemotron-NAS ``config.json`` (atomically)."""

@@ -164,10 +164,6 @@ class TokenData:
     meta: dict[str, Any] = field(default_factory=dict)
 
     @property
-    def num_train_tokens(self) -> int:
-        return int(self.train.size)
-
-    @property
     def fingerprint(self) -> str:
         """A short hash of the token contents (identifies the data a run was made with)."""
         h = hashlib.sha256()

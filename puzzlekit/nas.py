@@ -1,17 +1,21 @@
 """Nemotron-NAS (DeciLM) ``config.json`` interop.
 
-The format (used by Llama-Nemotron Super/Ultra and read by vLLM, TensorRT-LLM,
-SGLang, llama.cpp and mlx-lm) describes each layer in ``block_configs``:
+The format (used by Llama-Nemotron Super/Ultra; read by vLLM, TensorRT-LLM, SGLang and
+llama.cpp's converter) describes each layer in ``block_configs``:
 
 * ``attention``: ``n_heads_in_group`` (query heads per KV head), ``no_op``,
   ``replace_with_linear``, and sparse / sink fields we keep at their defaults;
-* ``ffn``: ``ffn_mult`` (or ``intermediate_size``, which vLLM also reads),
-  ``no_op``, ``replace_with_linear``.
+* ``ffn``: ``ffn_mult``, ``no_op``, ``replace_with_linear``, ``sparsify``.
 
 ``ffn_mult`` maps to an intermediate size with the serving engines' rounding:
-``int(2 * ffn_mult * hidden / 3)`` rounded up to a multiple of 256.  Export
-writes ``ffn_mult`` only when it reproduces the size exactly, otherwise
-``intermediate_size``; nothing is silently rounded.
+``int(2 * ffn_mult * hidden / 3)`` rounded up to a multiple of 256.  Export writes
+``ffn_mult`` whenever it reproduces the size exactly (every multiple of 256).  A width that is
+not a multiple of 256 has no ``ffn_mult``: it is written as ``intermediate_size`` *instead of*
+``ffn_mult`` (no ``"ffn_mult": null`` beside it).  Only vLLM reads it, and only when the FFN
+object has no ``ffn_mult`` attribute (``DeciLMDecoderLayer.__init__`` in vLLM's
+``nemotron_nas.py``); SGLang, TensorRT-LLM and llama.cpp's ``convert_hf_to_gguf.py`` read
+``ffn_mult`` only (``puzzlekit.engines`` has the table).  Nothing is silently rounded.  No-op and
+linear FFNs keep ``"ffn_mult": null`` as NVIDIA's configs do (llama.cpp's converter indexes that key).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import warnings
 from collections.abc import Mapping
 from typing import Any
 
+from .architecture import Architecture, BlockFormat, ParentSpec, register_block_format
 from .blocks import AttentionConfig, BlockConfig, FFNConfig
 from .errors import ConfigError
 
@@ -42,6 +47,9 @@ _ATT_DEFAULTS = {
     "window_length": None,
 }
 _FFN_DEFAULTS = {"ffn_mult": None, "no_op": False, "replace_with_linear": False, "sparsify": None}
+#: ``auto_map`` of an exported checkpoint: our config class, written beside ``config.json``
+#: (``puzzlekit/export/configuration_decilm.py``); puzzlekit's own loaders never import it.
+AUTO_MAP = {"AutoConfig": "configuration_decilm.DeciLMConfig"}
 _UNSUPPORTED_ATT = ("num_sink_tokens", "sparsify", "window_length", "unshifted_sink",
                     "use_prefill_window_in_sink_attention")
 
@@ -163,10 +171,8 @@ def nas_block_dims(d: Mapping[str, Any], src: str = "config") -> tuple[int, int]
     return kv, max(sizes) if sizes else 4 * d["hidden_size"]
 
 
-def read_nemotron_nas(d: Mapping[str, Any], source: str = "config"):
+def read_nemotron_nas(d: Mapping[str, Any], source: str = "config") -> Architecture:
     """A Nemotron-NAS / DeciLM config dict as an :class:`~puzzlekit.Architecture`."""
-    from .architecture import Architecture, ParentSpec
-
     blocks = nas_blocks(d, source)
     n = d.get("num_hidden_layers")
     if n is not None and n != len(blocks):
@@ -229,8 +235,9 @@ def write_nemotron_nas(arch) -> dict[str, Any]:
             ffn["replace_with_linear"] = True
         else:
             m = intermediate_size_to_ffn_mult(b.ffn.intermediate_size, p.hidden_size)
-            if m is None:
+            if m is None:  # no "ffn_mult": null beside it: vLLM would take the null for the width
                 needs_size.append(i)
+                del ffn["ffn_mult"]
                 ffn["intermediate_size"] = b.ffn.intermediate_size
             else:
                 ffn["ffn_mult"] = m
@@ -239,8 +246,13 @@ def write_nemotron_nas(arch) -> dict[str, Any]:
     if needs_size:
         warnings.warn(
             f"layers {needs_size}: intermediate sizes not a multiple of 256 have no exact ffn_mult; "
-            "wrote ffn.intermediate_size, which vLLM reads (TensorRT-LLM / llama.cpp need ffn_mult)",
+            "wrote ffn.intermediate_size, which vLLM and transformers + puzzlekit read (SGLang, TensorRT-LLM and "
+            "llama.cpp's converter read ffn_mult only; puzzlekit's GGUF export takes any width)",
             NonMultipleWarning,
             stacklevel=2,
         )
     return out
+
+
+register_block_format(BlockFormat("nemotron-nas", ("nemotron-nas", "deci", "puzzle"), nas_block_dims,
+                                  read_nemotron_nas, write_nemotron_nas))

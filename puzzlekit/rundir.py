@@ -119,9 +119,6 @@ class RunDir:
             raise PuzzlekitError(f"{self.manifest_path}: not a puzzlekit run manifest; use another run directory")
         return m
 
-    def stage_state(self, stage: str) -> State:
-        return State(self.manifest()["stages"].get(stage, {}).get("state", State.PENDING.value))
-
     def stage_info(self, stage: str) -> dict[str, Any]:
         return dict(self.manifest()["stages"].get(stage, {}))
 

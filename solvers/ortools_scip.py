@@ -1,7 +1,14 @@
-"""SCIP through OR-Tools' linear solver wrapper (``pywraplp``)."""
+"""SCIP through OR-Tools' linear solver wrapper (``pywraplp``).
+
+OR-Tools bundles its own COIN-OR libraries; once python-mip has loaded *its* CBC libraries in the
+same process (the benchmarks load it), ``pywraplp`` cannot be imported (``libOsiClp.so.1: undefined
+symbol``).  Then the solve runs in a fresh interpreter (:mod:`._isolated`) and the answer says so
+(``info["isolated"]``).
+"""
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any
 
@@ -22,7 +29,14 @@ class ScipBackend(Backend):
     description = "SCIP via OR-Tools' linear solver wrapper"
 
     def solve(self, problem: Any, options: SolveOptions) -> Any:
-        from ortools.linear_solver import pywraplp
+        try:
+            from ortools.linear_solver import pywraplp
+        except ImportError as e:
+            if "undefined symbol" not in str(e) and "mip" not in sys.modules:
+                raise
+            from ._isolated import solve_isolated
+
+            return solve_isolated(self.name, problem, options, options.time_limit)
 
         from puzzlekit.search.solution import Status
 

@@ -130,7 +130,7 @@ def test_groups_follow_the_memory_budget():
     # layer fits both layers at once
     one = plan_groups([u for u in units if u.layer == 0], spec, BLDConfig(), 16)
     assert one == [[0]]
-    from puzzlekit.bld.engine import layer_memory
+    from puzzlekit.bld.units import layer_memory
 
     per = layer_memory(units, spec, BLDConfig(), 16)
     gb = 1.2 * max(per.values()) / 2**30  # one layer's units and activations, not two
@@ -184,6 +184,29 @@ def test_bld_decoupled_trains_and_registers(tmp_path):
     assert (tmp_path / "library.json").stat().st_mtime_ns == mtime
     with pytest.raises(PuzzlekitError, match="other settings"):
         run_bld(parent, data, tmp_path, space, BLDConfig(tokens=999, batch_size=4, eval_sequences=4), progress=False)
+
+
+def test_parent_fingerprint_covers_every_value_of_every_tensor(tmp_path, monkeypatch):
+    """A parent differing only past the first 1,024 values of one tensor (the old fingerprint's reach) has
+    another fingerprint, so run_bld refuses to reuse a run made from the first one; the hash streams a
+    tensor in chunks and gives the same answer whatever the chunk size."""
+    from puzzlekit.bld import BLDConfig, engine, run_bld
+
+    a, b = make_parent(), make_parent()
+    w = b.model.layers[1].mlp.down_proj.weight
+    assert w.numel() > 1024
+    with torch.no_grad():
+        w.view(-1)[-1] += 1e-3
+    fa, fb = engine.fingerprint_parent(a), engine.fingerprint_parent(b)
+    assert fa != fb and fa == engine.fingerprint_parent(make_parent())
+    monkeypatch.setattr(engine, "_FINGERPRINT_CHUNK", 96)  # odd-sized chunks across every tensor
+    assert engine.fingerprint_parent(a) == fa and engine.fingerprint_parent(b) == fb
+    data = make_data()
+    cfg = BLDConfig(tokens=16 * 4 * 2, batch_size=4, eval_sequences=4)
+    space = small_space(a)
+    run_bld(a, data, tmp_path, space, cfg, progress=False)
+    with pytest.raises(PuzzlekitError, match="other settings"):
+        run_bld(b, data, tmp_path, space, cfg, progress=False)
 
 
 @pytest.mark.parametrize("mode", ["coupled", "hybrid"])

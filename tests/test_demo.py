@@ -1,8 +1,8 @@
-"""The end-to-end demo: a miniature configuration runs every stage and writes a coherent report."""
+"""The end-to-end demo (the ``demo`` presets of the pipeline runner): a miniature configuration runs every
+stage and writes a coherent report; its deterministic figures equal the demo's before the single runner."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import subprocess
 import sys
@@ -14,29 +14,31 @@ import pytest
 torch = pytest.importorskip("torch")
 
 REPO = Path(__file__).resolve().parents[1]
+REFERENCE = json.loads((REPO / "tests" / "data" / "pipeline_reference.json").read_text())["demo_tiny_generated"]
 REQUIRED = {
     "teacher": {"val_loss", "tokens_per_s"},
     "child": {"val_loss", "kl_to_teacher", "measured_speedup", "predicted_speedup", "num_params"},
 }
 BASELINE_KEYS = {"name", "val_loss", "kl_to_teacher", "measured_speedup"}
+#: The miniature: demo-tiny with a 40-step teacher on text generated in code (nothing downloaded).
+MINI = {"parent.teacher.steps": 40, "parent.teacher.max_text_chars": None, "data.text": "generated"}
 
 
-def _mini_config():
-    from puzzlekit.demo.pipeline import DEMO_PRESETS
+def _mini_config(**over):
+    from puzzlekit.pipeline import load_config
 
-    tiny = DEMO_PRESETS["tiny"]
-    return dataclasses.replace(tiny, teacher=dataclasses.replace(tiny.teacher, steps=40, max_text_chars=None))
+    return load_config("demo-tiny", {**MINI, **over})
 
 
 @pytest.fixture(scope="module")
 def mini_run(tmp_path_factory):
-    """A miniature demo on the repository's own documentation (no download)."""
+    """A miniature demo on generated text (no download)."""
     from puzzlekit.demo import run_demo
 
     torch.set_num_threads(1)
     out = tmp_path_factory.mktemp("demo") / "run"
     t0 = time.perf_counter()
-    rep = run_demo(out, _mini_config(), data=REPO / "docs", progress=False)
+    rep = run_demo(out, _mini_config(), progress=False)
     return out, rep, time.perf_counter() - t0
 
 
@@ -78,9 +80,10 @@ def test_outputs_are_written(mini_run):
         png = out / rep["plots"][name]
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "library.json").exists() and (out / "tokens.npz").exists()
+    assert (out / "child" / "model.safetensors").exists() and (out / "heal" / "child" / "model").is_dir()
     manifest = json.loads((out / "manifest.json").read_text())
-    for st in ("teacher", "tokens", "bld", "score", "profile", "search", "child", "baselines", "heal"):
-        assert manifest["stages"][f"demo/{st}"]["state"] == "COMPLETE"
+    for st in ("parent", "tokens", "bld", "score", "profile", "search", "child", "fuse", "baselines", "heal"):
+        assert manifest["stages"][f"pipeline/{st}"]["state"] == "COMPLETE"
 
 
 def test_rerun_reuses_finished_stages(mini_run):
@@ -88,7 +91,7 @@ def test_rerun_reuses_finished_stages(mini_run):
 
     out, rep, first = mini_run
     t0 = time.perf_counter()
-    rep2 = run_demo(out, _mini_config(), data=REPO / "docs", progress=False)
+    rep2 = run_demo(out, _mini_config(), progress=False)
     assert time.perf_counter() - t0 < max(10.0, 0.5 * first)
     assert all(v["reused"] for v in rep2["stages"].values())
     assert rep2["stages"]["bld"]["seconds"] == rep["stages"]["bld"]["seconds"]
@@ -103,8 +106,7 @@ def test_changed_setting_reruns_from_that_stage(mini_run, tmp_path):
     out, rep, _ = mini_run
     copy = tmp_path / "run"
     shutil.copytree(out, copy)
-    cfg = dataclasses.replace(_mini_config(), heal_steps=1)
-    rep2 = run_demo(copy, cfg, data=REPO / "docs", progress=False)
+    rep2 = run_demo(copy, _mini_config(**{"heal.steps": 1}), progress=False)
     st = rep2["stages"]
     assert st["baselines"]["reused"] and not st["heal"]["reused"]
 
@@ -115,6 +117,8 @@ def test_cli_rejects_bad_target(tmp_path, capsys):
     assert main(["demo", "--preset", "tiny", "--target-speedup", "0.5", "--out", str(tmp_path / "x")]) == 2
     assert "--target-speedup" in capsys.readouterr().err
     assert main(["demo", "--fast", "--preset", "full", "--out", str(tmp_path / "x")]) == 2
+    assert main(["run", "demo-tiny", "search.target_speedup=0.5", "--out", str(tmp_path / "x")]) == 2
+    assert "search.target_speedup" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -128,10 +132,11 @@ def test_fast_demo_end_to_end(tmp_path):
 
 
 def test_uniform_ffn_knob_is_fine_below_the_narrowest_width():
+    from puzzlekit.profilers.cost_model import CostModel
     from puzzlekit.profilers.measured import CacheSpill
 
     import puzzlekit as pk
-    from puzzlekit.demo.baselines import CostModel, uniform_ffn_recipe, uniform_width_for
+    from puzzlekit.baselines import uniform_ffn_recipe, uniform_width_for
 
     spec = pk.ParentSpec(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                          intermediate_size=64, vocab_size=128, num_hidden_layers=4)
@@ -152,3 +157,47 @@ def test_uniform_ffn_knob_is_fine_below_the_narrowest_width():
     full = uniform_ffn_recipe(spec, 64.0).blocks()
     assert cms.runtime(full) == cm.runtime(full) + 2.0  # 12 bytes, 2 beyond the capacity
     assert cms.runtime(blocks) == cm.runtime(blocks)
+
+
+# ---- the same figures as the demo before the single stage runner (tests/data/pipeline_reference.json)
+def test_deterministic_stages_reproduce_the_demo_before_the_runner(mini_run):
+    """Teacher, tokens and the scored library are independent of timings: equal to the old demo's."""
+    from puzzlekit.library import BlockLibrary
+
+    out, rep, _ = mini_run
+    parent = json.loads((out / "stages" / "parent.json").read_text())["record"]
+    for k, v in REFERENCE["teacher"].items():
+        assert parent[k] == pytest.approx(v, rel=1e-6), k
+    tok = json.loads((out / "stages" / "tokens.json").read_text())
+    assert {k: tok[k] for k in REFERENCE["tokens"]} == REFERENCE["tokens"]
+    lib = BlockLibrary.load(out / "library.json")
+    assert [c.metrics["kl_div"] for c in lib.candidates] == pytest.approx(REFERENCE["kl_div"], rel=1e-5, abs=1e-9)
+    assert rep["teacher"]["val_loss"] == pytest.approx(REFERENCE["parent_lm_loss"], rel=1e-6)
+
+
+def test_search_child_and_healing_reproduce_the_demo_given_its_profile(mini_run, tmp_path):
+    """With the old demo's measured profile (``profile.from_file``) the search picks the same child, whose KL
+    before and after the same healing equals the old demo's; the finished stages before it are reused."""
+    import shutil
+
+    from puzzlekit import pipeline
+
+    out, _, _ = mini_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run)
+    cfg = _mini_config(**{"output_dir": str(run), "profile.from_file": str(REPO / "tests/data/demo_tiny_profile.json"),
+                          "child.match_speed": False,
+                          "stages": ["parent", "tokens", "bld", "score", "profile", "search", "child", "heal", "report"]})
+    res = pipeline.run(cfg, progress=False)
+    assert [n for n, r in res.items() if r["reused"]] == ["parent", "tokens", "bld", "score"]
+    ref = REFERENCE["search"]
+    s = res["search"]
+    assert s["choices"] == ref["choices"] and s["blocks"] == ref["blocks"]
+    for k in ("kl_sum", "parent_predicted_ms", "predicted_ms"):
+        assert s[k] == pytest.approx(ref[k], rel=1e-9), k
+    assert res["child"]["kl_unhealed"] == pytest.approx(REFERENCE["child"]["kl_unhealed"], rel=1e-5)
+    h = res["heal"]["models"]["child"]
+    assert h["kl_after"] == pytest.approx(REFERENCE["child"]["kl_healed"], rel=1e-4)
+    assert h["after"]["lm_loss"] == pytest.approx(REFERENCE["child"]["lm_loss_healed"], rel=1e-5)
+    assert h["num_params"] == REFERENCE["child"]["num_params"]
+    assert res["report"]["kind"] == "summary" and (run / "report.md").exists()

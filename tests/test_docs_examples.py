@@ -18,7 +18,8 @@ Marks: an HTML comment on the line just above a fence,
 
 * ``<!-- doc-test: skip REASON -->``: not run (the reason is required: large data, network, GPUs);
 * ``<!-- doc-test: needs nvidia-library -->``: runs only where NVIDIA's library is found
-  (``needs smollm2``: where the SmolLM2 GGUF is already in puzzlekit's cache);
+  (``needs smollm2``: where the SmolLM2 GGUF is already in puzzlekit's cache; ``needs llama-cpp``: where
+  llama-cpp-python is installed, which CI builds best effort);
 * ``<!-- doc-test: slow -->``: runs only with ``-m slow`` (the file's other blocks run by default);
 * ``<!-- doc-test: synopsis -->``: a usage summary with placeholders (shell): only the parser check.
 
@@ -45,15 +46,23 @@ PYTHON = {"python", "py", "python3"}
 SHELL = {"bash", "sh", "shell", "console"}
 INERT = {"text", "json", "yaml", "yml", "toml", "csv", "diff", "ini", "jsonl", "output"}
 MARKS = {"skip", "needs", "slow", "synopsis"}
+
+
 def _smollm2_cached() -> bool:
     from puzzlekit.fetch import SMOLLM2_GGUF, default_cache_dir
 
     return (default_cache_dir() / SMOLLM2_GGUF.folder / SMOLLM2_GGUF.name).exists()
 
 
-#: data an example may need, found in place (never downloaded by the tests)
+def _llama_cpp_installed() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+#: data or packages an example may need, found in place (never downloaded by the tests)
 RESOURCES = {"nvidia-library": lambda: (NVLABS_LIB / "block_library.json").exists(),
-             "smollm2": _smollm2_cached}
+             "smollm2": _smollm2_cached, "llama-cpp": _llama_cpp_installed}
 _FENCE = re.compile(r"^(\s*)```(.*)$")
 _MARK = re.compile(r"^\s*<!--\s*doc-test:\s*([\w-]+)\s*(.*?)\s*-->\s*$")
 

@@ -1,4 +1,6 @@
-"""Every shipped example config validates, its header names the command, and each recipe runs a tiny smoke."""
+"""Every shipped example config validates, its header names the command, and each recipe runs a tiny smoke.
+
+The LN recipes are configs of the pipeline runner (``puzzlekit run``), equal to the presets it ships."""
 
 from __future__ import annotations
 
@@ -13,7 +15,10 @@ from puzzlekit.post.recipe_config import load_recipe_config
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
-RECIPES = ["gkd", "sft_reasoning_toggle", "grpo_curriculum", "ln_super", "ln_ultra"]
+RECIPES = ["gkd", "sft_reasoning_toggle", "grpo_curriculum"]
+#: Recipes that are pipeline configs: example folder -> the presets its configs are.
+PIPELINES = {"ln_super": {"config.yaml": "ln-super", "config_tiny.yaml": "ln-super-tiny"},
+             "ln_ultra": {"config.yaml": "ln-ultra", "config_tiny.yaml": "ln-ultra-tiny"}}
 
 
 def _recipe(name: str):
@@ -30,8 +35,7 @@ def _recipe(name: str):
 
 
 def _config_class(name: str):
-    mod = _recipe(name)
-    return mod.ln_super.Config if name == "ln_ultra" else mod.Config
+    return _recipe(name).Config
 
 
 CONFIGS = [(name, p.name) for name in RECIPES for p in sorted((EXAMPLES / name).glob("config*.yaml"))]
@@ -39,6 +43,28 @@ CONFIGS = [(name, p.name) for name in RECIPES for p in sorted((EXAMPLES / name).
 
 def test_every_recipe_ships_a_config():
     assert {name for name, _ in CONFIGS} == set(RECIPES)
+    folders = {p.name for p in EXAMPLES.iterdir() if p.is_dir()}
+    assert folders == set(RECIPES) | set(PIPELINES) | {"library_use"} & folders
+
+
+@pytest.mark.parametrize(("name", "file"), [(n, f) for n, fs in PIPELINES.items() for f in fs])
+def test_pipeline_configs_are_the_presets_and_name_their_command(name, file):
+    """``examples/ln_*/config*.yaml`` are the presets ``puzzlekit run`` ships (byte for byte), load and
+    name their command; no example script loads another recipe (by path or through sys.path)."""
+    from puzzlekit.pipeline import load_config
+    from puzzlekit.pipeline.config import PRESET_DIR
+
+    path = EXAMPLES / name / file
+    preset = PIPELINES[name][file]
+    assert path.read_text() == (PRESET_DIR / f"{preset}.yaml").read_text()
+    assert load_config(path) == load_config(preset)
+    header = [ln for ln in path.read_text().splitlines() if ln.startswith("#")]
+    assert any(f"puzzlekit run {preset}" in ln for ln in header), "the config's header must give the command"
+    assert (EXAMPLES / name / "README.md").exists()
+    assert not (EXAMPLES / name / "recipe.py").exists()  # the stages are library code (puzzlekit.pipeline)
+    for script in EXAMPLES.rglob("*.py"):
+        text = script.read_text()
+        assert "spec_from_file_location" not in text and "sys.path.insert" not in text, script
 
 
 @pytest.mark.parametrize(("name", "file"), CONFIGS)
@@ -137,18 +163,21 @@ def test_gkd_recipe_smoke(tmp_path):
 
 @pytest.mark.parametrize("name", ["ln_super", "ln_ultra"])
 def test_ln_pipeline_dry_run(name, tmp_path):
-    mod = _recipe(name)
-    # a 4-layer stand-in parent keeps the smoke fast; the shipped configs run as they are with --dry-run
-    over = ["output_dir=" + str(tmp_path), "library=null", "num_gpus=1", "kv_tokens=1000", "memory_gib=1",
-            "parent={hidden_size: 256, intermediate_size: 768, num_attention_heads: 8, num_key_value_heads: 4, "
-            "num_hidden_layers: 6, vocab_size: 1000, max_position_embeddings: 2048}"]
-    r = mod.main(["--dry-run", *over])
+    from puzzlekit import pipeline
+
+    # a 6-layer stand-in parent keeps the smoke fast; the shipped configs run as they are with --dry-run
+    over = {"output_dir": str(tmp_path), "search.library": None, "num_gpus": 1, "search.kv_tokens": 1000,
+            "search.memory_gib": 1,
+            "parent.config": {"hidden_size": 256, "intermediate_size": 768, "num_attention_heads": 8,
+                              "num_key_value_heads": 4, "num_hidden_layers": 6, "vocab_size": 1000,
+                              "max_position_embeddings": 2048}}
+    r = pipeline.dry_run(EXAMPLES / name / "config.yaml", overrides=over)["plan"]
     assert r["dry_run"] and r["library"] == "synthetic"
     assert r["child"]["params"] <= r["parent"]["params"]
     assert (tmp_path / "plan.json").exists() and (tmp_path / "child_config.json").exists()
     if name == "ln_ultra":
         assert r["fusion"] is not None and r["would_train"]["rl"] and r["would_train"]["cpt"]
         assert r["child"]["analytic_speedup"] >= 1.0
-    # a 6-layer stand-in needs no GPU: a real stage run before its inputs exist says which stage comes first
+    # a real stage run before its inputs exist says which stage comes first
     with pytest.raises(ConfigError, match="first"):
-        mod.main(["--stage", "gkd", *over])
+        pipeline.run(EXAMPLES / name / "config.yaml", "heal", overrides=over, progress=False)

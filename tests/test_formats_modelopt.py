@@ -537,3 +537,41 @@ def test_scores_from_gathered_metrics(puzzle, tmp_path):
         import_modelopt(root, scores=path)
     with pytest.raises(LibraryError, match=r"nope: no such folder or file"):
         import_modelopt(root, scores=tmp_path / "nope")
+
+
+def _modelopt_accepts(d: dict) -> None:
+    """The checks of ModelOpt's ``block_config`` dataclasses (Puzzletron ``AttentionConfig.__post_init__``,
+    ``FFNConfig.__post_init__``): the real ones when ModelOpt is installed, else the same rules."""
+    try:
+        from modelopt.torch.puzzletron.block_config import BlockConfig as MOBlock  # type: ignore[import-not-found]
+    except ImportError:
+        MOBlock = None
+    if MOBlock is not None:
+        MOBlock(**json.loads(json.dumps(d)))
+        return
+    a, f = d["attention"], d["ffn"]
+    assert not (a["no_op"] and a["replace_with_linear"]) and not (f["no_op"] and f["replace_with_linear"])
+    if not a["no_op"] and a["mamba"] is None:
+        assert isinstance(a["num_key_value_heads"], int), a  # `assert self.num_key_value_heads is not None`
+    if not f["no_op"] and f["moe"] is None:
+        assert isinstance(f["intermediate_size"], int), f  # "Intermediate size must be provided for an FFN block"
+
+
+@pytest.mark.parametrize("b", [
+    BlockConfig(AttentionConfig.make_linear(), FFNConfig.swiglu(256)),
+    BlockConfig(AttentionConfig.gqa(2), FFNConfig.make_linear()),
+    BlockConfig(AttentionConfig.make_linear(), FFNConfig.make_linear()),
+    BlockConfig(AttentionConfig.make_no_op(), FFNConfig.make_no_op()),
+    BlockConfig(AttentionConfig.gqa(1), FFNConfig.swiglu(96)),
+])
+def test_block_export_is_what_modelopt_reads(b):
+    spec = puzzlekit.ParentSpec.from_hf_config(tiny_llama_config())
+    for parent in (spec, None):
+        d = block_to_modelopt(b, parent)
+        _modelopt_accepts(d)  # linear attention wrote num_key_value_heads=None before: ModelOpt asserts
+        assert block_from_modelopt(json.loads(json.dumps(d)), "x", spec) == b
+    d = block_to_modelopt(b, spec)
+    if b.attention.linear:
+        assert d["attention"]["num_key_value_heads"] == spec.num_key_value_heads
+    if b.ffn.linear:
+        assert d["ffn"]["intermediate_size"] == spec.intermediate_size

@@ -92,3 +92,25 @@ def test_a_modelopt_file_of_another_layer_is_refused(imported, tmp_path):
                "model.layers.2.input_layernorm.weight": sd["model.layers.2.input_layernorm.weight"]}, str(mixed))
     with pytest.raises(ConfigError, match="tensors of layers"):
         load_block_weights(make_layer(spec, spec.parent_block(), 1), [mixed])
+
+
+def test_spanning_candidate_then_later_layers_assemble_from_modelopt_files(imported):
+    # a spanning replacement (parent layers 1-2 -> one child block) moves every later child layer's index off
+    # its parent layer's: child layer 2 must still load parent layer 3's files (model.layers.3.*)
+    from puzzlekit.model import assemble
+
+    lib, parent, sd = imported
+    root = lib.root
+    _write_sub_blocks(root / "ckpts/bypass_merge_1_2", sd, 1)  # the merged block's files (ModelOpt names them by layer 1)
+    pkey = parent.config.parent_spec.parent_block().key
+    span = next(i for i, c in enumerate(lib.candidates) if (c.first, c.last) == (1, 2) and c.block.key == pkey)
+    assert lib.weights_paths(span)
+    choices = [_pick(lib, 0, pkey), span, _pick(lib, 3, pkey)]
+    child = assemble(parent, None, lib, choices)
+    assert len(child.model.layers) == 3
+    for child_layer, parent_layer in ((0, 0), (1, 1), (2, 3)):
+        got = child.model.layers[child_layer].state_dict()
+        for name, t in got.items():
+            assert torch.equal(t, sd[f"model.layers.{parent_layer}.{name}"]), (child_layer, name)
+    with torch.no_grad():
+        assert torch.isfinite(child(input_ids=torch.randint(0, 128, (1, 6))).logits).all()

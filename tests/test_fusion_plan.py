@@ -39,7 +39,8 @@ def test_graph_runs_on_published_configs():
         assert g.number_of_nodes() == 2 * arch.num_layers + 2
         assert [r.span for r in find_ffn_runs(g)] == arch.ffn_runs()
     super49 = find_ffn_runs(Architecture.from_config(SUPER_49B))
-    # FACTS.md: attention removed in layers 42-51 and 53-70; the FFN of the layer before joins each run
+    # the published Super-49B config (NVIDIA, bundled): attention removed in layers 42-51 and 53-70 (the runs
+    # the FFN Fusion paper, arXiv 2503.18908, fuses); the FFN of the layer before joins each run
     assert (41, 51) in [r.span for r in super49] and (52, 70) in [r.span for r in super49]
     long = next(r for r in super49 if r.span == (52, 70))
     assert len(long) == 19 and all(k == "swiglu" for k in long.kinds)

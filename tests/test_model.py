@@ -177,7 +177,9 @@ def test_save_reload_identical_and_nas_config(tmp_path):
     cfg = json.loads((tmp_path / "config.json").read_text())
     assert cfg["model_type"] == "nemotron-nas" and cfg["architectures"] == ["DeciLMForCausalLM"]
     assert cfg["intermediate_size"] is None and cfg["num_key_value_heads"] is None
-    assert "auto_map" not in cfg
+    # engines resolve the config through auto_map; our own class is written beside it (never run by puzzlekit)
+    assert cfg["auto_map"] == {"AutoConfig": "configuration_decilm.DeciLMConfig"}
+    assert (tmp_path / "configuration_decilm.py").is_file()
     assert Architecture.from_config(cfg).blocks == tuple(MIXED)
     bc = cfg["block_configs"]
     assert bc[0]["attention"]["no_op"] and bc[2]["attention"]["replace_with_linear"]

@@ -204,3 +204,25 @@ def test_cli_assemble(parent, tmp_path, capsys):
     assert m.model.layers[1].mlp.up_proj.weight.dtype == torch.bfloat16
     rc = main(["assemble", str(pdir), "--out", str(tmp_path / "out3")])
     assert rc == 2 and "--config" in capsys.readouterr().err
+
+
+def test_spanning_candidate_assembles_from_a_native_library(parent, tmp_path):
+    # a block replacing parent layers 1-2, then trained weights for parent layer 3 (child layer 2)
+    spec = parent.config.parent_spec
+    lib = BlockLibrary(4, spec, root=tmp_path)
+    first = lib.add(0, spec.parent_block(), {"kl_div": 0.0})
+    merged = make_layer(spec, CHILD[1], 1)
+    save_block_weights(merged, tmp_path / "merged.safetensors")
+    span = lib.add((1, 2), CHILD[1], {"kl_div": 0.2}, weights="merged.safetensors")
+    last = make_layer(spec, CHILD[3], 3)
+    save_block_weights(last, tmp_path / "last.safetensors")
+    tail = lib.add(3, CHILD[3], {"kl_div": 0.1}, weights="last.safetensors")
+    lib.save(tmp_path / "library.json")
+    child = assemble(parent, None, BlockLibrary.load(tmp_path / "library.json"), [first, span, tail])
+    assert child.architecture.blocks == (spec.parent_block(), CHILD[1], CHILD[3])
+    for k, trained in ((1, merged), (2, last)):
+        for name, t in trained.state_dict().items():
+            assert torch.equal(child.model.layers[k].state_dict()[name], t)
+    ids = torch.randint(0, 128, (1, 6))
+    with torch.no_grad():
+        assert torch.isfinite(child(input_ids=ids).logits).all()

@@ -66,6 +66,7 @@ def rand_problem(seed, L=4, k=3, m=2, spans=False):
 
 
 FAST = ("highs", "puzzlekit-exact")
+ALONE = {"race": False}  # the exact programme on its own terms (no HiGHS thread racing it)
 
 
 @pytest.mark.parametrize("solver", [s if s in FAST else pytest.param(s, marks=pytest.mark.slow) for s in SOLVERS])
@@ -290,9 +291,9 @@ def test_hypothesis_exact_diverse_vs_brute(seed, L, k, m, spans, d, lower, maxim
     ref = diverse_brute(p, 3, min(d, L))
     if not ref:
         with pytest.raises(InfeasibleError):
-            search_diverse(p, num_solutions=3, min_diversity=min(d, L), solver="puzzlekit-exact")
+            search_diverse(p, num_solutions=3, min_diversity=min(d, L), solver="puzzlekit-exact", solver_options=ALONE)
         return
-    got = search_diverse(p, num_solutions=3, min_diversity=min(d, L), solver="puzzlekit-exact")
+    got = search_diverse(p, num_solutions=3, min_diversity=min(d, L), solver="puzzlekit-exact", solver_options=ALONE)
     assert len(got) == len(ref)
     # the k-th objective is determined (ties may pick different architectures but the same values
     # only for the first; later cuts depend on which tie was taken, so compare the first exactly)
@@ -315,7 +316,7 @@ def test_exact_larger_random_agrees_with_highs(seed):
     costs = r.uniform(1, 100, (L * k, 3))
     obj = np.exp(-costs.sum(1) / 60) * r.uniform(0.5, 1.5, L * k)
     p = Problem(L, first, first, obj, costs, upper=costs.mean(0) * L * 0.6, maximize=bool(seed % 2))
-    a = search(p, solver="puzzlekit-exact")
+    a = search(p, solver="puzzlekit-exact", solver_options=ALONE)
     b = search(p, solver="highs")
     assert a.solver == "puzzlekit-exact" and abs(a.objective - b.objective) < 1e-7 * max(1, abs(b.objective))
 
@@ -439,7 +440,7 @@ def test_synthetic_full_size_default_proves_optimum():
     from puzzlekit.search.synthetic import synthetic_problem
 
     p = synthetic_problem()  # 162 layers x 200 candidates x 3 budgets
-    s = search(p)
+    s = search(p, solver_options=ALONE)
     assert s.status is Status.OPTIMAL and s.solver == "puzzlekit-exact" and s.solve_seconds < 30
     ref = search(p, solver="highs")
     assert abs(s.objective - ref.objective) < 1e-9

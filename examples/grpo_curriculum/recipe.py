@@ -21,7 +21,6 @@ import json
 import logging
 import random
 import statistics
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -43,10 +42,8 @@ from puzzlekit.post import (
     make_problems,
     render_chat,
 )
+from puzzlekit.post import evaluate_toggle as evaluate  # held-out greedy evaluation, both modes
 from puzzlekit.post.recipe_config import load_recipe_config, parse_overrides
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "sft_reasoning_toggle"))
-from recipe import evaluate  # noqa: E402  (the SFT recipe's held-out greedy evaluation, both modes)
 
 logger = logging.getLogger("grpo_curriculum")
 

@@ -24,17 +24,14 @@ from puzzlekit.io import atomic_write_json
 from puzzlekit.post import (
     ARITHMETIC_ALPHABET,
     Stage,
-    accuracy_reward,
     arithmetic_pairs,
-    build_messages,
     char_tokenizer,
-    format_reward,
     make_problems,
-    render_chat,
     staged_mix,
     tiny_llama,
     to_prompt_completion,
 )
+from puzzlekit.post import evaluate_toggle as evaluate
 from puzzlekit.post.recipe_config import load_recipe_config, parse_overrides
 
 logger = logging.getLogger("sft_reasoning_toggle")
@@ -70,37 +67,6 @@ class Config:
                               "use a fraction in [0, 1)")
         if min(self.num_train_problems, self.num_test_problems, self.batch_size) < 1:
             raise ConfigError("num_train_problems, num_test_problems and batch_size must be >= 1")
-
-
-def generate(model: Any, tok: Any, prompts: list[str], max_new_tokens: int, batch_size: int = 100) -> list[str]:
-    """Greedy completions (text after the prompt)."""
-    model.eval()
-    tok.padding_side = "left"
-    out: list[str] = []
-    for s in range(0, len(prompts), batch_size):
-        enc = tok(prompts[s:s + batch_size], return_tensors="pt", padding=True, add_special_tokens=False)
-        with torch.no_grad():
-            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-        out += tok.batch_decode(ids[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
-    return out
-
-
-def evaluate(model: Any, tok: Any, problems: list[Any], max_new_tokens: int) -> dict[str, dict[str, float]]:
-    """Per mode: the fraction of completions with think tags, format reward and accuracy."""
-    res = {}
-    for mode, thinking in (("on", True), ("off", False)):
-        prompts = [render_chat(build_messages(p.question, p.answer, p.reasoning, thinking)[:2],
-                               add_generation_prompt=True) for p in problems]
-        comps = generate(model, tok, prompts, max_new_tokens)
-        answers = [p.answer for p in problems]
-        res[mode] = {
-            "think_tag_rate": sum("<think>" in c for c in comps) / len(comps),
-            "format": sum(format_reward(completions=comps, thinking=[thinking] * len(comps))) / len(comps),
-            "accuracy": sum(accuracy_reward(completions=comps, answer=answers)) / len(comps),
-            "example": comps[0],
-        }
-    return res
 
 
 def main(config: Config) -> dict[str, Any]:

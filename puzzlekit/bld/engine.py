@@ -16,7 +16,8 @@ Call sequence (:func:`run_bld`)::
     save each unit's weights (safetensors, atomic) and journal it COMPLETE
     rank 0 composes the library (``run/library.json``, weights under ``run/blocks/``)
 
-Loss: ``MSE(out, y) / MSE(0, y)`` on the layer output (FACTS.md), where ``out`` is
+Loss: ``MSE(out, y) / MSE(0, y)`` on the layer output (Puzzle, arXiv 2411.19146, BLD: normalized MSE between
+the child block's and the parent block's outputs, the parent's activations as input), where ``out`` is
 ``x + attn_c(x)`` followed by the parent FFN (attention units), ``h + ffn_c(h)``
 (FFN units) or the candidate layer itself (pairs).  No gradient reaches the parent.
 
@@ -38,10 +39,9 @@ import json
 import logging
 import math
 import os
-import re
 import time
 import zlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,24 +51,33 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from .. import _dist
-from ..blocks import AttentionConfig, BlockConfig, FFNConfig
+from ..blocks import BlockConfig
 from ..data import TokenData, batch_indices
 from ..errors import PuzzlekitError
 from ..io import atomic_write_safetensors
 from ..library import BlockLibrary
 from ..model.placement import device_of, follow, moved
 from ..rundir import RunDir, State
+from .job import _ckpt_files, _ckpt_index, _Job
 from .space import SearchSpace, default_search_space
 from .step import FrozenFFN, LayerBatch, unit_output
+from .units import (
+    _NO_ATT,
+    _NO_FFN,
+    KIND,
+    Unit,
+    _hybrid_pairs,
+    _safe_name,
+    layer_devices,
+    plan_groups,
+    plan_units,
+)
 
 __all__ = ["BLDConfig", "Unit", "run_bld", "parent_activations", "plan_units", "plan_groups", "normalized_mse"]
 
 logger = logging.getLogger(__name__)
 
 STAGE = "bld"
-KIND = "bld-unit"
-_NO_ATT = AttentionConfig.make_no_op()
-_NO_FFN = FFNConfig.make_no_op()
 
 
 class BLDError(PuzzlekitError):
@@ -77,8 +86,9 @@ class BLDError(PuzzlekitError):
 
 @dataclass(frozen=True)
 class BLDConfig:
-    """BLD settings.  Optimiser defaults are NVIDIA's (FACTS.md): AdamW lr 1e-4, betas (0.9, 0.95),
-    weight decay 0.1, gradient clipping 1.0; linear warm-up then cosine decay to ``min_lr_fraction``."""
+    """BLD settings.  Optimiser defaults: AdamW lr 1e-4, betas (0.9, 0.95), weight decay 0.1, gradient
+    clipping 1.0, linear warm-up then cosine decay to ``min_lr_fraction`` (10 %): the Llama recipe's AdamW
+    settings (Llama 2, arXiv 2307.09288, §2.2) at a distillation learning rate."""
 
     mode: str = "decoupled"
     tokens: int = 1_000_000
@@ -127,50 +137,8 @@ class BLDConfig:
         return d
 
 
-@dataclass(frozen=True)
-class Unit:
-    """One training job: a sub-block (or pair) of one layer.
-
-    ``kind`` is ``"attn"`` (block = variant + no-op FFN), ``"ffn"`` (no-op attention + variant)
-    or ``"pair"`` (the whole candidate layer).
-    """
-
-    kind: str
-    layer: int
-    block: BlockConfig
-
-    @property
-    def id(self) -> str:
-        return f"L{self.layer:03d}/{self.kind}/{self.variant_key}"
-
-    @property
-    def variant_key(self) -> str:
-        if self.kind == "attn":
-            return f"attn={self.block.attention.short()}"
-        if self.kind == "ffn":
-            return f"ffn={self.block.ffn.short()}"
-        return self.block.key
-
-    @property
-    def short(self) -> str:
-        """A compact label for progress bars (``3a:gqa1``, ``3f:ffn64``)."""
-        v = self.variant_key.replace("attn=", "a:").replace("ffn=ffn:", "f").replace("ffn=", "f:").replace("|", "")
-        return f"{self.layer}{v.replace('gqa:', 'gqa')}"
-
-    @property
-    def filename(self) -> str:
-        return _safe_name(f"L{self.layer:03d}-{self.kind}-{self.variant_key}") + ".safetensors"
-
-    def seed(self, base: int) -> int:
-        return (zlib.crc32(self.id.encode()) ^ (int(base) * 0x9E3779B1)) & 0x7FFFFFFF
-
-
-def _safe_name(s: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s.replace("|", "__").replace("=", "-").replace(":", ""))
-
-
 def normalized_mse(out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """``MSE(out, target) / MSE(0, target)`` (FACTS.md)."""
+    """``MSE(out, target) / MSE(0, target)``: Puzzle's BLD loss (arXiv 2411.19146)."""
     return (out - target).pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)
 
 
@@ -198,160 +166,8 @@ def parent_activations(parent: Any, input_ids: torch.Tensor, layers: Sequence[in
     return pe, out
 
 
-# ---- planning -----------------------------------------------------------------------------------
-def layer_devices(parent: Any) -> dict[int, Any]:
-    """Layer index -> the device of its parameters (a parent placed over several devices)."""
-    return {i: device_of(layer) for i, layer in enumerate(parent.model.layers)}
-
-
 def _parent_block(parent: Any) -> BlockConfig:
     return parent.model.layers[0].spec.parent_block()
-
-
-def plan_units(space: SearchSpace, parent_block: BlockConfig, mode: str, layers: Sequence[int]) -> list[Unit]:
-    """The phase-1 units of ``mode`` (hybrid: its decoupled phase)."""
-    units: list[Unit] = []
-    for i in layers:
-        if mode in ("decoupled", "hybrid"):
-            units += [Unit("attn", i, BlockConfig(a, _NO_FFN)) for a in space.attention]
-            units += [Unit("ffn", i, BlockConfig(_NO_ATT, f)) for f in space.ffn]
-        else:
-            units += [Unit("pair", i, b) for b in space.blocks()]
-    return units
-
-
-def _unit_params(unit: Unit, spec: Any) -> int:
-    from ..accounting import attention_params, ffn_params
-
-    return attention_params(spec, unit.block.attention) + ffn_params(spec, unit.block.ffn)
-
-
-def layer_memory(units: Sequence[Unit], spec: Any, cfg: BLDConfig, seq_len: int) -> dict[int, float]:
-    """Estimated bytes per layer while its units train: the parent's ``x, h, y`` for a training batch
-    and the held-out set, and per unit its weights, gradients and two AdamW moments plus its backward
-    activations."""
-    H = spec.hidden_size
-    tok = cfg.batch_size * seq_len
-    per_layer: dict[int, float] = {}
-    for i in sorted({u.layer for u in units}):
-        b = 3 * (tok + cfg.eval_sequences * seq_len) * H * 4
-        for u in units:
-            if u.layer == i:
-                width = (u.block.ffn.intermediate_size or H) + H * 4
-                b += 16 * _unit_params(u, spec) + tok * width * 4 * 3
-        per_layer[i] = b
-    return per_layer
-
-
-def plan_groups(units: Sequence[Unit], spec: Any, cfg: BLDConfig, seq_len: int,
-                devices: Mapping[int, Any] | None = None) -> list[list[int]]:
-    """Layers trained together, so that activations + unit states (:func:`layer_memory`) fit
-    ``cfg.max_memory_gb``.  ``devices`` (layer -> device, a parent placed over several): the budget
-    holds per device."""
-    layers = sorted({u.layer for u in units})
-    if cfg.max_memory_gb is None:
-        return [layers] if layers else []
-    per_layer = layer_memory(units, spec, cfg, seq_len)
-    budget = cfg.max_memory_gb * 2**30
-    groups: list[list[int]] = []
-    cur: list[int] = []
-    used: dict[str, float] = {}
-    for i in layers:
-        d = str((devices or {}).get(i))
-        if cur and used.get(d, 0.0) + per_layer[i] > budget:
-            groups.append(cur)
-            cur, used = [], {}
-        cur.append(i)
-        used[d] = used.get(d, 0.0) + per_layer[i]
-    if cur:
-        groups.append(cur)
-    return groups
-
-
-# ---- a unit's training state ---------------------------------------------------------------------
-class _Job:
-    def __init__(self, unit: Unit, module: torch.nn.Module | None, trainable: bool, cfg: BLDConfig,
-                 is_parent: bool = False):
-        self.unit = unit
-        self.is_parent = is_parent
-        self.module = module
-        self.trainable = trainable
-        self.step = 0
-        self.nmse_init: float | None = None
-        self.recent: list[float] = []
-        self.opt: torch.optim.Optimizer | None = None
-        if trainable and module is not None:
-            self.params = list(module.parameters())
-            decay = [p for _, p in module.named_parameters() if p.ndim >= 2]
-            other = [p for _, p in module.named_parameters() if p.ndim < 2]
-            groups = [{"params": decay, "weight_decay": cfg.weight_decay},
-                      {"params": other, "weight_decay": 0.0}]
-            # one fused kernel per step where torch has it (CPU / CUDA floats), else the foreach path
-            fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in decay + other)
-            self.opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas,
-                                         **({"fused": True} if fused else {"foreach": True}))
-
-    def forward(self, parent_layer: Any, acts: tuple, pe: Any) -> torch.Tensor:
-        x, h, _ = acts
-        m, kind = self.module, self.unit.kind
-        if m is None:  # the parent's own variant, or a no-op without weights
-            m = parent_layer if self.is_parent else None
-        if kind == "attn":
-            o = x + m.attn_delta(x, pe) if m is not None else x
-            return o + parent_layer.ffn_delta(o)
-        if kind == "ffn":
-            return h + m.ffn_delta(h) if m is not None else h
-        return m(x, pe) if m is not None else x
-
-    # checkpoint: module weights + AdamW moments (tensors under ``key::``), progress in the metadata
-    def ckpt_tensors(self, key: str) -> dict[str, torch.Tensor]:
-        tensors = {f"{key}::param::{k}": v.detach().contiguous() for k, v in self.module.state_dict().items()}
-        for pid, st in self.opt.state_dict()["state"].items():
-            for k, v in st.items():
-                tensors[f"{key}::opt::{pid}::{k}"] = (v if torch.is_tensor(v) else torch.tensor(v)).detach().contiguous()
-        return tensors
-
-    def ckpt_meta(self) -> dict[str, Any]:
-        return {"step": self.step, "nmse_init": self.nmse_init, "recent": self.recent}
-
-    def load_ckpt(self, f: Any, key: str, meta: dict[str, Any]) -> None:
-        """Restore from an open ``safe_open`` handle ``f`` holding this unit's tensors under ``key``."""
-        params, state = {}, {}
-        for name in f.keys():
-            if not name.startswith(key + "::"):
-                continue
-            parts = name[len(key) + 2:].split("::")
-            if parts[0] == "param":
-                params[parts[1]] = f.get_tensor(name)
-            elif parts[0] == "opt":
-                state.setdefault(int(parts[1]), {})[parts[2]] = f.get_tensor(name)
-        self.module.load_state_dict(params, strict=True)
-        self.opt.load_state_dict({"state": state, "param_groups": self.opt.state_dict()["param_groups"]})
-        self.step, self.nmse_init, self.recent = int(meta["step"]), meta["nmse_init"], list(meta["recent"])
-
-
-def _ckpt_files(ckpt_dir: Path) -> dict[Path, dict[str, dict[str, Any]]]:
-    """Every readable group checkpoint: file -> {unit id: record}."""
-    out: dict[Path, dict[str, dict[str, Any]]] = {}
-    if not ckpt_dir.is_dir():
-        return out
-    for path in sorted(ckpt_dir.glob("*.safetensors")):
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                out[path] = dict(json.loads((f.metadata() or {})["puzzlekit"])["units"])
-        except Exception as e:  # a torn or foreign file: its units start again
-            logger.warning("%s: unreadable BLD checkpoint (%s); ignoring it", path, e)
-    return out
-
-
-def _ckpt_index(ckpt_dir: Path) -> dict[str, tuple[Path, dict[str, Any]]]:
-    """Unit id -> (checkpoint file, its record) over every readable group checkpoint (latest step wins)."""
-    out: dict[str, tuple[Path, dict[str, Any]]] = {}
-    for path, units in _ckpt_files(ckpt_dir).items():
-        for uid, rec in units.items():
-            if uid not in out or int(rec["step"]) > int(out[uid][1]["step"]):
-                out[uid] = (path, rec)
-    return out
 
 
 def _sub_state(layer: Any, kind: str) -> dict[str, torch.Tensor]:
@@ -592,24 +408,6 @@ class _Runner:
                 raise
 
 
-def _hybrid_pairs(run: RunDir, layers: list[int], space: SearchSpace, keep: int) -> list[Unit]:
-    st = run.journal.states(KIND)
-    pairs: list[Unit] = []
-    for i in layers:
-        def best(kind: str, variants: Sequence[Any], key: Any, i: int = i) -> list[Any]:
-            scored = []
-            for v in variants:
-                u = Unit(kind, i, key(v))
-                rec = st.get(u.id, {})
-                scored.append((float(rec.get("metrics", {}).get("bld_nmse", math.inf)), str(v), v))
-            return [v for _, _, v in sorted(scored)[:keep]]
-
-        atts = best("attn", space.attention, lambda a: BlockConfig(a, _NO_FFN))
-        ffns = best("ffn", space.ffn, lambda f: BlockConfig(_NO_ATT, f))
-        pairs += [Unit("pair", i, BlockConfig(a, f)) for a in atts for f in ffns]
-    return pairs
-
-
 def _compose_library(run: RunDir, parent: Any, space: SearchSpace, cfg: BLDConfig,
                      pair_units: list[Unit] | None, meta: dict[str, Any]) -> BlockLibrary:
     spec = parent.model.layers[0].spec
@@ -654,15 +452,24 @@ def _compose_library(run: RunDir, parent: Any, space: SearchSpace, cfg: BLDConfi
     return lib
 
 
-def _fingerprint_parent(parent: Any) -> str:
+#: Bytes of a tensor hashed at a time (moved to the CPU chunk by chunk: no full copy of a GPU tensor).
+_FINGERPRINT_CHUNK = 1 << 26
+
+
+def fingerprint_parent(parent: Any) -> str:
+    """SHA-256 of the parent's whole state: every tensor's name, dtype, shape and every byte, streamed in
+    chunks of :data:`_FINGERPRINT_CHUNK` bytes.  A parent that differs anywhere (not only in its first
+    values) gives another fingerprint, so a run directory never reuses BLD made from another parent."""
     import hashlib
 
     h = hashlib.sha256()
     for k, v in sorted(parent.state_dict().items()):
-        h.update(k.encode())
-        # the first 1024 values as float32 (a slice first: no full-size copy, and the tensor may be on a GPU)
-        h.update(v.detach().reshape(-1)[:1024].float().cpu().contiguous().numpy().tobytes())
-        h.update(str(tuple(v.shape)).encode())
+        t = v.detach()
+        h.update(f"{k}|{t.dtype}|{tuple(t.shape)}|".encode())
+        flat = t.reshape(-1)
+        step = max(1, _FINGERPRINT_CHUNK // max(1, t.element_size()))
+        for i in range(0, flat.numel(), step):
+            h.update(flat[i:i + step].contiguous().cpu().view(torch.uint8).numpy())
     return h.hexdigest()[:16]
 
 
@@ -699,7 +506,7 @@ def run_bld(
     if len(data.train) < cfg.batch_size:
         raise BLDError(f"batch_size={cfg.batch_size} is larger than the {len(data.train)} training sequences")
     settings = {"bld": cfg.to_dict(), "space": space.to_dict(), "data": data.fingerprint,
-                "seq_len": data.seq_len, "parent": _fingerprint_parent(parent)}
+                "seq_len": data.seq_len, "parent": fingerprint_parent(parent)}
     info = run.stage_info(STAGE)
     lib_path = run.path / "library.json"
     if info.get("state") == State.COMPLETE.value and info.get("config") == settings and lib_path.exists():

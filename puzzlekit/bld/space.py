@@ -13,7 +13,8 @@ from ..errors import ConfigError
 
 __all__ = ["SearchSpace", "default_search_space", "FFN_FRACTIONS"]
 
-#: FFN widths of the Puzzle search space, as fractions of the parent's (FACTS.md).
+#: FFN widths of the Puzzle search space, as fractions of the parent's (Puzzle, arXiv 2411.19146, search space:
+#: 100, 87.5, 75, 50, 25, 20 and 10 % of the parent's intermediate size, plus linear and no-op).
 FFN_FRACTIONS = (1.0, 0.875, 0.75, 0.5, 0.25, 0.2, 0.1)
 
 

@@ -77,8 +77,13 @@ def run_at_fit(args: argparse.Namespace) -> int:
         raise ConfigError(f"--throughput-at-fit {args.throughput_at_fit!r} has no target: add '>=3x' (or tokens/s), "
                           "or give --objective-bound Q to maximise the throughput with the objective within Q")
     lib = BlockLibrary.load(args.library, drop_nonfinite=args.drop_nonfinite)
+    engine = []
+    if getattr(args, "engine", None):
+        from ..engines import EngineConstraint, get_engine
+
+        engine = [EngineConstraint(get_engine(args.engine).name)]
     fit = AtFit(lib, args.objective, dep, parent=args.parent, maximize=args.maximize,
-                budgets=parse_budgets(args.budget))
+                budgets=parse_budgets(args.budget), constraints=engine)
     if target:
         sol = fit.search(solver=args.solver, time_limit=args.time_limit, **target)
     else:

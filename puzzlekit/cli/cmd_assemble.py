@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="text for contribution pruning, tokenized with the parent folder's tokenizer")
     p.add_argument("--calib-tokens", type=int, default=2048, help="calibration tokens to use (default 2048)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--engine", metavar="ENGINE",
+                   help="refuse (before writing anything) a child this serving engine does not serve: vllm, sglang, "
+                        "tensorrt-llm, llamacpp, transformers (for llama.cpp, then `puzzlekit export --format gguf`)")
     p.add_argument("--json", action="store_true", help="print a JSON summary")
     p.set_defaults(func=run)
 
@@ -93,18 +96,31 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("give the child as --config CONFIG, or --library LIB.json with --solution / --choices")
     dtype = getattr(torch, _DTYPES[args.dtype]) if args.dtype else None
     args.parent = resolve_parent_arg(args.parent)
-    parent = load_parent(args.parent, dtype=dtype)
     arch = Architecture.from_config(resolve_config(args.config)) if args.config else None
     library = choices = None
     if args.library:
         library = BlockLibrary.load(args.library)
         choices = _read_choices(args)
+    if args.engine:  # before the parent is loaded and anything is written
+        from ..engines import require_servable
+
+        planned = arch
+        if planned is None:
+            from ..architecture import ParentSpec
+
+            planned = library.architecture(choices, parent=library.parent or ParentSpec.from_hf_config(args.parent))
+        require_servable(planned, args.engine, what=f"child for {args.out}")
+    parent = load_parent(args.parent, dtype=dtype)
     init: dict = {"kv_method": args.kv_init, "seed": args.seed}
     if args.calib_text:
         init["calib_input_ids"] = _calib_ids(args)
     if args.ffn_init:
         init["ffn_method"] = args.ffn_init
     child = assemble(parent, arch, library, choices, init)
+    if args.engine:
+        from ..engines import require_servable
+
+        require_servable(child.architecture, args.engine, what=f"child for {args.out}")
     out = save_model(child, args.out, tokenizer_from=args.parent)
     n = sum(p.numel() for p in child.parameters())
     summary = {"out": str(out), "num_layers": len(child.model.layers), "num_params": n,

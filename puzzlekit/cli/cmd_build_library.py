@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from ..bld import BLDConfig, default_search_space, plan_groups, plan_units, run_bld, unit_results
-    from ..bld.engine import layer_devices
+    from ..bld.units import layer_devices
     from ..errors import PuzzlekitError
 
     logging.basicConfig(level=logging.WARNING)

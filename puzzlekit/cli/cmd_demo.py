@@ -1,19 +1,22 @@
-"""``puzzlekit demo``: the whole Puzzle pipeline on a small real model, on this CPU (resumable)."""
+"""``puzzlekit demo``: the alias of ``puzzlekit run demo`` (``--fast``: ``demo-fast``, ``--preset tiny``:
+``demo-tiny``): the whole Puzzle pipeline on a small real model, on this CPU (resumable)."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 
 from .common import print_json
 
+PRESETS = {"full": "demo", "fast": "demo-fast", "tiny": "demo-tiny"}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="end to end on this CPU: teacher, BLD, scoring, profiling, search, "
-                                    "healing, baselines at equal measured speed; writes report.json/.md and plots")
-    p.add_argument("--fast", action="store_true", help="the CI-sized run (about 3 minutes on 2 cores)")
-    p.add_argument("--preset", choices=("full", "fast", "tiny"), default=None,
+                                    "healing, baselines at equal measured speed; writes report.json/.md and plots "
+                                    "(puzzlekit run demo)")
+    p.add_argument("--fast", action="store_true", help="the CI-sized run (about a minute on 2 cores): demo-fast")
+    p.add_argument("--preset", choices=tuple(PRESETS), default=None,
                    help="size preset (default full; --fast is --preset fast)")
     p.add_argument("--out", default="runs/demo", metavar="DIR", help="run directory (re-running reuses finished stages)")
     p.add_argument("--data", default=None, metavar="DIR",
@@ -26,24 +29,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo.pipeline import DEMO_PRESETS, run_demo
+    from .. import pipeline
     from ..errors import PuzzlekitError
+    from ..pipeline.report import render_markdown
+    from .cmd_run import overrides_from_args
 
     if args.fast and args.preset not in (None, "fast"):
         raise PuzzlekitError(f"--fast and --preset {args.preset} disagree; give one of them")
-    cfg = DEMO_PRESETS["fast" if args.fast else (args.preset or "full")]
+    preset = PRESETS["fast" if args.fast else (args.preset or "full")]
+    over = overrides_from_args(args)
     if args.target_speedup is not None:
         if not args.target_speedup > 1.0:
             raise PuzzlekitError(f"--target-speedup {args.target_speedup}: give a number above 1 (e.g. 2)")
-        cfg = dataclasses.replace(cfg, target_speedup=float(args.target_speedup))
+        over["search.target_speedup"] = float(args.target_speedup)
     if not args.json:
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    rep = run_demo(args.out, cfg, data=args.data, cache_dir=args.cache, progress=not args.no_progress and not args.json)
+    res = pipeline.run(preset, "all", overrides=over, progress=not args.no_progress and not args.json,
+                       cache_dir=args.cache)
+    rep = res["report"]["report"]
     if args.json:
         print_json(rep)
         return 0
-    from ..demo.report import render_markdown
-
     print(render_markdown(rep).split("## The child's architecture")[0].rstrip())
     print(f"\nreport: {args.out}/report.md, {args.out}/report.json, plots in {args.out}/")
     return 0

@@ -53,6 +53,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _check_scenario_args(arch: Architecture, args: argparse.Namespace) -> None:
+    """Refuse a tensor-parallel degree or scenario sizes that cannot be meant (exit 2)."""
+    heads = arch.parent.num_attention_heads
+    if args.tp < 1 or heads % args.tp:
+        ok = [d for d in range(1, heads + 1) if heads % d == 0]
+        raise ConfigError(f"--tp {args.tp}: must divide the model's {heads} attention heads (tensor parallelism "
+                          f"splits them evenly); choose one of {ok}")
+    for name in ("batch", "prefill", "decode"):
+        if getattr(args, name) < (1 if name == "batch" else 0):
+            raise ConfigError(f"--{name} {getattr(args, name)}: must be "
+                              + ("at least 1" if name == "batch" else "0 or more"))
+
+
 def _is_model_folder(path: Path) -> bool:
     return path.is_dir() and any(path.glob("*.safetensors"))
 
@@ -121,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         arch = Architecture.from_config(resolve_config(args.source))
 
+    _check_scenario_args(arch, args)
     runs = find_ffn_runs(arch)
     dependency = None
     if args.plan and args.plan != "auto":

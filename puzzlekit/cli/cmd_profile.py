@@ -5,14 +5,18 @@
     puzzlekit profile PARENT_CONFIG --hardware h100-sxm --dtype fp8 --batch 256 \\
         --prefill 1000 --decode 200 [--tp 1] [--space SPACE | --library LIB.json] -o LIB.json
     puzzlekit profile calibrate NVLABS_FOLDER|MEASUREMENTS.json [--hardware h100-sxm] [-o PROFILE.json]
+    puzzlekit profile PARENT_CONFIG --profiler measured --hardware local-cpu --dtype fp32 -o LIB.json
+    puzzlekit profile PARENT_CONFIG --engine llamacpp --dtype fp16 --batch 1 --prefill 128 --decode 32 -o LIB.json
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from ..architecture import ParentSpec, Scenario
+from ..engines import get_engine
 from ..errors import ConfigError
 from .common import fmt_bytes, print_json, resolve_config
 
@@ -43,12 +47,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profiler", choices=["analytic", "measured"], default="analytic",
                    help="analytic roofline of --hardware (default), or time the sub-blocks with torch on this "
                         "machine (--dtype fp32/bf16/fp16, --tp 1; --hardware is then a label, e.g. local-cpu)")
-    p.add_argument("--threads", type=int, metavar="N", help="measured: CPU threads (default: torch's)")
-    p.add_argument("--repeats", type=int, default=7, metavar="N", help="measured: timings per sub-block (median)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="measured: torch's CPU threads (default: torch's); llamacpp: llama.cpp threads (default 1: "
+                        "stable on a shared machine)")
+    p.add_argument("--repeats", type=int, metavar="N",
+                   help="timings per sub-block, median (measured: default 7); timed runs per model (llamacpp: default 5)")
     p.add_argument("--parent", metavar="CONFIG", help="calibrate: the parent's config (default: Llama-3.3-70B dims)")
     p.add_argument("--fit", default="compute_efficiency,attention_efficiency,kernel_overhead",
                    help="calibrate: comma-separated factors to fit (at most three recommended)")
     p.add_argument("-o", "--output", help="profile: the library to write; calibrate: the hardware profile to write")
+    p.add_argument("--engine", help="keep only blocks this serving engine serves (vllm, sglang, tensorrt-llm, llamacpp, "
+                   "transformers); with llamacpp, time every sub-block in llama.cpp on this CPU instead of the roofline")
+    p.add_argument("--copies", default="2,10", metavar="LO,HI",
+                   help="llamacpp: layers per timing model for the repeated-block method (default 2,10)")
+    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                   help="llamacpp: time by the process's CPU time (default; leaves out other processes' turns on a "
+                        "shared machine; one thread) or by elapsed time")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
 
@@ -68,6 +82,11 @@ def run_profile(args: argparse.Namespace) -> int:
 
     if not args.output:
         raise ConfigError("profile: -o/--output LIB.json is required")
+    if args.engine and get_engine(args.engine).name == "llamacpp":
+        if args.profiler == "measured":
+            raise ConfigError("profile: --engine llamacpp already measures (in llama.cpp); --profiler measured times "
+                              "torch sub-blocks instead: give one of them")
+        return run_profile_llamacpp(args)
     if not args.hardware:
         raise ConfigError("profile: --hardware is required (e.g. h100-sxm, local-cpu, or a profile JSON)")
     if args.space and args.library:
@@ -84,11 +103,12 @@ def run_profile(args: argparse.Namespace) -> int:
         if lib.parent is None:
             lib.parent = spec
     else:
-        lib = library_from_space(spec, parse_space(args.space, spec))
+        lib = library_from_space(spec, _served(parse_space(args.space, spec), args.engine))
     if args.profiler == "measured":
-        if args.repeats < 1:
-            raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
-        opts = {"repeats": args.repeats, **({"threads": args.threads} if args.threads else {})}
+        repeats = 7 if args.repeats is None else args.repeats
+        if repeats < 1:
+            raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+        opts = {"repeats": repeats, **({"threads": args.threads} if args.threads else {})}
         lib = profile_library(lib, sc, args.hardware, parent=spec, memory=memory, profiler="measured",
                               measure_options=opts)
     else:
@@ -108,6 +128,69 @@ def run_profile(args: argparse.Namespace) -> int:
               f"{fmt_bytes(c['memory_mib'] * 2**20):>11} {int(c['num_params']):>12,}")
     nb = lib.meta["non_block_costs"][sc.name]
     print(f"non-block (embeddings, LM head): runtime {nb['runtime_ms']:.3f} ms, {fmt_bytes(nb['memory_mib'] * 2**20)}")
+    return 0
+
+
+def _served(blocks: list, engine: str | None) -> list:
+    """The blocks ``engine`` serves (all without an engine); says how many were dropped."""
+    if not engine:
+        return blocks
+    from ..engines import block_served
+
+    kept = [b for b in blocks if block_served(engine, b)]
+    if len(kept) < len(blocks):
+        print(f"note: {len(blocks) - len(kept)} block(s) of the space dropped: {get_engine(engine).title} does not serve "
+              "them (puzzlekit engines)", file=sys.stderr)
+    if not kept:
+        raise ConfigError(f"no block of the space is served by {get_engine(engine).title}")
+    return kept
+
+
+def run_profile_llamacpp(args: argparse.Namespace) -> int:
+    from ..library import BlockLibrary
+    from ..profilers.library import library_from_space, parse_space
+    from ..profilers.llamacpp import LlamaCppProfiler
+
+    if args.dtype not in ("fp32", "fp16", "bf16"):
+        raise ConfigError(f"--engine llamacpp times fp32, fp16 or bf16 GGUF weights, not {args.dtype}")
+    if args.tp != 1:
+        raise ConfigError("--engine llamacpp times one CPU process (--tp 1)")
+    try:
+        lo, hi = (int(x) for x in args.copies.split(","))
+    except ValueError:
+        raise ConfigError(f"--copies {args.copies!r}: give LO,HI layer counts, e.g. 2,10") from None
+    spec = ParentSpec.from_hf_config(resolve_config(args.targets[0]))
+    sc = Scenario(hardware=args.hardware or "llamacpp-cpu", dtype=args.dtype, batch=args.batch, prefill=args.prefill,
+                  decode=args.decode)
+    if args.library:
+        lib = BlockLibrary.load(args.library)
+        if lib.parent is None:
+            lib.parent = spec
+    else:
+        lib = library_from_space(spec, _served(parse_space(args.space, spec), "llamacpp"))
+    if args.threads is None:
+        args.threads = 1
+    if args.repeats is None:
+        args.repeats = 5
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.clock == "cpu" and args.threads != 1:
+        raise ConfigError("--clock cpu needs --threads 1 (llama.cpp's worker threads spin while they wait); "
+                          "use --clock wall with more threads")
+    prof = LlamaCppProfiler(spec, [sc], dtype=args.dtype, threads=args.threads, n_lo=lo, n_hi=hi,
+                            repeats=args.repeats, clock=args.clock, log=None if args.json else print)
+    if not args.json:
+        print(f"timing {len({s for b in lib.blocks for s in (b.attention, b.ffn)})} sub-blocks in llama.cpp under "
+              f"{sc.name} ({args.threads} thread(s), {lo} and {hi} copies, {args.repeats} repeats)")
+    prof.profile_library(lib)
+    lib.save(args.output)
+    nb = lib.meta["non_block_costs"][sc.name]
+    if args.json:
+        print_json({"scenario": sc.name, "output": args.output, "non_block": nb,
+                    "blocks": dict(lib.costs[sc.name])})
+        return 0
+    print(f"{args.output}: {len(lib.blocks)} blocks costed under {sc.name} (llama.cpp, measured); non-block "
+          f"{nb['runtime_ms']:.2f} ms (prefill {nb['prefill_ms']:.2f}, decode {nb['decode_ms']:.2f})")
     return 0
 
 

@@ -3,8 +3,40 @@
 from __future__ import annotations
 
 import argparse
+import sys
+import time
 
+from ..errors import ConfigError
 from .common import print_json
+
+#: at most this many diverse solutions (each is one more solve, and the k-th differs from all earlier ones)
+MAX_SOLUTIONS = 1000
+
+
+class Progress:
+    """``done/total`` lines on stderr for long runs: the first, then at most one a second, and the last."""
+
+    def __init__(self, what: str, every: float = 1.0):
+        self.what, self.every = what, every
+        self.t0 = self.last = time.perf_counter()
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if done == 1 or done == total or now - self.last >= self.every:
+            self.last = now
+            print(f"{self.what} {done}/{total} ({now - self.t0:.1f} s)", file=sys.stderr, flush=True)
+
+
+def check_counts(num_solutions: int, min_diversity: int, num_layers: int) -> None:
+    """Refuse ``--num-solutions`` / ``--min-diversity`` values that cannot be meant (exit 2)."""
+    if num_solutions < 1:
+        raise ConfigError(f"--num-solutions {num_solutions}: must be at least 1 (1 = the optimum alone)")
+    if num_solutions > MAX_SOLUTIONS:
+        raise ConfigError(f"--num-solutions {num_solutions}: at most {MAX_SOLUTIONS} (each solution is one more "
+                          "solve); for the trade-off curve use `puzzlekit sweep`")
+    if not 1 <= min_diversity <= num_layers:
+        raise ConfigError(f"--min-diversity {min_diversity}: must be between 1 and the library's {num_layers} layers "
+                          "(solutions differ from each other in at least this many layers)")
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
@@ -15,6 +47,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
                    help="a budget: 'memory_mib<=80000', 'num_params>=1e9' or '30000<=memory_mib<=80000' (repeatable)")
     p.add_argument("--scenario", help="scenario whose costs are used (default: the library's)")
     p.add_argument("--drop-nonfinite", action="store_true", help="drop candidates with NaN/inf metrics")
+    p.add_argument("--engine", metavar="ENGINE",
+                   help="keep only candidates this serving engine serves: vllm, sglang, tensorrt-llm, llamacpp, "
+                        "transformers (see `puzzlekit engines`)")
 
 
 def parse_budgets(items: list[str]) -> dict:
@@ -51,16 +86,19 @@ def run(args: argparse.Namespace) -> int:
     from ..search import search, search_diverse
     from .at_fit_args import check_at_fit_args, run_at_fit
 
+    if args.num_solutions < 1 or args.num_solutions > MAX_SOLUTIONS:  # before loading anything
+        check_counts(args.num_solutions, 1, 1)
     if args.throughput_at_fit is not None:
         return run_at_fit(args)
     check_at_fit_args(args)
     lib = BlockLibrary.load(args.library, drop_nonfinite=args.drop_nonfinite)
+    check_counts(args.num_solutions, args.min_diversity, lib.num_layers)
     budgets = parse_budgets(args.budget)
     kw = dict(maximize=args.maximize, scenario=args.scenario, solver=args.solver,
-              time_limit=args.time_limit, mip_gap=args.mip_gap)
+              time_limit=args.time_limit, mip_gap=args.mip_gap, engine=args.engine)
     if args.num_solutions > 1:
         sols = search_diverse(lib, args.objective, budgets, num_solutions=args.num_solutions,
-                              min_diversity=args.min_diversity, **kw)
+                              min_diversity=args.min_diversity, progress=Progress("solution"), **kw)
     else:
         sols = [search(lib, args.objective, budgets, **kw)]
     if args.json:

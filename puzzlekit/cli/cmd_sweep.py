@@ -6,9 +6,12 @@ import argparse
 import re
 
 from ..errors import PuzzlekitError
-from .cmd_search import add_common, parse_budgets
+from .cmd_search import Progress, add_common, parse_budgets
 from .common import print_json
 
+#: at most this many points: past it the spacing is below any difference between two architectures' costs
+#: (`puzzlekit search` and the Python ``pareto_front`` give the exact frontier instead)
+MAX_POINTS = 10_000
 _VARY = re.compile(r"^\s*([A-Za-z_][\w.@/-]*)\s*=\s*([-+0-9.eE]+)\s*:\s*([-+0-9.eE]+)\s*:\s*(\d+)\s*$")
 
 
@@ -26,6 +29,9 @@ def parse_vary(text: str) -> tuple[str, list[float]]:
         raise PuzzlekitError(f"--vary {text!r}: FROM and TO must be numbers, N an integer") from None
     if k < 1:
         raise PuzzlekitError(f"--vary {text!r}: N must be at least 1")
+    if k > MAX_POINTS:
+        raise PuzzlekitError(f"--vary {text!r}: {k} points; at most {MAX_POINTS} (the exact frontier of the "
+                             "objective against one cost is puzzlekit.search.pareto_front)")
     return name, [float(v) for v in np.linspace(lo, hi, k)]
 
 
@@ -49,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     lib = BlockLibrary.load(args.library, drop_nonfinite=args.drop_nonfinite)
     name, values = parse_vary(args.vary)
     res = sweep(lib, args.objective, name, values, parse_budgets(args.budget), maximize=args.maximize,
-                scenario=args.scenario, solver=args.solver, method=args.method)
+                scenario=args.scenario, solver=args.solver, method=args.method, engine=args.engine,
+                progress=Progress("point"))
     if args.csv:
         res.to_csv(args.csv)
     if args.plot:

@@ -4,22 +4,14 @@ from __future__ import annotations
 
 import json
 import sys
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from ..configs import BUILTIN_CONFIGS, builtin_config_path
 from ..errors import PuzzlekitError
 
-#: Configs shipped with puzzlekit, usable wherever a CONFIG argument is expected.
-BUILTIN_CONFIGS = {
-    "super-49b": "llama-3.3-nemotron-super-49b-v1.config.json",
-    "ultra-253b": "llama-3.1-nemotron-ultra-253b-v1.config.json",
-}
-
-
-def builtin_config_path(name: str) -> Path:
-    """The path of a shipped config by its short name."""
-    return Path(str(resources.files("puzzlekit") / "configs" / BUILTIN_CONFIGS[name]))
+__all__ = ["BUILTIN_CONFIGS", "builtin_config_path", "resolve_config", "print_json", "fmt_num", "fmt_bytes",
+           "add_parent_device_args", "load_parent_from_args"]
 
 
 def resolve_config(arg: str) -> Path:

@@ -1,6 +1,7 @@
 """A tiny trained teacher: a byte-level BPE tokenizer and a small Llama trained on real text.
 
-The end-to-end demo and the BLD / scoring benchmarks need a parent that has
+The demo pipeline (``puzzlekit run demo``: its ``parent`` stage with ``source: teacher``) and the
+BLD / scoring benchmarks need a parent that has
 actually learned something (a random model has no structure for BLD to
 distil).  :func:`ensure_teacher` trains one on CPU in seconds (``tiny``) or a
 few minutes (``demo``) and saves it as a normal Hugging Face folder
@@ -25,9 +26,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
-import torch
 
 from ..data import batch_indices, build_token_data
 from ..errors import PuzzlekitError
@@ -107,15 +105,17 @@ def _lr(step: int, cfg: TeacherConfig) -> float:
     return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
 
 
-@torch.no_grad()
-def _eval_loss(model: torch.nn.Module, rows: torch.Tensor, batch: int = 16) -> float:
+def _eval_loss(model: Any, rows: Any, batch: int = 16) -> float:
+    import torch
+
     model.eval()
     tot, n = 0.0, 0
-    for i in range(0, len(rows), batch):
-        x = rows[i:i + batch]
-        out = model(input_ids=x, labels=x)
-        tot += float(out.loss) * len(x)
-        n += len(x)
+    with torch.no_grad():
+        for i in range(0, len(rows), batch):
+            x = rows[i:i + batch]
+            out = model(input_ids=x, labels=x)
+            tot += float(out.loss) * len(x)
+            n += len(x)
     model.train()
     return tot / max(1, n)
 
@@ -127,6 +127,7 @@ def train_teacher(out_dir: str | os.PathLike, texts: Sequence[str], cfg: Teacher
     Returns the training record (also written to ``out_dir/teacher.json``): held-out loss,
     training throughput (tokens/s, measured) and the settings.
     """
+    import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from ..progress import progress as progress_bar
@@ -219,7 +220,3 @@ def ensure_teacher(out_dir: str | os.PathLike, texts: Sequence[str] | None, cfg:
         raise PuzzlekitError(f"{out}: no teacher trained with these settings here, and no text to train one")
     return train_teacher(out, texts, cfg, progress=progress)
 
-
-def teacher_perplexity_sanity(record: dict[str, Any]) -> float:
-    """exp(val_loss) of a teacher record (a quick check that training did something)."""
-    return float(np.exp(record["val_loss"]))

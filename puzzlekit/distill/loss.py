@@ -8,8 +8,8 @@ Layers are matched through the architecture: child layer ``l`` covers
 ``spans[l]`` consecutive parent layers (1 for an ordinary or removed layer,
 more for a many-to-one replacement), so its output sits on the residual
 stream at the same position as the output of parent layer
-``spans[0] + … + spans[l] − 1``.  Puzzle's finding (FACTS.md): cosine + KL,
-no LM loss (LM loss alone made validation KL rise).
+``spans[0] + … + spans[l] − 1``.  Puzzle's finding (arXiv 2411.19146, global knowledge distillation):
+cosine + KL, no LM loss (LM loss alone made validation KL rise).
 """
 
 from __future__ import annotations

@@ -51,7 +51,9 @@ from ..blocks import AttentionConfig, BlockConfig, FFNConfig
 from ..errors import LibraryError, PuzzlekitError
 from ..io import MAX_JSON_BYTES, read_json
 from ..library import BlockLibrary
+from .modelopt_metrics import _metrics, _teacher_default
 from .nvlabs import GPU_NAMES
+from .relocate import relocate_weights
 
 __all__ = [
     "import_modelopt",
@@ -176,15 +178,28 @@ def block_from_modelopt(d: Any, where: str = "block", parent: ParentSpec | None 
                        ffn_from_modelopt(d["ffn"], f"{where}.ffn", parent))
 
 
-def block_to_modelopt(block: BlockConfig) -> dict[str, Any]:
-    """``block`` in ModelOpt's ``BlockConfig`` form (every puzzlekit block is representable)."""
+def block_to_modelopt(block: BlockConfig, parent: ParentSpec | None = None) -> dict[str, Any]:
+    """``block`` in ModelOpt's ``BlockConfig`` form (every puzzlekit block is representable).
+
+    ModelOpt's ``AttentionConfig`` asserts ``num_key_value_heads`` is set for every attention that is not
+    a no-op (a linear one included, though its linear layer does not use it), and ``FFNConfig`` that
+    ``intermediate_size`` is set for every FFN that is not a no-op (a linear one included).  A linear
+    sub-block gets the parent's value (``parent``), or 1 without a parent: a number ModelOpt accepts and
+    never reads for a linear layer; :func:`block_from_modelopt` reads the block back unchanged.
+    """
     a, f = block.attention, block.ffn
+    kv = a.num_kv_heads
+    if a.linear:
+        kv = parent.num_key_value_heads if parent is not None else 1
+    inter = f.intermediate_size
+    if f.linear:
+        inter = parent.intermediate_size if parent is not None else 1
     return {
         "attention": {"no_op": a.no_op, "replace_with_linear": a.linear, "sparsify": None,
-                      "weights_precision": "bf16", "num_key_value_heads": a.num_kv_heads,
+                      "weights_precision": "bf16", "num_key_value_heads": kv,
                       "llama4": None, "mamba": None},
         "ffn": {"no_op": f.no_op, "replace_with_linear": f.linear, "sparsify": None,
-                "weights_precision": "bf16", "moe": None, "intermediate_size": f.intermediate_size},
+                "weights_precision": "bf16", "moe": None, "intermediate_size": inter},
         "parallel_blocks": None,
     }
 
@@ -273,29 +288,6 @@ def _parse_entry(e: Any, where: str, parent: ParentSpec | None) -> tuple[int, in
     if not isinstance(wp, list) or not all(isinstance(p, str) for p in wp):
         raise LibraryError(f"{where}.weight_paths: must be a list of file paths, got {wp!r}")
     return idx[0], idx[-1], block, wp
-
-
-def _metrics(raw: Any, path: Path) -> dict[str, float]:
-    """Every ``{"<name>": {"avg": x}}`` of a ModelOpt validation result."""
-    if not isinstance(raw, Mapping):
-        raise LibraryError(f"{path}: expected an object of metric -> {{'avg': number, ...}}")
-    out: dict[str, float] = {}
-    for k, v in raw.items():
-        if isinstance(v, Mapping) and "avg" in v:
-            x = v["avg"]
-            if isinstance(x, bool) or not isinstance(x, (int, float)):
-                raise LibraryError(f"{path}: $.{k}.avg must be a number, got {x!r}")
-            out[str(k)] = float(x)
-    return out
-
-
-def _teacher_default(name: str) -> float | None:
-    """The value a metric takes for the teacher by definition (distances to it are 0), if any."""
-    if name.startswith("kl_div") or name.endswith("_hidden_states") or name == "raw_replacement_loss":
-        return 0.0
-    if name.endswith("_consistency"):
-        return 1.0
-    return None
 
 
 def _scenario(args: Any, where: str, teacher_hidden: int | None) -> Scenario | None:
@@ -584,29 +576,4 @@ def _load_gathered(path: Path, lib: BlockLibrary, parent: ParentSpec | None, max
                 clean[str(k)] = float(x)
         lib.candidates[i].metrics.update(clean)
         seen[i] = str(name)
-
-
-def relocate_weights(library: BlockLibrary, folder: str | os.PathLike) -> int:
-    """Re-express weight paths relative to ``folder`` (where the library will be saved); weights of
-    candidates whose files are not inside ``folder`` are dropped (logged).  Returns how many were dropped."""
-    new = Path(folder).resolve()
-    old = library.root.resolve() if library.root is not None else None
-    dropped = 0
-    for c in library.candidates:
-        if not c.weight_files:
-            continue
-        try:
-            rel = [(old / w).resolve().relative_to(new).as_posix() for w in c.weight_files] if old else None
-        except ValueError:
-            rel = None
-        if rel is None:
-            c.weights = None
-            dropped += 1
-        else:
-            c.weights = rel[0] if len(rel) == 1 else tuple(rel)
-    library.root = Path(folder)
-    if dropped:
-        logger.warning("%d candidates' weight files are outside %s; their weights are left empty "
-                    "(save the library inside the ModelOpt folder to keep them)", dropped, folder)
-    return dropped
 

@@ -30,7 +30,6 @@ from torch import nn
 from ..blocks import AttentionConfig, BlockConfig, FFNConfig
 from ..errors import ConfigError
 from .dependency import DependencyReport, dependency_matrix
-from .graph import find_ffn_runs
 from .plan import FusionPlan, fused_architecture, make_plan
 
 __all__ = ["find_fusable", "fuse_ffns", "FusionResult", "FusedGroup", "WideSwiGLU", "enable_triton_swiglu",
@@ -144,12 +143,6 @@ def find_fusable(model: Any, data: Any = None, *, threshold: float | None = None
     if dependency is not None:
         plan.meta["dependency"] = dependency.to_dict()
     return plan
-
-
-def _layer_dtype(layer: nn.Module) -> torch.dtype:
-    for p in layer.parameters():
-        return p.dtype
-    return torch.float32
 
 
 def _check_group(layers: nn.ModuleList, g: tuple[int, ...]) -> tuple[int, float, torch.dtype, torch.device, bool]:
@@ -303,7 +296,3 @@ def fuse_ffns(model: Any, plan: FusionPlan | list, *, inplace: bool = False,
     out.config.block_configs = PuzzleConfig.from_architecture(new_arch).block_configs
     return FusionResult(out, changes)
 
-
-def ffn_runs_of(model: Any) -> list[tuple[int, ...]]:
-    """Layer tuples of the model's FFN runs (convenience for scripts)."""
-    return [r.layers for r in find_ffn_runs(model)]

@@ -53,7 +53,8 @@ _FFN_PREFIXES = ("post_attention_layernorm.", "mlp.")
 
 
 def load_block_weights(layer: PuzzleDecoderLayer,
-                       path: str | os.PathLike | Sequence[str | os.PathLike]) -> PuzzleDecoderLayer:
+                       path: str | os.PathLike | Sequence[str | os.PathLike],
+                       parent_layers: Sequence[int] | None = None) -> PuzzleDecoderLayer:
     """Load a block file, or several files that together hold the block, into ``layer`` (in place; a
     layer on the meta device is materialised).
 
@@ -61,6 +62,10 @@ def load_block_weights(layer: PuzzleDecoderLayer,
     file and FFN file); each file's block must agree with the layer on the sub-blocks it holds, no
     tensor may come twice, and together they must hold every tensor.  Raises :class:`ConfigError`
     when the files' blocks or tensors do not match the layer.
+
+    ``parent_layers``: the parent layers the block replaces (a spanning candidate replaces several;
+    after one, a child layer's index is no longer its parent layer's).  A checkpoint's sub-block file
+    (ModelOpt's ``model.layers.<i>.*`` names) must hold one of them; default: the layer's own index.
     """
     from safetensors import safe_open
 
@@ -80,7 +85,7 @@ def load_block_weights(layer: PuzzleDecoderLayer,
             meta = f.metadata() or {}
             if meta.get("hidden_size") not in (None, str(layer.spec.hidden_size)):
                 raise ConfigError(f"{p}: hidden_size {meta['hidden_size']} != the model's {layer.spec.hidden_size}")
-            rename = _hf_layer_names(p, set(f.keys()), meta, layer)  # file name -> layer name
+            rename = _hf_layer_names(p, set(f.keys()), meta, layer, parent_layers)  # file name -> layer name
             names = set(rename.values())
             key = meta.get("block")
             if key is not None and key != layer.block.key:
@@ -110,13 +115,15 @@ def load_block_weights(layer: PuzzleDecoderLayer,
 _HF_LAYER = re.compile(r"^model\.layers\.(\d+)\.(.+)$")
 
 
-def _hf_layer_names(path: Path, names: set[str], meta: Mapping[str, str], layer: PuzzleDecoderLayer) -> dict[str, str]:
+def _hf_layer_names(path: Path, names: set[str], meta: Mapping[str, str], layer: PuzzleDecoderLayer,
+                    parent_layers: Sequence[int] | None = None) -> dict[str, str]:
     """The file's tensor names -> the layer's parameter names.
 
     puzzlekit's block files hold layer-relative names.  A sub-block file of NVIDIA's Model Optimizer
     (Puzzletron's ``subblocks_safetensors/block_<i>_<attention|ffn>.safetensors``) has no puzzlekit
     metadata and keeps the checkpoint's names, ``model.layers.<i>.self_attn.q_proj.weight``...: the
-    prefix is dropped when every tensor has it with one ``i``, and ``i`` is the layer's index.
+    prefix is dropped when every tensor has it with one ``i``, and ``i`` is one of the parent layers the
+    block replaces (``parent_layers``; default the layer's own index).
     """
     if meta.get("format") == BLOCK_FORMAT or not names:
         return {n: n for n in names}
@@ -127,9 +134,12 @@ def _hf_layer_names(path: Path, names: set[str], meta: Mapping[str, str], layer:
     if len(idx) != 1:
         raise ConfigError(f"{path}: holds tensors of layers {sorted(idx)}; a block file holds one layer's")
     (i,) = idx
-    if i != layer.layer_idx:
-        raise ConfigError(f"{path}: holds layer {i}'s tensors (model.layers.{i}.*), but the block is for layer "
-                          f"{layer.layer_idx}; pick that layer's sub-block file")
+    want = [layer.layer_idx] if parent_layers is None else [int(j) for j in parent_layers]
+    if i not in want:
+        where = (f"parent layer {want[0]}" if len(want) == 1 else f"parent layers {want[0]}..{want[-1]}")
+        raise ConfigError(f"{path}: holds layer {i}'s tensors (model.layers.{i}.*), but the block replaces {where}"
+                          + (f" (child layer {layer.layer_idx})" if want != [layer.layer_idx] else "")
+                          + "; pick that layer's sub-block file")
     return {n: m.group(2) for n, m in found.items()}
 
 
@@ -205,6 +215,7 @@ def assemble(parent: PuzzleForCausalLM, architecture: Architecture | None, libra
         idxs: list[int | None] = list(choices)
         blocks = [c.block for c in cands]
         sources = [c.first for c in cands]
+        spans = [range(c.first, c.last + 1) for c in cands]
         if architecture is not None and tuple(architecture.blocks) != tuple(blocks):
             raise ConfigError("assemble: architecture's blocks differ from the chosen candidates' blocks")
     else:
@@ -214,6 +225,7 @@ def assemble(parent: PuzzleForCausalLM, architecture: Architecture | None, libra
             raise ConfigError(f"assemble: the architecture has {architecture.num_layers} layers, the parent "
                               f"{len(players)}; without a library each child layer replaces one parent layer")
         idxs, blocks, sources = [None] * len(players), list(architecture.blocks), list(range(len(players)))
+        spans = [range(i, i + 1) for i in sources]
     spec = parent.config.parent_spec
     if architecture is not None and architecture.parent.hidden_size != spec.hidden_size:
         raise ConfigError(f"assemble: architecture hidden_size {architecture.parent.hidden_size} != parent's {spec.hidden_size}")
@@ -234,12 +246,12 @@ def assemble(parent: PuzzleForCausalLM, architecture: Architecture | None, libra
         _set_param(child, name, parent.get_parameter(name).detach().clone())
     if config.tie_word_embeddings:
         child.lm_head.weight = child.model.embed_tokens.weight
-    for i, (block, src, idx) in enumerate(zip(blocks, sources, idxs)):
+    for i, (block, src, idx, span) in enumerate(zip(blocks, sources, idxs, spans)):
         wpath = library.weights_paths(idx) if idx is not None else None
         if wpath:
             with torch.device("meta"):
                 layer = PuzzleDecoderLayer(spec, block, i)
-            load_block_weights(layer, wpath)
+            load_block_weights(layer, wpath, parent_layers=span)
             layer.to(device=ref.device, dtype=ref.dtype)
         else:
             layer = init_child_layer(players[src], block, layer_idx=i,

@@ -194,7 +194,11 @@ class PuzzleConfig(PreTrainedConfig):
         return cls(**kw)
 
     def to_dict(self) -> dict[str, Any]:
-        """The ``config.json`` dict, in the Nemotron-NAS form the serving engines read."""
+        """The ``config.json`` dict, in the Nemotron-NAS form the serving engines read; ``auto_map`` names
+        the ``configuration_decilm.py`` that :meth:`save_pretrained` writes beside it (for the engines:
+        puzzlekit itself never imports it)."""
+        from ..nas import AUTO_MAP
+
         d = super().to_dict()
         d["architectures"] = ["DeciLMForCausalLM"]
         d["model_type"] = "nemotron-nas"
@@ -205,8 +209,16 @@ class PuzzleConfig(PreTrainedConfig):
         d["rope_scaling"] = rope if rope.get("rope_type", "default") != "default" else None
         if d.get("qkv_bias") is None:
             d.pop("qkv_bias", None)
-        d.pop("auto_map", None)
+        d["auto_map"] = dict(AUTO_MAP)
         return d
+
+    def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+        """Write ``config.json`` and, beside it, the ``configuration_decilm.py`` its ``auto_map`` names."""
+        from ..export import write_decilm_module
+
+        out = super().save_pretrained(save_directory, *args, **kwargs)
+        write_decilm_module(save_directory)
+        return out
 
 
 def _plain_block_config(b: Any) -> dict[str, Any]:

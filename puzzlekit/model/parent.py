@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..architecture import Architecture, ParentSpec, load_config_dict
+from ..architecture import Architecture, load_config_dict
 from ..errors import ConfigError, UnsafeInputError
 from ..io import resolve_inside
 from .modeling import PuzzleConfig, PuzzleForCausalLM
@@ -231,9 +231,4 @@ def load_parent(path_or_hf_model: str | os.PathLike | nn.Module, dtype: torch.dt
                     placement=placement)
     log.info("loaded parent %s from %s (%d files)", d.get("model_type"), folder, len(files))
     return model.eval()
-
-
-def parent_spec_of(model: PuzzleForCausalLM) -> ParentSpec:
-    """The parent spec of a loaded model (for :func:`puzzlekit.model.make_layer`)."""
-    return model.config.parent_spec
 

@@ -35,6 +35,8 @@ from .curriculum import (
     filter_by_pass_rate,
     hf_generator,
 )
+from .data import arithmetic_chat_corpus, read_jsonl, read_sft_data
+from .evaluate import evaluate_toggle, generate
 from .rewards import accuracy_reward, completion_text, extract_answer, format_reward, split_reasoning
 from .sft import IGNORE_INDEX, response_only_labels, to_prompt_completion, tokenize_for_sft
 from .tiny import char_tokenizer, tiny_llama
@@ -46,5 +48,6 @@ __all__ = [
     "estimate_pass_rates", "filter_by_pass_rate", "CurriculumSampler", "AdaptiveCurriculum", "hf_generator",
     "IGNORE_INDEX", "response_only_labels", "to_prompt_completion", "tokenize_for_sft",
     "ArithmeticProblem", "make_problems", "addition_trace", "arithmetic_pairs", "ARITHMETIC_ALPHABET",
-    "char_tokenizer", "tiny_llama",
+    "char_tokenizer", "tiny_llama", "read_jsonl", "read_sft_data", "arithmetic_chat_corpus", "evaluate_toggle",
+    "generate",
 ]

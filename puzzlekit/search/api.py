@@ -42,6 +42,7 @@ def build_problem(
     scenario: Any = None,
     constraints: Iterable[Any] = (),
     constants: Mapping[str, float] | None = None,
+    engine: str | None = None,
 ) -> Problem:
     """A :class:`Problem` from a library (or a Problem, whose budgets are then updated).
 
@@ -49,7 +50,14 @@ def build_problem(
     library's own record for the scenario (``lib.non_block_costs_for(scenario)``, written by
     ``profile_library``), for every cost the blocks have; a mapping replaces that record (``{}``: block
     costs alone).  A constant for a cost without a budget makes the solution report that cost's total.
+
+    ``engine`` (``"vllm"``, ``"llamacpp"``, ...) keeps only candidates that serving engine serves
+    (:class:`puzzlekit.engines.EngineConstraint`).
     """
+    if engine is not None and not isinstance(source, Problem):
+        from ..engines import EngineConstraint, get_engine
+
+        constraints = [*constraints, EngineConstraint(get_engine(engine).name)]
     if isinstance(source, Problem):
         p = source.with_budgets(budgets) if budgets else source
         if maximize != p.maximize and maximize:
@@ -81,8 +89,11 @@ def build_problem(
     else:
         consts = dict(tr.constants)
         consts.update(constants)
-    return Problem.from_library(source, objective, all_budgets, maximize=maximize, scenario=scenario,
-                                constants=consts, extra_costs=tr.extra_costs, allowed=tr.allowed)
+    p = Problem.from_library(source, objective, all_budgets, maximize=maximize, scenario=scenario,
+                             constants=consts, extra_costs=tr.extra_costs, allowed=tr.allowed)
+    if engine is not None:
+        p.meta["engine"] = engine
+    return p
 
 
 def library_constants(library: Any, scenario: Any = None, *, skip: Iterable[str] = ()) -> dict[str, float]:
@@ -113,6 +124,10 @@ def infeasible_error(problem: Problem) -> InfeasibleError:
             ok = "reachable" if hi_r >= problem.lower[i] * (1 - 1e-12) - 1e-12 else "UNREACHABLE"
             parts.append(f"{name} >= {problem.lower[i]:.10g} (greatest reachable {hi_r:.10g}: {ok} alone)")
     extra = f"; with {len(problem.cuts)} diversity cuts" if problem.cuts else ""
+    if problem.meta.get("engine"):
+        from ..engines import restriction_note
+
+        extra += restriction_note(problem.meta["engine"])
     msg = ("no architecture satisfies the budgets: " + "; ".join(parts) + extra
            + ". Relax the budgets marked UNREACHABLE"
            + ("" if any("UNREACHABLE" in p for p in parts) else " (none is: they conflict together; relax one)"))
@@ -176,6 +191,8 @@ def solve_problem(
         hints["lower_bound"] = max(lbs)
     if red is not None and red.lam is not None and red.lam.size > 1:
         hints["lp_duals"] = red.lam
+    if red is not None:
+        hints["presolve_incumbent"] = red.incumbent is not None
     opts = replace(opts, hints=hints)
     try:
         raw = backend.solve(sub, opts)
@@ -223,6 +240,7 @@ def search(
     threads: int | None = None,
     presolve: bool = True,
     solver_options: Mapping[str, Any] | None = None,
+    engine: str | None = None,
 ) -> Solution:
     """The best architecture: one candidate per layer, optimising ``objective`` under ``budgets``.
 
@@ -232,7 +250,8 @@ def search(
     (:class:`~puzzlekit.search.MemoryLimit`, ...).  Raises
     :class:`~puzzlekit.errors.InfeasibleError` (naming each budget and the
     least value it could reach) when nothing fits.  A time limit returns the
-    best verified solution found with ``status=FEASIBLE`` and its ``gap``.
+    best verified solution found with ``status=FEASIBLE`` and its ``gap``.  ``engine`` keeps only
+    candidates that serving engine serves (``puzzlekit.engines``).
 
     Budgets and the solution's ``costs`` are whole-model totals: the library's
     non-block costs for the scenario (``lib.non_block_costs_for(scenario)``,
@@ -241,7 +260,7 @@ def search(
     """
     t0 = time.perf_counter()
     problem = build_problem(source, objective, budgets, maximize=maximize, scenario=scenario,
-                            constraints=constraints, constants=constants)
+                            constraints=constraints, constants=constants, engine=engine)
     left = None if time_limit is None else max(1e-3, time_limit - (time.perf_counter() - t0))
     one = [i for i in problem.budget_rows]
     if solver is None and presolve and len(one) == 1 and _one_budget_dp_ready(problem, one[0]) and mip_gap == 0:
@@ -266,14 +285,16 @@ def search_diverse(
     *,
     num_solutions: int = 3,
     min_diversity: int = 1,
+    progress: Any = None,
     **kw: Any,
 ) -> list[Solution]:
     """Diverse top-k: up to ``num_solutions`` answers in objective order, each differing from every
-    earlier one in at least ``min_diversity`` layers.  Fewer are returned when no more exist."""
+    earlier one in at least ``min_diversity`` layers.  Fewer are returned when no more exist.
+    ``progress(done, total)`` (optional) is called after each solution."""
     if isinstance(num_solutions, bool) or not isinstance(num_solutions, int) or num_solutions < 1:
         raise ConfigError(f"num_solutions must be a positive integer, got {num_solutions!r}")
     t0 = time.perf_counter()
-    build_kw = {k: kw.pop(k) for k in ("maximize", "scenario", "constraints", "constants") if k in kw}
+    build_kw = {k: kw.pop(k) for k in ("maximize", "scenario", "constraints", "constants", "engine") if k in kw}
     problem = build_problem(source, objective, budgets, **build_kw)
     if isinstance(min_diversity, bool) or not isinstance(min_diversity, int) or not (
             1 <= min_diversity <= problem.num_layers):
@@ -292,6 +313,8 @@ def search_diverse(
         if sol.status is Status.ERROR:
             raise SolverError(f"solver {sol.solver!r} failed on solution {k + 1}: {sol.message or 'no solution'}")
         out.append(sol)
+        if progress is not None:
+            progress(k + 1, num_solutions)
         prev_min = -sol.objective if problem.maximize else sol.objective
         problem = problem.with_cut(problem.origin_to_local(sol.candidates), min_diversity)
     return out
@@ -371,6 +394,8 @@ def sweep(
     solver: str | None = None,
     method: str = "auto",
     time_limit: float | None = None,
+    engine: str | None = None,
+    progress: Any = None,
 ) -> SweepResult:
     """The exact optimum at each value of the ``vary`` upper budget (other budgets fixed).
 
@@ -378,7 +403,8 @@ def sweep(
     ``vary`` is the only budget, and otherwise the backend with warm starts
     from the previous point (values are solved in increasing order, so the
     previous optimum stays feasible); ``"solver"`` always uses the backend.
-    Infeasible points are kept with status ``INFEASIBLE``.
+    Infeasible points are kept with status ``INFEASIBLE``.  ``progress(done, total)`` (optional) is
+    called as points are answered.
     """
     t0 = time.perf_counter()
     vals = [float(v) for v in values]
@@ -396,7 +422,7 @@ def sweep(
     else:
         b[vary] = (None, vals[0])
     problem = build_problem(source, objective, b, maximize=maximize, scenario=scenario, constraints=constraints,
-                            constants=constants)
+                            constants=constants, engine=engine)
     i = problem.cost_names.index(vary)
     lo_i = problem.lower[i]
     use_dp = method == "dp" or (method == "auto" and _one_budget_dp_ready(problem, i))
@@ -447,6 +473,8 @@ def sweep(
                 results[k] = problem.with_budgets({vary: (lo_i, vals[k])}).make_solution(
                     chosen, Status.OPTIMAL, solver=DP_SOLVER, seconds=share, bound=v,
                     info={"lagrangian_bound": lb if k == seg[0] else None, "segment": len(seg)})
+            if progress is not None:
+                progress(len(results), len(vals))
     else:
         for k in order:
             p = problem.with_budgets({vary: (lo_i, vals[k])})
@@ -455,6 +483,8 @@ def sweep(
             if s.status.has_solution:
                 prev = p.origin_to_local(s.candidates)
             results[k] = s
+            if progress is not None:
+                progress(len(results), len(vals))
     return SweepResult(vary, problem.objective_name, [(vals[k], results[k]) for k in range(len(vals))],
                        time.perf_counter() - t0)
 
@@ -490,6 +520,10 @@ def pareto_front(
     if high is None:
         problem = problem.with_budgets({cost: (None, least_values(problem)[cost][1])})
     use_dp = _one_budget_dp_ready(problem, i)
+    if not use_dp and solver is None:  # several budgets: windows of the exact programme (search.pareto)
+        from .pareto import multi_budget_front
+
+        return multi_budget_front(problem, cost, low=low, max_points=max_points)
     front: list[Solution] = []
     cur = problem
     high_i = float(problem.upper[i])

@@ -326,9 +326,9 @@ def translate(library: Any, constraints: Iterable[Any], scenario: Any = None) ->
     for c in constraints:
         if hasattr(c, "mask"):
             allowed &= c.mask(library)
-        elif hasattr(c, "apply"):
+        if hasattr(c, "apply"):  # a constraint may do both (e.g. puzzlekit.engines.EngineConstraint)
             c.apply(library, scenario, out)
-        else:
+        if not hasattr(c, "mask") and not hasattr(c, "apply"):
             raise ConfigError(f"unknown constraint {c!r}; use MemoryLimit, ThroughputTarget, LatencyLimit, "
                               "TTFTLimit, ParamsLimit, KeepAttention or Forbid")
     if not allowed.all():

@@ -181,7 +181,7 @@ def resolve_parent(parent: Any, library: Any = None) -> Any:
     if isinstance(parent, Mapping):
         return ParentSpec.from_hf_config(parent)
     if isinstance(parent, (str, os.PathLike)):
-        from ..cli.common import BUILTIN_CONFIGS, builtin_config_path
+        from ..configs import BUILTIN_CONFIGS, builtin_config_path
 
         s = str(parent)
         path = builtin_config_path(s) if s in BUILTIN_CONFIGS else s

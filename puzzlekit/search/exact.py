@@ -25,8 +25,9 @@ is the objective of an incumbent found by the same programme with a beam (only
 the ``beam`` best states by bound are kept per position), so the proof run
 explores only what any proof must.  Budgets are met to the same relative
 tolerance (1e-9) as the float re-verification.  When the states exceed
-``max_states`` (or the deadline passes) the programme gives up and says so:
-callers then fall back to a MIP backend.
+``max_states`` (or a proof pass, extrapolated linearly from the positions done, would: the early
+estimate of a blow-up), the deadline passes or a racing solver finished first, the programme gives
+up and says so: callers then fall back to (or wait for) a MIP backend.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from .presolve import Paths, _improve, _lead, _lp_duals, lagrangian_1d
+from .presolve import LPInfeasible, Paths, _improve, _lead, _lp_duals, lagrangian_1d
 from .problem import Problem
 
 __all__ = ["ExactResult", "solve_exact", "multipliers"]
@@ -61,6 +62,38 @@ class ExactResult:
 
 class _GaveUp(Exception):
     pass
+
+
+class _Limits:
+    """When a pass must stop: more than ``max_states`` states (or a projection past it), the deadline, or
+    ``stop`` set (another solver proved the answer first)."""
+
+    def __init__(self, max_states: int, deadline: float | None, stop: Any = None, on_hard: Any = None):
+        self.max_states, self.deadline, self.stop, self.on_hard = max_states, deadline, stop, on_hard
+
+    def hard(self, why: str) -> None:
+        """Tell the caller (once) that this looks hard; it answers True to stop the programme here."""
+        if self.on_hard is not None:
+            f, self.on_hard = self.on_hard, None
+            if f(why):
+                raise _GaveUp(f"handed over: {why}")
+
+    def check(self, p: int, L: int, total: int, proof: bool) -> None:
+        if total > self.max_states:
+            raise _GaveUp(f"more than {self.max_states} states")
+        if proof and self.on_hard is not None and p >= max(4, L // 8) and 8 * total * L > self.max_states * p:
+            self.hard(f"projected past {self.max_states // 8} states")
+        # the early estimate: a proof pass whose states so far, extrapolated linearly over the remaining
+        # positions, pass the cap will pass it (counts grow with depth until the bounds bite near the end)
+        if proof and p >= max(4, L // 8) and total * L > self.max_states * p:
+            raise _GaveUp(f"projected past {self.max_states} states ({total} after {p} of {L} layers)")
+        self.poll()
+
+    def poll(self) -> None:
+        if self.deadline is not None and time.perf_counter() > self.deadline:
+            raise _GaveUp("time limit")
+        if self.stop is not None and self.stop.is_set():
+            raise _GaveUp("stopped (another solver finished first)")
 
 
 def multipliers(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths,
@@ -121,7 +154,7 @@ def _count_table(problem: Problem, w: np.ndarray, a: np.ndarray, R: int) -> np.n
 
 def _resource_tables(problem: Problem, G: np.ndarray, h: np.ndarray, tolh: np.ndarray,
                      lams: list[np.ndarray], buckets: int = 8192,
-                     scales: tuple[float, ...] = (0.7, 1.0, 1.4)) -> list[tuple]:
+                     scales: tuple[float, ...] = (0.7, 1.0, 1.4), cache: dict | None = None) -> list[tuple]:
     """Per row ``r``: a suffix table treating row ``r`` exactly (up to buckets) and the others by multipliers.
 
     Row ``r`` is shifted per layer to be non-negative (every exact cover pays
@@ -130,7 +163,9 @@ def _resource_tables(problem: Problem, G: np.ndarray, h: np.ndarray, tolh: np.nd
     table: ``T[q, k]`` (least ``c + λ G`` weight, ``λ_r = 0``, of a cover of
     ``q..L-1`` using at most ``k`` buckets) is a valid bound.  Rows with small
     non-negative integer coefficients (diversity cuts) get ``delta = 1``:
-    exact.
+    exact.  ``cache`` (a dict kept by the caller across problems with the same candidates and rows, e.g.
+    the points of a Pareto front) reuses a table built for a larger budget: ``T[q, k]`` does not depend
+    on the budget, only its bucket count ``R`` does.
     """
     L, m = problem.num_layers, G.shape[0]
     if m < 2:
@@ -159,14 +194,26 @@ def _resource_tables(problem: Problem, G: np.ndarray, h: np.ndarray, tolh: np.nd
         if Hs <= 0:
             continue
         integral = np.all(gs == np.round(gs)) and Hs <= 8 * L
+        lam_list = (np.zeros(m), lam_sets[len(lam_sets) // 2]) if integral else lam_sets
+        hit = None if cache is None else cache.get((r, integral, tuple(np.concatenate(lam_list).tolist())))
+        if hit is not None and Hs <= hit[0]:
+            delta = hit[1]
+            R = int(math.floor(Hs / delta + 1e-6))
+            for lam, T in hit[2]:
+                out.append((lam, float(lam @ h), r, delta, S, Hs, R, T))
+            continue
         delta = 1.0 if integral else Hs / buckets
         a = np.floor(gs / delta + (0.0 if integral else -1e-7)).clip(0).astype(np.int64)
         R = int(math.floor(Hs / delta + 1e-6))
-        for lam in (np.zeros(m), lam_sets[len(lam_sets) // 2]) if integral else lam_sets:
+        built = []
+        for lam in lam_list:
             lam = lam.copy()
             lam[r] = 0.0
             T = _count_table(problem, c + lam @ G, a, R)
             out.append((lam, float(lam @ h), r, delta, S, Hs, R, T))
+            built.append((lam, T))
+        if cache is not None:
+            cache[(r, integral, tuple(np.concatenate(lam_list).tolist()))] = (Hs, delta, built)
     return out
 
 
@@ -193,13 +240,13 @@ def _pareto_on_row(keys: np.ndarray, Ob: np.ndarray, r: int, idx: np.ndarray) ->
 
 
 _PAIRS = 1 << 20  # (state, candidate) pairs expanded at once
+_LAZY = 50_000  # states a proof may use before the resource tables are built
 _TABLE_BYTES = 96 << 20  # the bucketed resource tables together
 
 
 def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: list[tuple[np.ndarray, np.ndarray]],
-         minrest: np.ndarray, target: float, beam: int | None, max_states: int,
-         deadline: float | None, counts: list[tuple] = (),
-         ) -> tuple[np.ndarray | None, float, int]:
+         minrest: np.ndarray, target: float, beam: int | None, limits: _Limits, counts: list[tuple] = (),
+         collect: list | None = None) -> tuple[np.ndarray | None, float, int]:
     """One pass of the programme; returns ``(chosen, value, states kept)``; raises _GaveUp."""
     L, m = problem.num_layers, G.shape[0]
     c = problem.c
@@ -246,12 +293,9 @@ def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: l
             U, Ob = U[o], Ob[o]
             back[p] = (pi[o], cj[o])
             total += o.size
-            if total > max_states:
-                raise _GaveUp(f"more than {max_states} states")
         if p == L:
             break
-        if deadline is not None and time.perf_counter() > deadline:
-            raise _GaveUp("time limit")
+        limits.check(p, L, total, beam is None)
         J = order[starts[p]:starts[p + 1]]
         if J.size == 0 or Ob.size == 0:
             continue
@@ -261,6 +305,8 @@ def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: l
             cJ, GJ = c[Jq], Gt[Jq]
             chunk = max(1, _PAIRS // (Jq.size * max(1, m)))
             for a0 in range(0, Ob.size, chunk):  # bounded memory: at most _PAIRS pairs at a time
+                if a0:
+                    limits.poll()
                 a1 = min(Ob.size, a0 + chunk)
                 # every (state, candidate) pair, flat; each test keeps the survivors only
                 NO = (Ob[a0:a1, None] + cJ[None, :]).ravel()
@@ -288,10 +334,16 @@ def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: l
                     pend[q].append((NU, NO, si + a0, Jq[jj]))
     if back[L] is None or Ob.size == 0:
         return None, math.inf, total
+    if collect is not None:  # every final state (row activities, objective) and the back pointers
+        collect.append((U, Ob, back))
     i = int(np.argmin(Ob))
-    val = float(Ob[i])
+    return trace(problem, back, i), float(Ob[i]), total
+
+
+def trace(problem: Problem, back: list, i: int) -> np.ndarray:
+    """The candidates of final state ``i`` (through the back pointers of a pass)."""
     chosen = []
-    q = L
+    q = problem.num_layers
     while q > 0:
         pi, cj = back[q]
         j = int(cj[i])
@@ -299,7 +351,7 @@ def _run(problem: Problem, G: np.ndarray, h: np.ndarray, paths: Paths, bounds: l
         i = int(pi[i])
         q = int(problem.first[j])
     chosen.reverse()
-    return np.array(chosen, dtype=np.int64), val, total
+    return np.array(chosen, dtype=np.int64)
 
 
 
@@ -312,19 +364,35 @@ def solve_exact(
     time_limit: float | None = None,
     lower_bound: float | None = None,
     lp_duals: np.ndarray | None = None,
+    stop: Any = None,
+    on_hard: Any = None,
+    cache: dict | None = None,
+    step: float | None = None,
+    collect_below: float | None = None,
 ) -> ExactResult:
     """The proven optimum of ``problem`` by the Lagrangian-pruned programme (see the module docstring).
 
     ``incumbent`` (indices into ``problem``) seeds the target; ``lower_bound``
     (minimisation form) is a known bound on the optimum, e.g. the previous
     solution's objective in a diverse top-k (more cuts never improve it), and
-    ``lp_duals`` multipliers of the rows; both only make it faster.  Returns status
+    ``lp_duals`` multipliers of the rows; both only make it faster.  ``stop`` (an object with
+    ``is_set()``, e.g. a :class:`threading.Event`) is polled once per layer position: when set the
+    programme gives up (a racing solver finished first).  ``on_hard(why)`` (optional) is called once
+    when the problem looks hard: the beam found no feasible architecture (nothing to prune by: likely
+    infeasible or nearly so), or a proof pass is projected past an eighth of ``max_states``; when it
+    returns True the programme gives up at once (the caller hands the problem over).  ``cache`` (a dict
+    the caller keeps) reuses the resource tables across problems that differ only in smaller budgets.
+    ``step`` (with ``lower_bound``): first try proofs at ``lower_bound + step·4^k``, k = 0..2, before the
+    beam (the optimum is expected just above the bound).  ``collect_below`` (minimisation form): no
+    search for the optimum; one pass keeps every state that can reach an objective at most this, and
+    ``info["final"]`` holds the final states ``(activities, objectives, back pointers)`` (status
+    ``"collected"``; :func:`trace` gives a state's candidates): what a Pareto front needs.  Returns status
     ``"optimal"``, ``"infeasible"`` (proven: no state reaches the last layer) or
-    ``"gave_up"`` (too many states, or ``time_limit`` seconds passed), with the
-    best feasible architecture seen and the Lagrangian lower bound.
+    ``"gave_up"`` (more than ``max_states`` states, or a proof pass projected past them; ``time_limit``
+    seconds passed; or ``stop``), with the best feasible architecture seen and the Lagrangian lower bound.
     """
     t0 = time.perf_counter()
-    deadline = None if time_limit is None else t0 + time_limit
+    limits = _Limits(max_states, None if time_limit is None else t0 + time_limit, stop, on_hard)
     res = ExactResult("gave_up")
     G, h = problem.le_rows()
     m = G.shape[0]
@@ -337,14 +405,32 @@ def solve_exact(
         res.status, res.seconds = "infeasible", time.perf_counter() - t0
         res.info["reason"] = "a row cannot be met by any cover"
         return res
-    lams, lb = multipliers(problem, G, h, paths, lp_duals)
+    try:
+        lams, lb = multipliers(problem, G, h, paths, lp_duals)
+    except LPInfeasible:
+        res.status, res.seconds = "infeasible", time.perf_counter() - t0
+        res.info["reason"] = "the LP relaxation is infeasible"
+        return res
     if lower_bound is not None and math.isfinite(lower_bound):
         lb = max(lb, float(lower_bound) - 1e-12 * (1.0 + abs(lower_bound)))
     res.lower_bound = lb
     bounds = [(np.zeros(m), paths.backward(c))] + [(lam, paths.backward(c + lam @ G)) for lam in lams]
-    counts = _resource_tables(problem, G, h, tolh, lams)
-    res.info["resource_tables"] = len(counts)
+    # the resource tables cost about n x 8192 operations per row and multiplier set: built only when a proof
+    # needs more than _LAZY states without them (most do not), or when the caller's cache already has them
+    counts: list[tuple] | None = _resource_tables(problem, G, h, tolh, lams, cache=cache) if cache else None
+    lazy = _Limits(min(max_states, _LAZY), limits.deadline, stop)
     ub, x_inc = math.inf, None
+
+    def prove(target: float) -> tuple[np.ndarray | None, float, int]:
+        nonlocal counts
+        if counts is None:
+            try:
+                return _run(problem, G, h, paths, bounds, minrest, target, None, lazy, [])
+            except _GaveUp as e:
+                if not str(e).startswith(("more than", "projected")):
+                    raise
+            counts = _resource_tables(problem, G, h, tolh, lams, cache=cache)
+        return _run(problem, G, h, paths, bounds, minrest, target, None, limits, counts)
 
     def consider(x: np.ndarray | None) -> None:
         nonlocal ub, x_inc
@@ -367,29 +453,59 @@ def solve_exact(
                 consider(x)
                 break
     res.info["multipliers"] = len(lams)
+    if collect_below is not None:
+        buf: list = []
+        try:
+            res.states = _run(problem, G, h, paths, bounds, minrest, float(collect_below), None, limits,
+                              _resource_tables(problem, G, h, tolh, lams, cache=cache) if cache is not None else [],
+                              buf)[2]
+        except _GaveUp as e:
+            res.info["reason"] = str(e)
+            res.seconds = time.perf_counter() - t0
+            return res
+        res.status, res.seconds = "collected", time.perf_counter() - t0
+        res.info["final"] = buf[0] if buf else None
+        return res
     try:
+        x, found = None, False
+        if step is not None and step > 0 and math.isfinite(lb):
+            # proofs at targets just above the known bound (e.g. the previous point of a front): when the
+            # optimum is that close, a small search proves it and the beam is not needed
+            for k in range(3):
+                target = lb + step * 4.0**k
+                if target >= ub:
+                    break
+                x, v, n = prove(target)
+                res.states += n
+                res.info["guesses"] = k + 1
+                if x is not None and v <= target + 1e-9 * (1.0 + abs(target)):
+                    found = True
+                    break
         # a beam pass: a good incumbent quickly (not a proof)
         width = beam
-        for _ in range(3):
+        for _ in range(0 if found else 3):
             t1 = time.perf_counter()
-            x, v, n = _run(problem, G, h, paths, bounds, minrest, ub, width, max_states, deadline, counts)
+            x, v, n = _run(problem, G, h, paths, bounds, minrest, ub, width, limits, counts or [])
             res.states += n
             consider(x)
             res.info.setdefault("beam_seconds", 0.0)
             res.info["beam_seconds"] += time.perf_counter() - t1
             if x_inc is not None:
                 break
+            limits.hard("the beam found no feasible architecture")
             width *= 8
         res.incumbent, res.incumbent_value = x_inc, ub
+        res.info["beam_found"] = x_inc is not None or found
         # the proof: every state that can still reach the target; targets rise from the bound to the incumbent,
         # and the first run that finds an architecture within its target has found the optimum
-        x = None
-        if math.isfinite(ub) and math.isfinite(lb) and ub > lb:
+        if found:
+            targets = []
+        elif math.isfinite(ub) and math.isfinite(lb) and ub > lb:
             targets = [lb + (ub - lb) / 8, ub]
         else:
             targets = [ub]
         for target in targets:
-            x, v, n = _run(problem, G, h, paths, bounds, minrest, target, None, max_states, deadline, counts)
+            x, v, n = prove(target)
             res.states += n
             res.info["targets_tried"] = res.info.get("targets_tried", 0) + 1
             if x is not None and v <= target + 1e-9 * (1.0 + abs(target)):
@@ -403,6 +519,7 @@ def solve_exact(
         res.chosen, res.value = x, v
     elif x_inc is not None:
         res.chosen, res.value = x_inc, ub
+    res.info["resource_tables"] = len(counts or [])
     if res.chosen is None:
         res.status = "infeasible"
         res.info["reason"] = "no partial cover reaches the last layer within every row"

@@ -21,7 +21,7 @@ from typing import Any
 from ..errors import ConfigError
 
 __all__ = ["LLAMA_33_70B", "LLAMA_31_405B", "parent_spec", "library_score", "describe", "ln_super_report",
-           "ln_ultra_report", "unfused_blocks"]
+           "ln_ultra_report", "unfused_blocks", "fit_hardware"]
 
 #: Llama-3.3-70B's config.json dimensions (Super-49B keeps them).
 LLAMA_33_70B = {"model_type": "llama", "hidden_size": 8192, "intermediate_size": 28672, "num_attention_heads": 64,
@@ -40,7 +40,7 @@ def parent_spec(config: dict) -> Any:
 
 def _published(name: str) -> Any:
     from ..architecture import Architecture
-    from ..cli.common import builtin_config_path
+    from ..configs import builtin_config_path
 
     return Architecture.from_config(builtin_config_path(name))
 
@@ -82,7 +82,9 @@ def _child(fit: Any, sol: Any, target: float | None = None) -> dict[str, Any]:
     return d
 
 
-def _hardware(library: Any, hardware: Any) -> tuple[Any, str]:
+def fit_hardware(library: Any, hardware: Any) -> tuple[Any, str]:
+    """``hardware`` resolved for a deployment: ``"calibrated"`` (the roofline fitted to the NVlabs ``library``'s
+    measured runtimes), a catalogue name, a profile path or a Hardware; with its source."""
     from puzzlekit.profilers import calibrate_nvlabs, resolve_hardware
 
     if hardware == "calibrated":
@@ -167,7 +169,7 @@ def ln_super_report(library: Any, *, hardware: Any = "calibrated", memory_gib: f
     lib = library if hasattr(library, "candidates") else import_nvlabs(library)
     if lib.parent is None:
         lib.parent = parent_spec(LLAMA_33_70B)
-    hw, source = _hardware(lib, hardware)
+    hw, source = fit_hardware(lib, hardware)
     dep = Deployment(hardware=hw, dtype="fp8", prefill=prefill, decode=decode, memory_gib=memory_gib,
                      min_kv_tokens=min_kv_tokens, measured=False)
     fit = AtFit(lib, objective, dep)

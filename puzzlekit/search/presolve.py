@@ -220,19 +220,32 @@ def lagrangian_1d(paths: Paths, c: np.ndarray, g: np.ndarray, h: float, tol: flo
     return best_v, best_lam, feas
 
 
+class LPInfeasible(Exception):
+    """The LP relaxation of the ``G x <= h`` rows has no solution: nor has the problem."""
+
+
 def _lp_duals(problem: Problem, G: np.ndarray, h: np.ndarray) -> np.ndarray | None:
-    """Multipliers of the ``G x <= h`` rows from the LP relaxation (HiGHS), or None."""
+    """Multipliers of the ``G x <= h`` rows from the LP relaxation (HiGHS), or None.
+
+    Raises :class:`LPInfeasible` when HiGHS proves the relaxation infeasible, with every row relaxed by
+    1e-8 of its scale first (so that no cover the float re-check would accept is lost): the quick proof
+    that nothing fits, where the dynamic programme could search long.
+    """
     try:
         import highspy
     except ImportError:  # pragma: no cover - highspy is a core dependency
         return None
     from ..solvers.highs import load_into, new_highs
 
-    sub = _le_problem(problem, G, h)
+    scale = np.abs(h) + np.abs(G).max(axis=1) * problem.num_layers + 1.0 if G.size else np.ones(0)
+    sub = _le_problem(problem, G, h + 1e-8 * scale)
     hs = new_highs()
     load_into(hs, sub, integer=False)
     hs.run()
-    if hs.getModelStatus() != highspy.HighsModelStatus.kOptimal:
+    st = hs.getModelStatus()
+    if st == highspy.HighsModelStatus.kInfeasible:
+        raise LPInfeasible("the LP relaxation is infeasible")
+    if st != highspy.HighsModelStatus.kOptimal:
         return None
     duals = np.asarray(hs.getSolution().row_dual)[problem.num_layers:]
     return np.abs(duals)
@@ -315,7 +328,13 @@ def presolve(problem: Problem, incumbent: np.ndarray | None = None, *, dominance
         lb, l1, feas = lagrangian_1d(paths, c, G[0], float(h[0]), float(tol_rows[0]))
         lam = np.array([l1])
     else:
-        lam = _lp_duals(p, G, h)
+        try:
+            lam = _lp_duals(p, G, h)
+        except LPInfeasible:
+            red.infeasible = True
+            red.notes.append("the LP relaxation is infeasible")
+            red.seconds = time.perf_counter() - t0
+            return red
         if lam is None:
             lam = np.zeros(m)
         v, x = paths.best(c + lam @ G)

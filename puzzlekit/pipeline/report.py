@@ -1,4 +1,5 @@
-"""The demo's evidence: ``report.json``, ``report.md`` and three PNG plots in the run directory.
+"""The comparison report (the demo's evidence): ``report.json``, ``report.md`` and three PNG plots in the
+run directory, written by the ``report`` stage of a pipeline that compares the child with baselines.
 
 ``report.json`` keys: ``teacher`` (``val_loss``, ``tokens_per_s``), ``child`` (``val_loss``,
 ``kl_to_teacher``, ``measured_speedup``, ``predicted_speedup``, ``num_params``), ``baselines``
@@ -41,21 +42,23 @@ def _h100_speedup(library: Any, scenario: str, choices: list[int] | None, blocks
 def write_report(run: str | os.PathLike, *, cfg: Any, teacher: dict, tokens: dict, prof: dict, srch: dict,
                  child: dict, base: dict, heal: dict, parent_ms: float, stages: dict, total_seconds: float,
                  library: Any, session_seconds: float | None = None) -> dict[str, Any]:
-    """Assemble the report from the stages' results and write report.json, report.md and the plots."""
+    """Assemble the report from the stages' results (``teacher``: the parent stage's, ``child``: the child
+    as fusion left it, ``heal``: per model ``kl_before`` / ``kl_after`` / ``before`` / ``after``) and write
+    report.json, report.md and the plots."""
     run = Path(run)
     sc = cfg.scenario
     tokens_per_run = sc.batch * (sc.prefill + sc.decode)
-    models = heal["models"]
-    pc = models["puzzle"]
+    models = {n: _healed(m) for n, m in heal["models"].items()}
+    pc = models["child"]
     rec = teacher["record"]
-    h100 = prof.get("h100_scenario")
+    h100 = prof.get("reference_scenario")
     child_rep = {
         "val_loss": pc["val_loss"], "kl_to_teacher": pc["kl_to_teacher"],
         "measured_speedup": child["measured"]["speedup"], "predicted_speedup": child["predicted_speedup"],
         "num_params": pc["num_params"], "kl_to_teacher_before_healing": pc["kl_before"],
         "predicted_kl_sum": child["kl_sum"], "requested_speedup": child["requested_speedup"],
         "search_attempts": child.get("attempts"), "tokens_per_s": tokens_per_run / child["measured"]["model_ms"] * 1e3,
-        "architecture": pc["blocks"], "fusion": child["fusion"],
+        "architecture": pc["blocks"], "fusion": child.get("fusion", {"groups": [], "adopted": False}),
         "h100_fp8_predicted_speedup": _h100_speedup(library, h100, None, child["blocks"]) if h100 else None,
     }
     blist = []
@@ -72,14 +75,14 @@ def write_report(run: str | os.PathLike, *, cfg: Any, teacher: dict, tokens: dic
         "child_beats_every_matched_baseline": all(child_rep["kl_to_teacher"] < b["kl_to_teacher"]
                                                   for b in blist if b["speed_matched"]),
         "baselines_speed_matched": all(b["speed_matched"] for b in blist),
-        "speed_match_tolerance": cfg.match_tol,
+        "speed_match_tolerance": cfg.baselines.match_tol,
         "prediction_relative_error": pred_err,
         "prediction_within_tolerance": pred_err <= PREDICTION_TOL,
         "prediction_tolerance": PREDICTION_TOL,
-        "target_speedup": cfg.target_speedup,
+        "target_speedup": cfg.search.target_speedup,
     }
     report = {
-        "teacher": {"val_loss": heal["teacher_val_loss"], "tokens_per_s": tokens_per_run / parent_ms * 1e3,
+        "teacher": {"val_loss": heal["parent_lm_loss"], "tokens_per_s": tokens_per_run / parent_ms * 1e3,
                     "num_params": rec.get("num_params"), "train_val_loss": rec.get("val_loss"),
                     "train_steps": rec.get("steps_done"), "train_tokens_per_s": rec.get("train_tokens_per_s"),
                     "settings": rec.get("settings")},
@@ -88,7 +91,7 @@ def write_report(run: str | os.PathLike, *, cfg: Any, teacher: dict, tokens: dic
         "checks": checks,
         "scenario": sc.to_dict(),
         "search": {"budget_ms": srch["budget_ms"], "parent_predicted_ms": srch["parent_predicted_ms"],
-                   "predicted_ms": child["predicted_ms"], "solver": srch["solver"], "pareto_points": len(srch["front"])},
+                   "predicted_ms": child["predicted_ms"], "solver": srch["solver"], "pareto_points": len(srch.get("front", []))},
         "profile": {"non_block_ms": prof["non_block_ms"], "subblocks": prof["subblocks"],
                     # additivity: the parent as the sum of its measured blocks vs measured whole
                     "parent_predicted_ms": srch["parent_predicted_ms"], "parent_measured_ms": parent_ms},
@@ -103,6 +106,13 @@ def write_report(run: str | os.PathLike, *, cfg: Any, teacher: dict, tokens: dic
     with atomic_path(run / "report.md", suffix=".md") as tmp:
         Path(tmp).write_text(render_markdown(report), encoding="utf-8")
     return report
+
+
+def _healed(m: dict[str, Any]) -> dict[str, Any]:
+    """A healed model's figures under the report's names (KL to the teacher, validation loss)."""
+    return {"kl_before": m["kl_before"], "kl_to_teacher": m["kl_after"], "val_loss": m["after"]["lm_loss"],
+            "val_loss_before": m["before"]["lm_loss"], "num_params": m["num_params"], "blocks": m["blocks"],
+            "heal_seconds": m.get("heal_seconds")}
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -169,7 +179,7 @@ def _plots(run: Path, report: dict[str, Any], srch: dict, child: dict, library: 
 
     # 1. Pareto front: predicted summed KL vs predicted runtime, the chosen point, the library baselines
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    front = sorted(srch["front"], key=lambda p: p["runtime_ms"])
+    front = sorted(srch.get("front", []), key=lambda p: p["runtime_ms"])
     ax.step([p["runtime_ms"] for p in front], [p["kl_sum"] for p in front], where="post", color="C0",
             label="Pareto front (exact)")
     ax.scatter([p["runtime_ms"] for p in front], [p["kl_sum"] for p in front], s=10, color="C0")

