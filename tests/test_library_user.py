@@ -2,9 +2,11 @@
 
 Items: (1) non-block costs applied by default, (2) ``constants=`` for costs without a budget,
 (3) ``pareto_front`` with constants, (4) measured profiles in one call, (6) one word, one type,
-(8) on disk vs in memory, (10) the small items.  Item 5 (docs/solvers.md) and item 7 (docs that
-disagreed with the code) are covered by ``tests/test_docs_examples.py``, which runs the docs, and by
-the checks at the end of this file.
+(7) the signatures the docs write, (8) on disk vs in memory, (10) the small items.  Item 5
+(docs/solvers.md) and item 7 (docs that disagreed with the code) are also covered by
+``tests/test_docs_examples.py``, which runs the docs.  Item 9 (GKD pointed at another child's
+checkpoint) is ``tests/test_distill.py::test_another_childs_checkpoint_in_output_dir_is_named``; item 8's
+scoring half is ``tests/test_scoring.py::test_scoring_persists_only_when_given_a_run_directory``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from puzzlekit.profilers import architecture_cost, profile_library
 import puzzlekit as pk
 
 SPEC = pk.ParentSpec.from_hf_config(tiny_llama_config())
+ROOT_DOCS = __import__("pathlib").Path(__file__).resolve().parents[1] / "docs"
 SC = pk.Scenario("h100-sxm", "bf16", 8, 128, 32)
 
 
@@ -128,14 +131,15 @@ def test_the_whole_non_block_record_can_be_passed(lib):
 
 
 # ---- item 3: pareto_front with constants ------------------------------------------------------
-@pytest.mark.parametrize("solver,cost", [(None, "runtime_ms"), ("highs", "num_params")])
-def test_pareto_front_is_the_same_with_constants_shifted(lib, solver, cost):
+@pytest.mark.parametrize("solver,cost,two", [(None, "runtime_ms", False), ("highs", "num_params", True),
+                                             (None, "num_params", True)])
+def test_pareto_front_is_the_same_with_constants_shifted(lib, solver, cost, two):
     # (with a backend the front steps below each point by max(1e-6, 2e-9·cost): HiGHS's own feasibility
     # tolerance is 1e-6, so it is tested on a cost of large magnitude; see the report of issue 21)
     kw = {"solver": solver}
-    if solver:  # a second (loose) budget takes the front off the one-budget DP, onto the backend
-        kw["budgets"] = {"memory_mib": 1e9}  # (one solve per point: the top 13 points of the 363)
-    low = None if solver is None else pk.pareto_front(lib, "kl_div", cost, constants={})[12].costs[cost]
+    if two:  # a second (loose) budget takes the front off the one-budget DP: onto the backend, or (no solver)
+        kw["budgets"] = {"memory_mib": 1e9}  # the exact multi-budget windows (top 13 points of the 363)
+    low = None if not two else pk.pareto_front(lib, "kl_div", cost, constants={})[12].costs[cost]
     base = pk.pareto_front(lib, "kl_div", cost, constants={}, low=low, **kw)
     shifted = pk.pareto_front(lib, "kl_div", cost, constants={cost: 1234.5},
                               low=None if low is None else low + 1234.5, **kw)
@@ -150,7 +154,7 @@ def test_pareto_front_is_the_same_with_constants_shifted(lib, solver, cost):
     prob = build_problem(lib, "kl_div", {cost: None, **kw.get("budgets", {})}, constants={cost: 1234.5})
     again = pk.pareto_front(prob, cost=cost, solver=solver, low=None if low is None else low + 1234.5)
     assert [s.candidates for s in again] == [s.candidates for s in shifted]
-    if solver is None:  # the library's own non-block costs (the default) shift it by exactly their value
+    if not two:  # the library's own non-block costs (the default) shift it by exactly their value
         default = pk.pareto_front(lib, "kl_div", cost)
         assert [s.candidates for s in default] == [s.candidates for s in base]
         assert default[-1].costs[cost] == pytest.approx(base[-1].costs[cost] + lib.non_block_costs_for()[cost])
@@ -183,6 +187,23 @@ def test_measured_profile_in_one_call():
         profile_library(space, sc, parent=spec, profiler="measured", measure_options={"repeat": 1})
     with pytest.raises(pk.ConfigError, match="profiler must be"):
         profile_library(space, sc, parent=spec, profiler="roofline")
+
+
+def test_cli_measured_profiler_flags(tmp_path, capsys):
+    """``--threads`` / ``--repeats`` serve the measured torch profiler and llama.cpp (defaults per profiler);
+    asking for both profilers at once is refused with exit 2."""
+    from puzzlekit.cli import build_parser, main
+
+    cfg = tmp_path / "config.json"
+    cfg.write_text(json.dumps(tiny_llama_config(num_hidden_layers=2)))
+    args = build_parser().parse_args(["profile", str(cfg), "-o", "x.json"])
+    assert args.threads is None and args.repeats is None and args.profiler == "analytic"
+    assert main(["profile", str(cfg), "--profiler", "measured", "--engine", "llamacpp", "--dtype", "fp32",
+                 "-o", str(tmp_path / "lib.json")]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert main(["profile", str(cfg), "--profiler", "measured", "--hardware", "local-cpu", "--dtype", "fp32",
+                 "--repeats", "0", "-o", str(tmp_path / "lib.json")]) == 2
+    assert "--repeats must be >= 1" in capsys.readouterr().err
 
 
 # ---- item 6: the same word, the same type ----------------------------------------------------
@@ -315,6 +336,59 @@ def test_distill_accepts_numpy_token_rows():
     assert isinstance(t, torch.Tensor) and t.dtype == torch.int64 and t.tolist() == rows.tolist()
     with pytest.raises(pk.ConfigError, match="2-D integer"):
         _check_tokens(rows.astype(np.float32), "train_tokens")
+
+
+def _documented_calls(name: str) -> list[tuple[str, list[str], list[str]]]:
+    """Each inline-code call ``name(args)`` in README.md and docs/*.md prose (not code fences): where, its
+    positional argument names and its keywords (expressions and ``...`` left out)."""
+    import re
+
+    from test_docs_examples import DOCS, ROOT
+
+    out = []
+    for path in DOCS:
+        prose = re.sub(r"^```.*?^```", "", path.read_text(encoding="utf-8"), flags=re.S | re.M)
+        for m in re.finditer(rf"`(?:pk\.|puzzlekit\.\w+\.)?{name}\(([^`]*)\)`", prose):
+            pos, kw = [], []
+            for a in m.group(1).replace("\n", " ").split(","):
+                k, eq, _ = a.strip().partition("=")
+                if k.strip().isidentifier():
+                    (kw if eq else pos).append(k.strip())
+            out.append((f"{path.relative_to(ROOT)}: `{name}({m.group(1)})`", pos, kw))
+    return out
+
+
+def test_the_signatures_the_docs_write_are_the_codes():
+    """Item 7: docs/downstream.md wrote ``match_layers(parent_layers, child_layers, spans=None)`` while the code
+    is ``match_layers(num_parent_layers, num_child_layers=None, spans=None)``; every inline signature of these
+    functions in the docs names the code's parameters."""
+    import inspect
+
+    from puzzlekit.data import build_token_data
+    from puzzlekit.distill import distill, evaluate_kl, match_layers
+    from puzzlekit.scoring import score_library
+
+    # keywords are checked everywhere; positional names where the docs spell a signature (elsewhere prose
+    # writes the caller's variables: `profile_library(lib, sc)`)
+    funcs = {"match_layers": (match_layers, True), "build_token_data": (build_token_data, True),
+             "distill": (distill, False), "evaluate_kl": (evaluate_kl, False),
+             "search_diverse": (pk.search_diverse, False), "search": (pk.search, False),
+             "pareto_front": (pk.pareto_front, False), "sweep": (pk.sweep, False),
+             "profile_library": (profile_library, False), "score_library": (score_library, False)}
+    bad, seen = [], set()
+    for name, (f, positional) in funcs.items():
+        params = inspect.signature(f).parameters
+        takes_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        for where, pos, kw in _documented_calls(name):
+            seen.add(name)
+            names = kw + (pos if positional else [])
+            bad += [f"{where}: {name} has no parameter {a!r}" for a in names if a not in params and not takes_kw]
+    assert not bad, "\n".join(bad)
+    assert {"match_layers", "build_token_data", "search_diverse"} <= seen  # the check reads the docs
+    # the check itself: the old text is caught
+    assert "parent_layers" not in inspect.signature(match_layers).parameters
+    text = (ROOT_DOCS / "search.md").read_text(encoding="utf-8")
+    assert "min_diversity=d)`**: up to `k` solutions" in text and "in at least `d` layers" in text
 
 
 # ---- item 5: docs/solvers.md's backend runs, and what it returns is re-verified ------------------
