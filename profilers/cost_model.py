@@ -121,7 +121,7 @@ def measure_profile(parent: Any, library: Any, scenario: Scenario, *, repeats: i
     document: per sub-block timings, ``non_block_ms``, ``cache_spill``, ...) that :func:`apply_profile`
     and :func:`cost_model` read.
     """
-    from tqdm.auto import tqdm
+    from puzzlekit.progress import progress as progress_bar
 
     from .measured import (
         CacheSpill,
@@ -138,7 +138,7 @@ def measure_profile(parent: Any, library: Any, scenario: Scenario, *, repeats: i
     L = spec.num_hidden_layers
     runs: dict[str, list[Any]] = {subkey(s): [] for s in subs}
     nbs, parents, excess = [], [], []
-    bar = tqdm(total=passes * (len(subs) + 2) + 1, desc=f"profile (measured sub-blocks, {passes} passes)",
+    bar = progress_bar(total=passes * (len(subs) + 2) + 1, desc=f"profile (measured sub-blocks, {passes} passes)",
                disable=not progress, unit="sub")
     for k in range(passes):
         for s in subs:
