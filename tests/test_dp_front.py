@@ -22,7 +22,7 @@ def test_front_in_one_pass_equals_the_walk(family, seed):
     p = family_problem(family, seed, L=8, k=6, m=1)
     p = p.with_budgets({p.cost_names[0]: float(p.costs[:, 0].max()) * p.num_layers})  # loose: the whole front
     walk = _walk(p)
-    front = dp_front(p)
+    front = list(dp_front(p))
     assert len(front) == len(walk) > 3
     for (x, v, c), (wv, wc) in zip(front, walk):
         assert v == pytest.approx(wv, abs=1e-9) and c == pytest.approx(wc, abs=1e-9)
@@ -35,4 +35,4 @@ def test_front_in_one_pass_equals_the_walk(family, seed):
 def test_front_of_an_infeasible_problem_is_empty():
     p = family_problem("independent", 5, L=6, k=4, m=1)
     p = p.with_budgets({p.cost_names[0]: -1.0})
-    assert dp_front(p) == [] and dp_one_budget(p)[0] is None
+    assert list(dp_front(p)) == [] and dp_one_budget(p)[0] is None

@@ -19,7 +19,16 @@ import numpy as np
 
 from ..errors import ConfigError, InfeasibleError, SolverError
 from .constraints import parse_bound, translate
-from .presolve import Paths, _improve, dominance_mask, dp_one_budget, lagrangian_1d, least_values, presolve
+from .presolve import (
+    Paths,
+    _improve,
+    dominance_mask,
+    dp_front,
+    dp_one_budget,
+    lagrangian_1d,
+    least_values,
+    presolve,
+)
 from .problem import Problem
 from .solution import Solution, Status
 
@@ -525,38 +534,36 @@ def pareto_front(
 
         return multi_budget_front(problem, cost, low=low, max_points=max_points)
     front: list[Solution] = []
-    cur = problem
-    high_i = float(problem.upper[i])
-    prev_cost: float | None = None
-    if use_dp:
-        keep = dominance_mask(problem, problem.costs[:, [i]].T)
-        sub0 = problem.subset(keep)
-        paths = Paths(sub0)
-    for _ in range(max_points):
-        if use_dp:
-            t1 = time.perf_counter()
-            p = sub0.with_budgets({cost: (None, high_i)})
-            # the programme works on block costs alone: step below the previous point's block total
-            below = None if prev_cost is None else prev_cost - float(problem.constants[i])
-            x, v = dp_one_budget(p, paths=paths, strict_below=below)
-            if x is None:
-                break
-            s = problem.make_solution(problem.origin_to_local(sub0.origin[x]), Status.OPTIMAL, solver=DP_SOLVER,
-                                      seconds=time.perf_counter() - t1, bound=v)
-        else:
-            s = solve_problem(cur, solver)
-            if not s.status.has_solution:
-                break
+
+    def add(s: Solution) -> bool:
+        """Append a point (merging equal objectives); False when the walk must stop."""
         if front and abs(front[-1].objective - s.objective) <= 1e-12 * max(1.0, abs(s.objective)):
             front[-1] = s
         else:
             front.append(s)
+        return len(front) < max_points and not (low is not None and s.costs[cost] <= low)
+
+    if use_dp:  # one pass of the programme: its final states are the whole front (on block costs)
+        t1 = time.perf_counter()
+        sub0 = problem.subset(dominance_mask(problem, problem.costs[:, [i]].T))
+        for x, v, _ in dp_front(sub0):
+            s = problem.make_solution(problem.origin_to_local(sub0.origin[x]), Status.OPTIMAL, solver=DP_SOLVER,
+                                      seconds=time.perf_counter() - t1, bound=v)  # the pass is the first's
+            t1 = time.perf_counter()
+            if not add(s):
+                break
+        return front
+    cur = problem
+    prev_cost: float | None = None
+    while True:
+        s = solve_problem(cur, solver)
+        if not s.status.has_solution:
+            break
         c = s.costs[cost]
         if prev_cost is not None and c >= prev_cost:
             break
-        prev_cost = c
-        if low is not None and c <= low:
+        if not add(s):
             break
-        nxt = c - max(1e-6, 2e-9 * abs(c))
-        cur = cur.with_budgets({cost: (None, nxt)})
+        prev_cost = c
+        cur = cur.with_budgets({cost: (None, c - max(1e-6, 2e-9 * abs(c)))})
     return front

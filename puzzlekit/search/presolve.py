@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -399,25 +400,24 @@ def dp_one_budget(problem: Problem, upper_bound: float = math.inf, lam: float | 
     return run.answer(run.H, run.tolh)
 
 
-def dp_front(problem: Problem, paths: Paths | None = None) -> list[tuple[np.ndarray, float, float]]:
+def dp_front(problem: Problem, paths: Paths | None = None) -> Iterator[tuple[np.ndarray, float, float]]:
     """The whole Pareto frontier of the objective (min form) against the single ``<=`` row, from one
     programme: ``(chosen, value, row total)`` per point, in decreasing row total, each the optimum at a
     budget just below the previous point's total.  No objective bound prunes it (every point is kept),
     so it costs what one :func:`dp_one_budget` without ``upper_bound`` costs, instead of one per point.
+    A generator: points are traced as they are taken.
     """
     run = _DPRun(problem, math.inf, None, paths, None)
     if run.final is None or run.final[0].size == 0:
-        return []
+        return
     cost = run.final[0]  # the final states: cost increasing, objective strictly decreasing
-    out = []
     i = cost.size - 1
-    while i >= 0:
+    while i >= 0:  # traced lazily: a caller that wants a few points pays for a few
         x = run.trace(i)
-        out.append((x, float(run.c[x].sum()), float(cost[i])))
+        yield x, float(run.c[x].sum()), float(cost[i])
         # the next point: the optimum strictly below this one's total, as ``strict_below`` walks it
         below = cost[i] - 1e-9 * max(1.0, abs(float(cost[i])))
         i = int(np.searchsorted(cost, below, side="right")) - 1
-    return out
 
 
 class _DPRun:
