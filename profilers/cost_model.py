@@ -132,7 +132,7 @@ def measure_profile(parent: Any, library: Any, scenario: Scenario, *, repeats: i
     at 299 MiB, so a 315 MiB child was predicted additive while it decoded 112 ms (0.36 ms/MiB) over
     its sum, as the parent does (0.35 ms/MiB): predicted 2.39x, measured 1.80x.
     """
-    from tqdm.auto import tqdm
+    from puzzlekit.progress import progress as progress_bar
 
     from .measured import (
         CacheSpill,
@@ -152,8 +152,9 @@ def measure_profile(parent: Any, library: Any, scenario: Scenario, *, repeats: i
     runs: dict[str, list[Any]] = {subkey(s): [] for s in subs}
     nbs, parents, excess, halves, half_excess = [], [], [], [], []
     half = _half_architecture(parent.architecture) if spill == "two-point" else None
-    bar = tqdm(total=passes * (len(subs) + 2 + (half is not None)) + (half is None), desc=f"profile (measured sub-blocks, {passes} passes)",
-               disable=not progress, unit="sub")
+    bar = progress_bar(total=passes * (len(subs) + 2 + (half is not None)) + (half is None),
+                       desc=f"profile (measured sub-blocks, {passes} passes)",
+                       disable=not progress, unit="sub")
     for k in range(passes):
         for s in subs:
             runs[subkey(s)].append(time_subblock(spec, s, scenario, threads=threads, repeats=repeats, warmup=1,

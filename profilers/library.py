@@ -1,12 +1,18 @@
-"""Write analytic costs into a :class:`~puzzlekit.BlockLibrary` under a scenario.
+"""Write costs into a :class:`~puzzlekit.BlockLibrary` under a scenario.
 
 ``profile_library(lib, scenario)`` adds, for every distinct block of the
 library, the costs of :func:`~puzzlekit.profilers.analytic.block_costs`
 (``runtime_ms``, ``memory_mib``, ``num_params`` and their attention / FFN parts,
 prefill / decode split, KV bytes per token, FLOPs, bytes moved) under
 ``scenario.name``, and records the non-block costs (embeddings, LM head) in
-``lib.meta["non_block_costs"][scenario.name]`` so the search can subtract them
-from whole-model budgets.
+``lib.meta["non_block_costs"][scenario.name]``, which the search adds to every
+architecture's totals (budgets and reported costs are whole-model figures).
+
+``profile_library(lib, scenario, profiler="measured")`` times the real
+sub-blocks with torch instead (:mod:`.measured`: the repeated-block method on
+this machine's CPU or GPU) and the non-block part as a model of no-op layers of
+the library's depth; parameter and memory counts are exact, as in the analytic
+model.  Neither writes anything to disk: save the library (``lib.save``).
 
 Given a search space instead of a library, it builds the library first: one
 candidate per layer per block, no metrics yet (BLD and scoring add them).
@@ -137,8 +143,18 @@ def profile_library(
     parent: ParentSpec | None = None,
     memory: MemoryConvention = PLAIN_MEMORY,
     default: bool | None = None,
+    profiler: str = "analytic",
+    measure_options: Mapping[str, Any] | None = None,
 ) -> BlockLibrary:
-    """Write analytic costs of every block into a library under ``scenario`` (returns the library).
+    """Write the costs of every block into a library under ``scenario`` (returns the library).
+
+    ``profiler="analytic"`` (default): the roofline model of ``hardware``.  ``profiler="measured"``:
+    every distinct sub-block timed with torch on this machine (``scenario.dtype`` fp32 / bf16 / fp16,
+    ``tp=1``; ``measure_options`` go to :func:`~puzzlekit.profilers.measured.time_subblock`:
+    ``device``, ``threads``, ``warmup``, ``repeats``, ``n_lo``, ``n_hi``, ``seed``), the non-block part
+    timed as a model of the library's depth in no-op layers; ``hardware`` is then only a label
+    (default ``scenario.hardware``).  Both record ``lib.meta["non_block_costs"][scenario.name]``.
+    The library object is changed; nothing is written to disk (``lib.save(path)``).
 
     ``library_or_space``: a :class:`BlockLibrary` (costs are added to it, in place);
     a parent :class:`ParentSpec` or :class:`Architecture` (the default Puzzle space
@@ -147,7 +163,11 @@ def profile_library(
     hardware-profile JSON path).  ``memory`` chooses what ``memory_mib`` includes
     (:data:`~puzzlekit.profilers.analytic.NVLABS_MEMORY` for NVIDIA's convention).
     """
-    hw = resolve_hardware(hardware if hardware is not None else scenario.hardware)
+    if profiler not in ("analytic", "measured"):
+        raise ConfigError(f"profile_library: profiler must be 'analytic' or 'measured', got {profiler!r}")
+    if measure_options and profiler != "measured":
+        raise ConfigError("profile_library: measure_options are for profiler='measured'")
+    hw = resolve_hardware(hardware if hardware is not None else scenario.hardware) if profiler == "analytic" else None
     if isinstance(library_or_space, BlockLibrary):
         lib = library_or_space
         spec = parent or lib.parent
@@ -166,16 +186,74 @@ def profile_library(
             raise ConfigError("profile_library: a space needs parent=ParentSpec")
         spec = parent
         lib = library_from_space(spec, parse_space(library_or_space, spec))
-    name = lib.add_scenario(scenario, default=default)
     for b in lib.blocks:
         kv = b.attention.num_kv_heads
         if kv is not None and spec.num_attention_heads % kv:
             raise LibraryError(f"block {b.key}: num_kv_heads={kv} does not divide the parent's "
                                f"{spec.num_attention_heads} query heads")
+    if profiler == "measured":
+        return _profile_measured(lib, spec, scenario, hardware, memory, default, dict(measure_options or {}))
+    name = lib.add_scenario(scenario, default=default)
+    for b in lib.blocks:
         lib.set_costs(name, b, block_costs(spec, b, scenario, hw, memory=memory))
     nb = lib.meta.setdefault("non_block_costs", {})
     nb[name] = non_block_costs(spec, scenario, hw)
     prof = lib.meta.setdefault("profiles", {})
     prof[name] = {"profiler": "analytic-roofline", "hardware": hw.to_dict(),
                   "memory_convention": {"prefill_queue": memory.prefill_queue, "prefill_query": memory.prefill_query}}
+    return lib
+
+
+_MEASURE_KEYS = frozenset({"device", "threads", "warmup", "repeats", "n_lo", "n_hi", "seed"})
+
+
+def _counts(spec: ParentSpec, block: BlockConfig, scenario: Scenario, memory: MemoryConvention) -> dict[str, float]:
+    """Exact parameter, memory and KV-cache counts of a block (no timing, no hardware)."""
+    from puzzlekit.accounting import attention_params, block_kv_bytes_per_token, ffn_params
+
+    from .analytic import subblock_memory_bytes
+
+    att = subblock_memory_bytes(spec, block.attention, scenario, memory)
+    ffn = subblock_memory_bytes(spec, block.ffn, scenario, memory)
+    ap, fp = float(attention_params(spec, block.attention)), float(ffn_params(spec, block.ffn))
+    return {"num_params": ap + fp, "attention_num_params": ap, "ffn_num_params": fp,
+            "memory_mib": (att["total"] + ffn["total"]) / 2**20, "attention_memory_mib": att["total"] / 2**20,
+            "ffn_memory_mib": ffn["total"] / 2**20, "kv_cache_mib": att["kv_cache"] / 2**20,
+            "kv_bytes_per_token": float(block_kv_bytes_per_token(spec, block.attention, scenario.dtype))}
+
+
+def _profile_measured(lib: BlockLibrary, spec: ParentSpec, scenario: Scenario, hardware: Any,
+                      memory: MemoryConvention, default: bool | None, opts: dict[str, Any]) -> BlockLibrary:
+    """``profile_library(..., profiler="measured")``: time every distinct sub-block and the non-block part."""
+    from puzzlekit.accounting import non_block_params
+
+    from .measured import measure_non_block, time_subblock
+
+    bad = sorted(set(opts) - _MEASURE_KEYS)
+    if bad:
+        raise ConfigError(f"profile_library: unknown measure_options {bad}; known: {sorted(_MEASURE_KEYS)}")
+    timings: dict[Any, Any] = {}
+    for b in lib.blocks:
+        for sub in (b.attention, b.ffn):
+            if sub not in timings:
+                timings[sub] = time_subblock(spec, sub, scenario, **opts)
+    nb_opts = {k: v for k, v in opts.items() if k in ("device", "threads", "seed", "repeats", "warmup")}
+    nb = measure_non_block(spec, scenario, layers=lib.num_layers, **nb_opts)
+    name = lib.add_scenario(scenario, default=default)
+    for b in lib.blocks:
+        a, f = timings[b.attention], timings[b.ffn]
+        lib.set_costs(name, b, {
+            "runtime_ms": a.runtime_ms + f.runtime_ms, "prefill_ms": a.prefill_ms + f.prefill_ms,
+            "decode_ms": a.decode_ms + f.decode_ms, "attention_runtime_ms": a.runtime_ms,
+            "ffn_runtime_ms": f.runtime_ms, **_counts(spec, b, scenario, memory)})
+    w = non_block_params(spec)
+    from puzzlekit.accounting import dtype_bytes
+
+    lib.meta.setdefault("non_block_costs", {})[name] = {
+        "runtime_ms": nb.runtime_ms, "prefill_ms": nb.prefill_ms, "decode_ms": nb.decode_ms,
+        "num_params": float(w), "memory_mib": w * dtype_bytes(scenario.dtype) / 2**20}
+    lib.meta.setdefault("profiles", {})[name] = {
+        "profiler": "measured", "hardware": str(hardware if hardware is not None else scenario.hardware),
+        "non_block_layers": lib.num_layers, "options": {k: v for k, v in opts.items() if k != "device"},
+        "memory_convention": {"prefill_queue": memory.prefill_queue, "prefill_query": memory.prefill_query}}
     return lib

@@ -69,13 +69,20 @@ _LAZY: dict[str, str] = {
     "load_parent": "puzzlekit.model",
     "assemble": "puzzlekit.model",
     "init_child_layer": "puzzlekit.model",
+    "save_model": "puzzlekit.model",
     "save_block_weights": "puzzlekit.model",
     "load_block_weights": "puzzlekit.model",
+    "build_token_data": "puzzlekit.data",
+    "TokenData": "puzzlekit.data",
+    "load_tokenizer": "puzzlekit.data",
     "profile_library": "puzzlekit.profilers",
     "architecture_cost": "puzzlekit.profilers",
     "block_costs": "puzzlekit.profilers",
     "get_hardware": "puzzlekit.profilers",
     "calibrate_nvlabs": "puzzlekit.profilers",
+    # `puzzlekit.distill` is both the subpackage and, called, its distill() function (see its __init__)
+    "distill": "puzzlekit.distill",
+    "evaluate_kl": "puzzlekit.distill",
     "DistillConfig": "puzzlekit.distill",
     "GKDWeights": "puzzlekit.distill",
     "gkd_loss": "puzzlekit.distill",
@@ -148,9 +155,19 @@ def __getattr__(name: str) -> Any:
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'puzzlekit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(mod), name)
+    module = importlib.import_module(mod)
+    # `distill` names a subpackage whose module is callable as its function: bind the module, so that
+    # `pk.distill` is the same object whether or not `puzzlekit.distill` was imported first
+    value = module if mod == f"puzzlekit.{name}" else getattr(module, name)
     globals()[name] = value
     return value
+
+
+# Nemotron-NAS checkpoints load with transformers' Auto classes once `puzzlekit.model` is imported; so that
+# `import puzzlekit` is enough, the classes are registered when transformers is imported (no torch now).
+from ._autoregister import install as _install_autoregister  # noqa: E402
+
+_install_autoregister()
 
 
 def __dir__() -> list[str]:

@@ -186,7 +186,9 @@ class BlockConfig:
 
     @classmethod
     def from_key(cls, key: str) -> BlockConfig:
-        """Parse :attr:`key` back into a block."""
+        """Parse :attr:`key` back into a block (a :class:`BlockConfig` is returned as it is)."""
+        if isinstance(key, BlockConfig):
+            return key
         try:
             a, f = key.split("|")
             a = a.removeprefix("attn=")

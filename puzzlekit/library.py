@@ -35,7 +35,7 @@ from .blocks import BlockConfig
 from .errors import LibraryError, did_you_mean
 from .io import atomic_write_json, read_json, resolve_inside
 
-__all__ = ["Candidate", "BlockLibrary", "SCHEMA_VERSION", "LIBRARY_FORMAT"]
+__all__ = ["Candidate", "BlockLibrary", "NameList", "SCHEMA_VERSION", "LIBRARY_FORMAT"]
 
 SCHEMA_VERSION = 1
 LIBRARY_FORMAT = "puzzlekit.block-library"
@@ -52,6 +52,27 @@ def _check_weights(weights: Any, what: str) -> str | tuple[str, ...] | None:
         return tuple(weights)
     raise LibraryError(f"{what} must be a relative path string or a non-empty list of them "
                        f"(the block's sub-block files), got {weights!r}")
+
+
+class NameList(list):
+    """A list of names that can still be called the way it was before it became a list.
+
+    ``lib.cost_names`` and ``lib.metric_names`` are lists (like ``lib.costs`` is a dict and
+    ``lib.blocks`` a list); calling them, ``lib.cost_names(scenario)``, was the old form: it still
+    answers, with a :class:`DeprecationWarning`.
+    """
+
+    def __init__(self, items: Iterable[str], call: Any = None):
+        super().__init__(items)
+        self._call = call
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[str]:
+        import warnings
+
+        warnings.warn("calling lib.cost_names(...) / lib.metric_names() is deprecated: they are lists now; use "
+                      "lib.cost_names (default scenario), lib.cost_names_for(scenario) or lib.metric_names",
+                      DeprecationWarning, stacklevel=2)
+        return list(self) if self._call is None else list(self._call(*args, **kwargs))
 
 
 @dataclass
@@ -205,14 +226,18 @@ class BlockLibrary:
             seen.setdefault(c.block.key, c.block)
         return list(seen.values())
 
-    def metric_names(self) -> list[str]:
-        """Metric names present on every candidate."""
+    @property
+    def metric_names(self) -> NameList:
+        """Metric names present on every candidate (a list; ``lib.metric_names()`` is the deprecated form)."""
         if not self.candidates:
-            return []
+            return NameList([], self._metric_names_call)
         names = set(self.candidates[0].metrics)
         for c in self.candidates[1:]:
             names &= set(c.metrics)
-        return sorted(names)
+        return NameList(sorted(names), self._metric_names_call)
+
+    def _metric_names_call(self, *args: Any) -> list[str]:
+        return list(self.metric_names)
 
     def resolve_scenario(self, scenario: str | Scenario | None = None) -> str:
         """The name of ``scenario`` (default: the library's default scenario)."""
@@ -232,12 +257,40 @@ class BlockLibrary:
             raise LibraryError(f"no scenario {scenario!r} in the library; {did_you_mean(scenario, self.scenarios)}")
         return scenario
 
-    def cost_names(self, scenario: str | Scenario | None = None) -> list[str]:
-        """Cost names every candidate's block has under ``scenario``."""
+    @property
+    def cost_names(self) -> NameList:
+        """Cost names every candidate's block has under the default scenario (a list; [] without scenarios).
+
+        Other scenarios: :meth:`cost_names_for`.  ``lib.cost_names(scenario)`` still works (deprecated)."""
+        if not self.scenarios:
+            return NameList([], self.cost_names_for)
+        return NameList(self.cost_names_for(None), self.cost_names_for)
+
+    def cost_names_for(self, scenario: str | Scenario | None = None) -> list[str]:
+        """Cost names every candidate's block has under ``scenario`` (default: the default scenario)."""
         name = self.resolve_scenario(scenario)
         table = self.costs.get(name, {})
         sets = [set(table.get(c.block.key, {})) for c in self.candidates]
         return sorted(set.intersection(*sets)) if sets else []
+
+    def non_block_costs_for(self, scenario: str | Scenario | None = None) -> dict[str, float]:
+        """The costs outside the blocks (embeddings, final norm, LM head, ...) that profiling recorded for
+        ``scenario`` in ``meta["non_block_costs"]``; ``{}`` when none were recorded.
+
+        The search adds them to every architecture's totals by default (see ``puzzlekit.search``)."""
+        nb = self.meta.get("non_block_costs")
+        if not nb or not self.scenarios:
+            return {}
+        name = self.resolve_scenario(scenario)
+        if not isinstance(nb, Mapping):
+            raise LibraryError("meta.non_block_costs must be an object of scenario -> {cost: number}")
+        rec = nb.get(name)
+        if rec is None:
+            return {}
+        if not isinstance(rec, Mapping) or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in rec.values()):
+            raise LibraryError(f"meta.non_block_costs[{name!r}] must map cost names to finite numbers, got {rec!r}")
+        return {str(k): float(v) for k, v in rec.items()}
 
     def metric_vector(self, metric: str) -> np.ndarray:
         """``metric`` of every candidate, in candidate order."""

@@ -182,3 +182,15 @@ def test_ln_pipeline_dry_run(name, tmp_path):
     # a real stage run before its inputs exist says which stage comes first
     with pytest.raises(ConfigError, match="first"):
         pipeline.run(EXAMPLES / name / "config.yaml", "heal", overrides=over, progress=False)
+
+
+def test_recipe_command_line_reads_overrides_and_exits_2_on_a_bad_key(tmp_path, capsys):
+    from puzzlekit.post.recipe_config import recipe_config_from_argv
+
+    cls = _config_class("sft_reasoning_toggle")
+    script = EXAMPLES / "sft_reasoning_toggle" / "recipe.py"
+    cfg = recipe_config_from_argv(script, "doc line\nmore", cls, ["batch_size=3"])
+    assert cfg.batch_size == 3
+    with pytest.raises(SystemExit) as e:
+        recipe_config_from_argv(script, None, cls, ["batch_sise=3"])
+    assert e.value.code == 2 and "batch_size" in capsys.readouterr().err

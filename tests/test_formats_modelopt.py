@@ -273,7 +273,7 @@ def test_import_v1_folder(puzzle, caplog):
     assert t["attention_num_params"] == attn_params(attn()) and t["ffn_num_params"] == ffn_params(ffn())
     assert "runtime_ms" not in t  # not measured (null) upstream
     assert lib.costs["h100-sxm/bf16/b64/p2048/d2048/tp1"]["attn=no_op|ffn=no_op"]["memory_mib"] == 0.0
-    assert set(lib.cost_names()) >= {"num_params", "memory_mib", "kv_cache_memory_mib", "active_params"}
+    assert set(lib.cost_names) >= {"num_params", "memory_mib", "kv_cache_memory_mib", "active_params"}
     assert lib.meta["modelopt_non_block"]["h100-sxm/bf16/b64/p2048/d2048/tp1"]["num_params"] == 2 * 128 * H
     assert "skipped: dtypes nvfp4/nvfp4/nvfp4" in caplog.text and "hidden width 32" in caplog.text
 
@@ -351,7 +351,7 @@ def test_parent_argument_and_no_teacher_config(puzzle):
     spec = puzzlekit.ParentSpec.from_hf_config(tiny_llama_config())
     lib = import_modelopt(root, spec)  # the parent's block is the teacher's at every layer
     assert lib.parent == spec and sum(c.name == "teacher" for c in lib.candidates) == LAYERS
-    assert lib.metric_names() == ["kl_div", "lm_loss", "token_accuracy_top_1", "token_accuracy_top_1_consistency"]
+    assert lib.metric_names == ["kl_div", "lm_loss", "token_accuracy_top_1", "token_accuracy_top_1_consistency"]
     with pytest.raises(LibraryError, match=r"\$\[2\]\.parent_layer_indices: layer 2 is out of range 0\.\.1"):
         import_modelopt(root, puzzlekit.ParentSpec.from_hf_config(tiny_llama_config(num_hidden_layers=2)))
 
@@ -454,7 +454,7 @@ def test_cli_import_modelopt(puzzle, tmp_path, capsys):
     lib = BlockLibrary.load(out)
     assert all(c.weights is None for c in lib.candidates)  # saved outside the ModelOpt folder
     assert "note: weights of candidates whose files lie outside" in o
-    assert lib.metric_names() == ["kl_div", "lm_loss", "token_accuracy_top_1", "token_accuracy_top_1_consistency"]
+    assert lib.metric_names == ["kl_div", "lm_loss", "token_accuracy_top_1", "token_accuracy_top_1_consistency"]
     # saved inside the folder, the weights are kept
     inside = root / "library.json"
     assert main(["library", "import", "--format", "modelopt", str(root), "-o", str(inside)]) == 0

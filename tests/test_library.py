@@ -32,8 +32,8 @@ def test_nvlabs_import(nvlabs_library):
     lib = nvlabs_library
     assert lib.num_layers == 80 and len(lib) == 1280
     assert lib.default_scenario == "h100-sxm/fp8/b256/p1000/d200/tp1"
-    assert {"memory_mib", "runtime_ms", "num_params"} <= set(lib.cost_names())
-    assert lib.metric_names() == ["kl_div", "lm_loss"]
+    assert {"memory_mib", "runtime_ms", "num_params"} <= set(lib.cost_names)
+    assert lib.metric_names == ["kl_div", "lm_loss"]
     kinds = {(c.block.attention.kind, c.block.ffn.kind) for c in lib.candidates}
     assert kinds == {("gqa", "swiglu"), ("gqa", "no_op"), ("no_op", "swiglu"), ("no_op", "no_op")}
     parent = next(c for c in lib.candidates if c.first == 0 and c.metrics["kl_div"] == 0.0)

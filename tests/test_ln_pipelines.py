@@ -95,7 +95,7 @@ def test_super_library_is_trained_and_scored(super_run):
     parent_block = lib.parent.parent_block()
     assert all(c.metrics["kl_div"] < 1e-4 for c in lib.candidates if c.block == parent_block)
     scen = lib.resolve_scenario(None)
-    assert scen.startswith("h100-sxm/fp8/b256") and "runtime_ms" in lib.cost_names(scen)
+    assert scen.startswith("h100-sxm/fp8/b256") and "runtime_ms" in lib.cost_names_for(scen)
 
 
 def test_super_search_meets_the_throughput_and_memory_targets(super_run):

@@ -238,7 +238,7 @@ def test_fit_recovers_known_factors():
 def test_profile_library_writes_costs_for_the_search(tmp_path):
     lib = profile_library(TINY, pk.Scenario("h100-sxm", "fp8", batch=8, prefill=64, decode=16))
     assert lib.blocks == pk.profilers.default_space(TINY) and len(lib) == 4 * len(lib.blocks)
-    names = lib.cost_names()
+    names = lib.cost_names
     for n in ("runtime_ms", "memory_mib", "num_params", "prefill_ms", "decode_ms", "kv_bytes_per_token"):
         assert n in names
     lib.validate()

@@ -139,7 +139,7 @@ def test_scoring_killed_at_random_points_resumes_to_the_same_scores(deep_parent_
     info = kill_and_resume(cmd(run), _after(journal_lines(run / "journal.jsonl"), n0), work, kills=KILLS, seed=202)
     assert len(info["kill_points"]) >= KILLS, info
     a, b = pk.BlockLibrary.load(ref / "library.json"), pk.BlockLibrary.load(run / "library.json")
-    assert "kl_div" in a.metric_names()
+    assert "kl_div" in a.metric_names
     assert [c.metrics for c in a.candidates] == [c.metrics for c in b.candidates]
     check_no_half_files(run)
     reliability("faults", f"replace-1-block scoring (`puzzlekit score`) SIGKILLed at {KILLS} random points, re-run: "
@@ -471,7 +471,7 @@ def test_scoring_in_a_read_only_run_directory_fails_clearly_and_keeps_the_librar
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         assert main(["score", "--run", str(run), "--parent", str(parent_dir), "--eval-sequences", "4",
                      "--no-progress"]) == 0
-    assert "kl_div" in pk.BlockLibrary.load(run / "library.json").metric_names()
+    assert "kl_div" in pk.BlockLibrary.load(run / "library.json").metric_names
     reliability("faults", "read-only run directory during scoring (chattr +i): exit 2, one line naming the folder, "
                           "library and journal untouched; scores once writable", 1)
 

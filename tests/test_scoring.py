@@ -232,3 +232,18 @@ def test_bounded_reference_memory_recomputes_the_parent_logits_with_the_same_num
             assert ca.metrics[m] == pytest.approx(cb.metrics[m], rel=1e-12, abs=1e-12), m
     with pytest.raises(ScoringError, match="ref_memory_gb"):
         score_library(parent, BlockLibrary.load(run / "library.json"), data, ref_memory_gb=0, **kw)
+
+
+def test_scoring_persists_only_when_given_a_run_directory(built, tmp_path):
+    """Issue 21 item 8: a function given a run directory persists there; given objects only, it does not."""
+    from puzzlekit.library import BlockLibrary
+    from puzzlekit.scoring import score_library
+
+    parent, data, _, run = built
+    before = (run / "library.json").read_bytes()
+    lib = score_library(parent, BlockLibrary.load(run / "library.json"), data, eval_sequences=2, progress=False)
+    assert "kl_div" in lib.metric_names and (run / "library.json").read_bytes() == before
+    rd = RunDir(tmp_path / "scores")
+    score_library(parent, BlockLibrary.load(run / "library.json"), data, rd, eval_sequences=2, progress=False)
+    assert "kl_div" in BlockLibrary.load(run / "library.json").metric_names  # the document it came from
+    (run / "library.json").write_bytes(before)

@@ -238,7 +238,7 @@ def test_spanning_fixture_every_backend(solver):
     assert abs(brute(p) - 2.8) < 1e-12  # runner-up 2.9: the optimum is unique
     s = search(p, solver=solver)
     assert s.status is Status.OPTIMAL and abs(s.objective - 2.8) < 1e-9
-    assert s.blocks == ["half0", "span1-2", "half3", "full4"] and s.costs == {"cost0": 29.0, "cost1": 31.0}
+    assert s.block_keys == ["half0", "span1-2", "half3", "full4"] and s.costs == {"cost0": 29.0, "cost1": 31.0}
     assert s.layer_candidates() == [1, 15, 15, 10, 12] and s.choices[1].last == 2
     # a diversity cut (differ in >= 2 layers) and a budget that only the spans can meet
     top = search_diverse(p, num_solutions=3, min_diversity=2, solver=solver)
@@ -430,7 +430,7 @@ def test_per_layer_rules(nvlabs_library):
     assert sum(lib.candidates[j].block.attention.kind == "no_op" for j in only.layer_candidates()) > 1
     key = lib.candidates[free.candidates[0]].block.key
     nk = search(lib, "kl_div", {"memory_mib": 70000}, constraints=[Forbid(key=key)])
-    assert key not in nk.blocks
+    assert key not in nk.block_keys
     with pytest.raises(ConfigError, match="name an attention kind"):
         search(lib, "kl_div", {"memory_mib": 40000}, constraints=[Forbid()])
 

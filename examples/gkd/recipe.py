@@ -15,7 +15,6 @@ fit one process, load them straight into their shards instead: ``examples/gkd/cl
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
 import time
@@ -30,7 +29,7 @@ from puzzlekit.blocks import BlockConfig
 from puzzlekit.distill import DistillConfig, GKDWeights, distill, evaluate_kl, full_model, match_layers
 from puzzlekit.errors import ConfigError
 from puzzlekit.io import atomic_write_json
-from puzzlekit.post.recipe_config import load_recipe_config, parse_overrides
+from puzzlekit.post.recipe_config import recipe_config_from_argv
 
 logger = logging.getLogger("gkd")
 
@@ -152,13 +151,9 @@ def main(config: Config, accelerator: Any = None) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(Path(__file__).with_name("config.yaml")))
-    ap.add_argument("overrides", nargs="*", help="key=value overrides of the config")
-    a = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = recipe_config_from_argv(__file__, __doc__, Config)
     torch.set_num_threads(2)
-    m = main(load_recipe_config(a.config, Config, parse_overrides(a.overrides)))
+    m = main(cfg)
     print(f"child/parent parameters {m['params_ratio']:.2f}")
     print("KL to parent: " + " -> ".join(f"{e['kl']:.4f}@{e['step']}" for e in m["gkd_evals"]))
     print(f"after continued pre-training: KL {m['after_cpt']['kl']:.4f}, LM loss {m['after_cpt']['lm_loss']:.3f} "

@@ -16,7 +16,6 @@ held-out greedy accuracy / format and sampled accuracy in both modes → save ``
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import random
@@ -43,7 +42,7 @@ from puzzlekit.post import (
     render_chat,
 )
 from puzzlekit.post import evaluate_toggle as evaluate  # held-out greedy evaluation, both modes
-from puzzlekit.post.recipe_config import load_recipe_config, parse_overrides
+from puzzlekit.post.recipe_config import recipe_config_from_argv
 
 logger = logging.getLogger("grpo_curriculum")
 
@@ -348,12 +347,7 @@ def summary(m: dict[str, Any]) -> str:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(Path(__file__).with_name("config.yaml")))
-    ap.add_argument("overrides", nargs="*", help="key=value overrides of the config")
-    a = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = load_recipe_config(a.config, Config, parse_overrides(a.overrides))
+    cfg = recipe_config_from_argv(__file__, __doc__, Config)
     torch.set_num_threads(cfg.num_threads)
     m = main(cfg)
     print(summary(m))

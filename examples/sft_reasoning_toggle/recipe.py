@@ -10,7 +10,6 @@ and accuracy in each mode on held-out problems) → save (model, tokenizer, ``me
 
 from __future__ import annotations
 
-import argparse
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -32,7 +31,7 @@ from puzzlekit.post import (
     to_prompt_completion,
 )
 from puzzlekit.post import evaluate_toggle as evaluate
-from puzzlekit.post.recipe_config import load_recipe_config, parse_overrides
+from puzzlekit.post.recipe_config import recipe_config_from_argv
 
 logger = logging.getLogger("sft_reasoning_toggle")
 
@@ -132,13 +131,9 @@ def main(config: Config) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", default=str(Path(__file__).with_name("config.yaml")))
-    ap.add_argument("overrides", nargs="*", help="key=value overrides of the config")
-    a = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = recipe_config_from_argv(__file__, __doc__, Config)
     torch.set_num_threads(2)
-    m = main(load_recipe_config(a.config, Config, parse_overrides(a.overrides)))
+    m = main(cfg)
     for mode in ("on", "off"):
         r = m["after"][mode]
         print(f"thinking {mode:3s}: think tags {r['think_tag_rate']:.2f}  format {r['format']:.2f}  "

@@ -302,7 +302,7 @@ class _Runner:
 
     # -- one group of layers
     def train_group(self, units: list[Unit], gi: int, ng: int) -> None:
-        from tqdm.auto import tqdm
+        from ..progress import progress as progress_bar
 
         layers = sorted({u.layer for u in units})
         cfg = self.cfg
@@ -324,7 +324,7 @@ class _Runner:
         del cacts
         live = [j for j in jobs if j.trainable and j.step < self.total]
         start = min((j.step for j in live), default=self.total)
-        bar = tqdm(total=self.total, initial=start, disable=not self.progress, unit="step",
+        bar = progress_bar(total=self.total, initial=start, disable=not self.progress, unit="step",
                    desc=f"BLD {cfg.mode} group {gi + 1}/{ng} (layers {layers[0]}-{layers[-1]}, {len(live)} units)")
         t0, c0, tokens = time.perf_counter(), time.process_time(), 0
         last_ckpt = time.monotonic()

@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="puzzlekit", description="Puzzle-style architecture search for cheaper LLM inference.")
     parser.add_argument("--version", action="version", version=f"puzzlekit {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars or progress lines (the same as PUZZLEKIT_PROGRESS=0); off a "
+                             "terminal, long stages print one line each when they end")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     pkg = importlib.import_module(__name__)
@@ -52,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.quiet:
+            import os
+
+            os.environ["PUZZLEKIT_PROGRESS"] = "0"
         rc = args.func(args)
         return int(rc or 0)
     except PuzzlekitError as e:

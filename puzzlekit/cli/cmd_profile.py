@@ -5,6 +5,7 @@
     puzzlekit profile PARENT_CONFIG --hardware h100-sxm --dtype fp8 --batch 256 \\
         --prefill 1000 --decode 200 [--tp 1] [--space SPACE | --library LIB.json] -o LIB.json
     puzzlekit profile calibrate NVLABS_FOLDER|MEASUREMENTS.json [--hardware h100-sxm] [-o PROFILE.json]
+    puzzlekit profile PARENT_CONFIG --profiler measured --hardware local-cpu --dtype fp32 -o LIB.json
     puzzlekit profile PARENT_CONFIG --engine llamacpp --dtype fp16 --batch 1 --prefill 128 --decode 32 -o LIB.json
 """
 
@@ -43,17 +44,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--library", metavar="LIB.json", help="add the costs to this existing library instead")
     p.add_argument("--memory-convention", choices=["plain", "nvlabs"], default="plain",
                    help="memory_mib = weights + KV cache of the batch (plain), or NVIDIA's Puzzle convention")
+    p.add_argument("--profiler", choices=["analytic", "measured"], default="analytic",
+                   help="analytic roofline of --hardware (default), or time the sub-blocks with torch on this "
+                        "machine (--dtype fp32/bf16/fp16, --tp 1; --hardware is then a label, e.g. local-cpu)")
+    p.add_argument("--threads", type=int, metavar="N",
+                   help="measured: torch's CPU threads (default: torch's); llamacpp: llama.cpp threads (default 1: "
+                        "stable on a shared machine)")
+    p.add_argument("--repeats", type=int, metavar="N",
+                   help="timings per sub-block, median (measured: default 7); timed runs per model (llamacpp: default 5)")
     p.add_argument("--parent", metavar="CONFIG", help="calibrate: the parent's config (default: Llama-3.3-70B dims)")
     p.add_argument("--fit", default="compute_efficiency,attention_efficiency,kernel_overhead",
                    help="calibrate: comma-separated factors to fit (at most three recommended)")
     p.add_argument("-o", "--output", help="profile: the library to write; calibrate: the hardware profile to write")
     p.add_argument("--engine", help="keep only blocks this serving engine serves (vllm, sglang, tensorrt-llm, llamacpp, "
                    "transformers); with llamacpp, time every sub-block in llama.cpp on this CPU instead of the roofline")
-    p.add_argument("--threads", type=int, default=1,
-                   help="llamacpp: llama.cpp threads (default 1: stable on a shared machine)")
     p.add_argument("--copies", default="2,10", metavar="LO,HI",
                    help="llamacpp: layers per timing model for the repeated-block method (default 2,10)")
-    p.add_argument("--repeats", type=int, default=5, help="llamacpp: timed runs per model (median; default 5)")
     p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                    help="llamacpp: time by the process's CPU time (default; leaves out other processes' turns on a "
                         "shared machine; one thread) or by elapsed time")
@@ -77,6 +83,9 @@ def run_profile(args: argparse.Namespace) -> int:
     if not args.output:
         raise ConfigError("profile: -o/--output LIB.json is required")
     if args.engine and get_engine(args.engine).name == "llamacpp":
+        if args.profiler == "measured":
+            raise ConfigError("profile: --engine llamacpp already measures (in llama.cpp); --profiler measured times "
+                              "torch sub-blocks instead: give one of them")
         return run_profile_llamacpp(args)
     if not args.hardware:
         raise ConfigError("profile: --hardware is required (e.g. h100-sxm, local-cpu, or a profile JSON)")
@@ -95,7 +104,15 @@ def run_profile(args: argparse.Namespace) -> int:
             lib.parent = spec
     else:
         lib = library_from_space(spec, _served(parse_space(args.space, spec), args.engine))
-    lib = profile_library(lib, sc, args.hardware, parent=spec, memory=memory)
+    if args.profiler == "measured":
+        repeats = 7 if args.repeats is None else args.repeats
+        if repeats < 1:
+            raise ConfigError(f"--repeats must be >= 1, got {repeats}")
+        opts = {"repeats": repeats, **({"threads": args.threads} if args.threads else {})}
+        lib = profile_library(lib, sc, args.hardware, parent=spec, memory=memory, profiler="measured",
+                              measure_options=opts)
+    else:
+        lib = profile_library(lib, sc, args.hardware, parent=spec, memory=memory)
     lib.save(args.output)
     table = lib.costs[sc.name]
     if args.json:
@@ -151,6 +168,12 @@ def run_profile_llamacpp(args: argparse.Namespace) -> int:
             lib.parent = spec
     else:
         lib = library_from_space(spec, _served(parse_space(args.space, spec), "llamacpp"))
+    if args.threads is None:
+        args.threads = 1
+    if args.repeats is None:
+        args.repeats = 5
+    if args.repeats < 1:
+        raise ConfigError(f"--repeats must be >= 1, got {args.repeats}")
     if args.clock == "cpu" and args.threads != 1:
         raise ConfigError("--clock cpu needs --threads 1 (llama.cpp's worker threads spin while they wait); "
                           "use --clock wall with more threads")

@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                   progress=not args.no_progress and not args.json and rank == 0)
     if rank != 0:  # process 0 validates, records the stage and reports
         return 0
-    out = {"run": str(run_dir), "num_candidates": len(lib), "metrics": lib.metric_names()}
+    out = {"run": str(run_dir), "num_candidates": len(lib), "metrics": list(lib.metric_names)}
     if args.validate:
         v = validate_additivity(parent, lib, data, n=args.validate, eval_sequences=args.eval_sequences,
                                 batch_size=args.batch_size)

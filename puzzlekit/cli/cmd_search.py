@@ -110,7 +110,10 @@ def run(args: argparse.Namespace) -> int:
         gap = f", gap {s.gap:.2e}" if s.gap else ""
         print(f"{head}{s.status.value} {s.objective_name} = {s.objective:.6f} ({costs}) "
               f"[{s.solver}, {s.solve_seconds:.3f} s{gap}]")
+        if s.constants:
+            print("  whole-model costs: the library's non-block part included ("
+                  + ", ".join(f"{n} {v:.6g}" for n, v in s.constants.items()) + ")")
         for c in s.choices:
             where = f"{c.first}" if c.first == c.last else f"{c.first}-{c.last}"
-            print(f"  layer {where:>7}: {c.block}")
+            print(f"  layer {where:>7}: {c.key}")
     return 0

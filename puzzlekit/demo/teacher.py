@@ -128,8 +128,9 @@ def train_teacher(out_dir: str | os.PathLike, texts: Sequence[str], cfg: Teacher
     training throughput (tokens/s, measured) and the settings.
     """
     import torch
-    from tqdm.auto import tqdm
     from transformers import LlamaConfig, LlamaForCausalLM
+
+    from ..progress import progress as progress_bar
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -160,7 +161,7 @@ def train_teacher(out_dir: str | os.PathLike, texts: Sequence[str], cfg: Teacher
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
     train = data.torch("train")
     held = data.torch("heldout")
-    bar = tqdm(total=cfg.steps, desc="teacher", disable=not progress, unit="step")
+    bar = progress_bar(total=cfg.steps, desc="teacher", disable=not progress, unit="step")
     t0 = time.perf_counter()
     tokens = 0
     step = 0

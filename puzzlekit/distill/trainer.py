@@ -119,6 +119,8 @@ def warmup_cosine(step: int, *, total: int, warmup: int, min_ratio: float = 0.0)
 
 
 def _check_tokens(tokens: Any, what: str) -> torch.Tensor:
+    if type(tokens).__module__ == "numpy" and getattr(tokens, "dtype", None) is not None and tokens.dtype.kind in "iu":
+        tokens = torch.from_numpy(tokens.astype("int64", copy=False))  # e.g. TokenData.train / .heldout
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
         raise ConfigError(f"distill: {what} must be a 2-D integer tensor of token rows [rows, seq_len], got "
                           f"{type(tokens).__name__}{tuple(getattr(tokens, 'shape', ()))}")
@@ -283,14 +285,16 @@ class _Single:
 
 
 @torch.no_grad()
-def evaluate_kl(model: Any, parent: Any, tokens: torch.Tensor, *, batch_size: int = 8,
+def evaluate_kl(model: Any, parent: Any, tokens: torch.Tensor | Any, *, batch_size: int = 8,
                 pairs: list[tuple[int, int]] | None = None, accelerator: Any = None,
                 temperature: float = 1.0) -> dict[str, float]:
     """Mean per-token KL(parent ‖ child), LM loss and (with ``pairs``) cosine loss on ``tokens``.
 
     Under several processes (an ``accelerator``, or FSDP-sharded models) each evaluates its share of
-    rows and the sums are reduced, so every process returns the same numbers.
+    rows and the sums are reduced, so every process returns the same numbers.  ``tokens``: a torch
+    tensor or a numpy array.
     """
+    tokens = _check_tokens(tokens, "tokens")
     ctx = _AccelerateBackend(accelerator) if accelerator is not None else _Single(model)
     return _evaluate(model, parent, tokens, ctx, batch_size=batch_size, pairs=pairs, temperature=temperature)
 
@@ -373,10 +377,13 @@ def _backend(cfg: DistillConfig, accelerator: Any) -> Any:
     return _AccelerateBackend(accelerator or _new_accelerator(_mixed_precision(cfg.mixed_precision))), cfg
 
 
-def distill(child: Any, parent: Any | None, train_tokens: torch.Tensor, config: DistillConfig, *,
-            eval_tokens: torch.Tensor | None = None, pairs: list[tuple[int, int]] | None = None,
+def distill(child: Any, parent: Any | None, train_tokens: torch.Tensor | Any, config: DistillConfig, *,
+            eval_tokens: torch.Tensor | Any | None = None, pairs: list[tuple[int, int]] | None = None,
             resume: bool = True, accelerator: Any = None, stop_after: int | None = None) -> DistillResult:
     """Train ``child`` toward ``parent`` (GKD) or on the LM loss (continued pre-training).
+
+    ``train_tokens`` / ``eval_tokens``: 2-D integer token rows ``[rows, seq_len]``, a torch tensor or a
+    numpy array (e.g. ``build_token_data(...).train`` / ``.heldout``).
 
     ``pairs``: the layer matching for the cosine term (default one-to-one by
     layer count, see :func:`puzzlekit.distill.match_layers`).  With

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from ..errors import ConfigError
 
-__all__ = ["load_recipe_config", "parse_overrides"]
+__all__ = ["load_recipe_config", "parse_overrides", "recipe_config_from_argv"]
 
 T = TypeVar("T")
 
@@ -110,3 +110,23 @@ def load_recipe_config(path: str | os.PathLike | None, cls: type[T], overrides: 
         return cls(**kwargs)
     except ConfigError as e:
         raise ConfigError(f"{src}: {e}") from e
+
+
+def recipe_config_from_argv(script: str | os.PathLike, doc: str | None, cls: type[T],
+                            argv: Sequence[str] | None = None) -> T:
+    """A recipe script's command line: ``[--config FILE] [key=value ...]`` (default: ``config.yaml`` beside
+    ``script``), logging at INFO, the config read and checked; a bad config prints the reason and exits 2."""
+    import argparse
+    import logging
+    import sys
+
+    ap = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
+    ap.add_argument("--config", default=str(Path(script).with_name("config.yaml")))
+    ap.add_argument("overrides", nargs="*", help="key=value overrides of the config")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        return load_recipe_config(a.config, cls, parse_overrides(a.overrides))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -255,10 +255,12 @@ def score_library(
 ) -> BlockLibrary:
     """Replace-1-block scores of every single-layer candidate, written into ``library`` metrics.
 
-    With ``run_dir`` each candidate's result is journaled (kind ``score``) and a re-run skips
-    finished ones; the library document is saved (atomically) after each layer when
-    ``save`` and the library has a folder.  With ``prefix_reuse`` (default) each batch's layer
-    inputs come from one parent pass and the candidates of a layer run stacked (up to
+    With ``run_dir`` each candidate's result is journaled (kind ``score``), a re-run skips
+    finished ones, and (with ``save``) the library document is saved atomically after each layer:
+    the ``library.json`` it was loaded from, else ``run_dir/library.json``.  Without ``run_dir``
+    only the ``library`` object is changed (puzzlekit's rule: a function given a run directory
+    persists there, a function given objects only does not; save with ``library.save(path)``).
+    With ``prefix_reuse`` (default) each batch's layer inputs come from one parent pass and the candidates of a layer run stacked (up to
     ``suffix_tokens`` tokens at a time: larger stacks fall out of CPU caches and run slower there)
     through the parent's later layers, and the candidates that keep the parent's attention (tensor for
     tensor) share its output and run only their FFN; ``prefix_reuse=False`` runs the whole child per candidate
@@ -284,9 +286,8 @@ def score_library(
     every number equals a one-process run's), each journals its candidates in ``run_dir`` (required
     then), and every process returns the whole library; process 0 saves it.
     """
-    from tqdm.auto import tqdm
-
     from ..model import load_parent
+    from ..progress import progress as progress_bar
 
     if type(parent).__name__ != "PuzzleForCausalLM":
         parent = load_parent(parent)
@@ -313,7 +314,7 @@ def score_library(
     dev = parent.model.embed_tokens.weight.device
     keep_logits, offload = _ref_plan(parent, batches, ref_memory_gb)
     refs = [_Ref(parent, b.to(dev), keep_logits=keep_logits, offload=offload) for b in batches] if pending else []
-    bar = tqdm(total=len(pending), desc="scoring (replace-1-block)", disable=not progress, unit="cand")
+    bar = progress_bar(total=len(pending), desc="scoring (replace-1-block)", disable=not progress, unit="cand")
     layers = parent.model.layers
     by_layer: dict[int, list[int]] = {}
     for i in pending:
@@ -322,7 +323,7 @@ def score_library(
     if world > 1:
         by_layer = {li: by_layer[li] for li in _share_layers(by_layer, L, world)[rank]}
         bar.total = sum(len(v) for v in by_layer.values())
-    save = save and rank == 0
+    doc = _library_document(library, run) if save and rank == 0 else None
     for li in sorted(by_layer):
         cands = [(ci, candidate_layer(parent, library, ci)) for ci in by_layer[li]]
         accs: dict[int, dict[str, float]] = {ci: {} for ci, _ in cands}
@@ -364,8 +365,8 @@ def score_library(
                                       **({"rank": rank} if world > 1 else {}))
             bar.update(1)
             bar.set_postfix({"layer": li, "kl": f"{metrics['kl_div']:.4f}"}, refresh=False)
-        if save and world == 1 and library.root is not None and (Path(library.root) / "library.json").exists():
-            library.save(Path(library.root) / "library.json")
+        if doc is not None and world == 1:
+            library.save(doc)
     bar.close()
     if world > 1:  # every process takes the others' results from the journal
         _dist.barrier(world)
@@ -382,8 +383,8 @@ def score_library(
         for ci, (ia, iff) in composed.items():
             library.candidates[ci].metrics.update(_compose(library.candidates[ia].metrics,
                                                            library.candidates[iff].metrics, base))
-    if save and library.root is not None and (Path(library.root) / "library.json").exists():
-        library.save(Path(library.root) / "library.json")
+    if doc is not None:
+        library.save(doc)
     return library
 
 
@@ -420,6 +421,17 @@ def _compose(ma: dict[str, float], mf: dict[str, float], base: dict[str, float])
             out[k] = max(0.0, v) if k in ("kl_div", "cosine_dist", "top1_agree", "top5_agree") else v
     out["composed"] = 1.0
     return out
+
+
+def _library_document(library: BlockLibrary, run: RunDir | None) -> Path | None:
+    """Where scoring keeps the library document current: nowhere without a run directory (functions given
+    objects only change the objects); with one, the document the library was loaded from
+    (``library.root / "library.json"``, e.g. the BLD run's), else ``run / "library.json"``."""
+    if run is None:
+        return None
+    if library.root is not None and (Path(library.root) / "library.json").exists():
+        return Path(library.root) / "library.json"
+    return Path(run.path) / "library.json"
 
 
 def _ref_plan(parent: Any, batches: list[torch.Tensor], ref_memory_gb: float | None) -> tuple[bool, bool]:

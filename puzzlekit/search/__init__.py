@@ -10,7 +10,16 @@ answer is a verified :class:`Solution` with our own :class:`Status`.
 
 from __future__ import annotations
 
-from .api import SweepResult, build_problem, pareto_front, search, search_diverse, solve_problem, sweep
+from .api import (
+    SweepResult,
+    build_problem,
+    library_constants,
+    pareto_front,
+    search,
+    search_diverse,
+    solve_problem,
+    sweep,
+)
 from .at_fit import AtFit, FitSolution, max_throughput_at_fit, search_at_fit
 from .constraints import (
     Forbid,
@@ -29,6 +38,7 @@ from .solution import Choice, Solution, Status
 
 __all__ = [
     "search", "search_diverse", "sweep", "pareto_front", "solve_problem", "build_problem", "SweepResult",
+    "library_constants",
     "Problem", "Cut", "Solution", "Choice", "Status",
     "MemoryLimit", "ThroughputTarget", "LatencyLimit", "TTFTLimit", "ParamsLimit", "KeepAttention", "Forbid",
     "parse_budget", "translate",

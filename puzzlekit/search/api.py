@@ -19,12 +19,21 @@ import numpy as np
 
 from ..errors import ConfigError, InfeasibleError, SolverError
 from .constraints import parse_bound, translate
-from .presolve import Paths, _improve, dominance_mask, dp_one_budget, lagrangian_1d, least_values, presolve
+from .presolve import (
+    Paths,
+    _improve,
+    dominance_mask,
+    dp_front,
+    dp_one_budget,
+    lagrangian_1d,
+    least_values,
+    presolve,
+)
 from .problem import Problem
 from .solution import Solution, Status
 
 __all__ = ["build_problem", "search", "search_diverse", "solve_problem", "sweep", "pareto_front",
-           "SweepResult", "infeasible_error"]
+           "SweepResult", "infeasible_error", "library_constants"]
 
 DP_SOLVER = "puzzlekit-dp"
 #: from this many points on, a one-budget sweep is answered by a single programme over the whole range (its
@@ -46,6 +55,11 @@ def build_problem(
 ) -> Problem:
     """A :class:`Problem` from a library (or a Problem, whose budgets are then updated).
 
+    ``constants`` (non-block costs added to every architecture's totals): ``None`` (default) takes the
+    library's own record for the scenario (``lib.non_block_costs_for(scenario)``, written by
+    ``profile_library``), for every cost the blocks have; a mapping replaces that record (``{}``: block
+    costs alone).  A constant for a cost without a budget makes the solution report that cost's total.
+
     ``engine`` (``"vllm"``, ``"llamacpp"``, ...) keeps only candidates that serving engine serves
     (:class:`puzzlekit.engines.EngineConstraint`).
     """
@@ -57,6 +71,12 @@ def build_problem(
         p = source.with_budgets(budgets) if budgets else source
         if maximize != p.maximize and maximize:
             p = replace(p, maximize=True)
+        if constants is not None:
+            unknown = sorted(set(constants) - set(p.cost_names))
+            if unknown:
+                raise ConfigError(f"constants given for {unknown}, which are not costs of this problem; "
+                                  f"its costs: {list(p.cost_names)}")
+            p = replace(p, constants=np.array([float(constants.get(n, 0.0)) for n in p.cost_names]))
         return p
     if isinstance(source, (str, os.PathLike)):
         from ..library import BlockLibrary
@@ -72,13 +92,29 @@ def build_problem(
             lo0, hi0 = all_budgets[k]
             lo, hi = max(lo, lo0), min(hi, hi0)
         all_budgets[k] = (lo, hi)
-    consts = dict(tr.constants)
-    consts.update(constants or {})
+    if constants is None:
+        consts = library_constants(source, scenario, skip=tr.extra_costs)
+        consts.update(tr.constants)
+    else:
+        consts = dict(tr.constants)
+        consts.update(constants)
     p = Problem.from_library(source, objective, all_budgets, maximize=maximize, scenario=scenario,
                              constants=consts, extra_costs=tr.extra_costs, allowed=tr.allowed)
     if engine is not None:
         p.meta["engine"] = engine
     return p
+
+
+def library_constants(library: Any, scenario: Any = None, *, skip: Iterable[str] = ()) -> dict[str, float]:
+    """The library's non-block costs under ``scenario`` for the costs its blocks have (``{}`` when it records none).
+
+    What :func:`search` and the others add to every architecture when no ``constants=`` are given."""
+    get = getattr(library, "non_block_costs_for", None)
+    rec = get(scenario) if get is not None else {}
+    if not rec:
+        return {}
+    have = set(library.cost_names_for(scenario))
+    return {k: v for k, v in rec.items() if k in have and k not in set(skip)}
 
 
 def infeasible_error(problem: Problem) -> InfeasibleError:
@@ -225,6 +261,11 @@ def search(
     least value it could reach) when nothing fits.  A time limit returns the
     best verified solution found with ``status=FEASIBLE`` and its ``gap``.  ``engine`` keeps only
     candidates that serving engine serves (``puzzlekit.engines``).
+
+    Budgets and the solution's ``costs`` are whole-model totals: the library's
+    non-block costs for the scenario (``lib.non_block_costs_for(scenario)``,
+    written by ``profile_library``) are added by default; ``constants=``
+    replaces them (``{}``: block costs alone).
     """
     t0 = time.perf_counter()
     problem = build_problem(source, objective, budgets, maximize=maximize, scenario=scenario,
@@ -468,6 +509,7 @@ def pareto_front(
     maximize: bool = False,
     scenario: Any = None,
     constraints: Iterable[Any] = (),
+    constants: Mapping[str, float] | None = None,
     solver: str | None = None,
     max_points: int = 100_000,
 ) -> list[Solution]:
@@ -476,10 +518,13 @@ def pareto_front(
     Each point is an optimum at a budget strictly below the previous point's
     cost (the exact DP for a single budget; with a backend, below by
     ``max(1e-6, 2e-9·|cost|)``, so costs closer than that may merge).  Points are returned in decreasing cost.
+    ``low``, ``high`` and the points' costs are whole-model totals: ``constants`` (default: the library's
+    non-block costs, see :func:`build_problem`) shift every point's cost, never the front's shape.
     """
     b = dict(budgets or {})
     b[cost] = (None, high)
-    problem = build_problem(source, objective, b, maximize=maximize, scenario=scenario, constraints=constraints)
+    problem = build_problem(source, objective, b, maximize=maximize, scenario=scenario, constraints=constraints,
+                            constants=constants)
     i = problem.cost_names.index(cost)
     if high is None:
         problem = problem.with_budgets({cost: (None, least_values(problem)[cost][1])})
@@ -489,36 +534,36 @@ def pareto_front(
 
         return multi_budget_front(problem, cost, low=low, max_points=max_points)
     front: list[Solution] = []
-    cur = problem
-    high_i = float(problem.upper[i])
-    prev_cost: float | None = None
-    if use_dp:
-        keep = dominance_mask(problem, problem.costs[:, [i]].T)
-        sub0 = problem.subset(keep)
-        paths = Paths(sub0)
-    for _ in range(max_points):
-        if use_dp:
-            t1 = time.perf_counter()
-            p = sub0.with_budgets({cost: (None, high_i)})
-            x, v = dp_one_budget(p, paths=paths, strict_below=prev_cost)
-            if x is None:
-                break
-            s = problem.make_solution(problem.origin_to_local(sub0.origin[x]), Status.OPTIMAL, solver=DP_SOLVER,
-                                      seconds=time.perf_counter() - t1, bound=v)
-        else:
-            s = solve_problem(cur, solver)
-            if not s.status.has_solution:
-                break
+
+    def add(s: Solution) -> bool:
+        """Append a point (merging equal objectives); False when the walk must stop."""
         if front and abs(front[-1].objective - s.objective) <= 1e-12 * max(1.0, abs(s.objective)):
             front[-1] = s
         else:
             front.append(s)
+        return len(front) < max_points and not (low is not None and s.costs[cost] <= low)
+
+    if use_dp:  # one pass of the programme: its final states are the whole front (on block costs)
+        t1 = time.perf_counter()
+        sub0 = problem.subset(dominance_mask(problem, problem.costs[:, [i]].T))
+        for x, v, _ in dp_front(sub0):
+            s = problem.make_solution(problem.origin_to_local(sub0.origin[x]), Status.OPTIMAL, solver=DP_SOLVER,
+                                      seconds=time.perf_counter() - t1, bound=v)  # the pass is the first's
+            t1 = time.perf_counter()
+            if not add(s):
+                break
+        return front
+    cur = problem
+    prev_cost: float | None = None
+    while True:
+        s = solve_problem(cur, solver)
+        if not s.status.has_solution:
+            break
         c = s.costs[cost]
         if prev_cost is not None and c >= prev_cost:
             break
-        prev_cost = c
-        if low is not None and c <= low:
+        if not add(s):
             break
-        nxt = c - max(1e-6, 2e-9 * abs(c))
-        cur = cur.with_budgets({cost: (None, nxt)})
+        prev_cost = c
+        cur = cur.with_budgets({cost: (None, c - max(1e-6, 2e-9 * abs(c)))})
     return front

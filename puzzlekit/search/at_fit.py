@@ -134,7 +134,10 @@ class AtFit:
                                   "memory as Deployment(memory_gib=...) and the target as min_speedup / min_tokens_per_s")
         clash = {_RT, _MEM} & set(budgets or {})
         if not clash:
-            self.base = build_problem(source, objective, budgets, maximize=maximize, constraints=constraints)
+            # the deployment adds the non-block runtime and memory per batch itself (FitCosts.non_block): the
+            # base problem keeps the library's block costs alone (constants={}, not the library's record)
+            self.base = build_problem(source, objective, budgets, maximize=maximize, constraints=constraints,
+                                      constants={})
             clash = {_RT, _MEM} & set(self.base.cost_names)
         if clash:
             raise ConfigError(f"budget on {sorted(clash)[0]!r}: the deployment sets runtime and memory per batch; "

@@ -195,7 +195,7 @@ class MemoryLimit:
 
 
 def _time_cost(library: Any, scenario: Any, cost: str, what: str) -> None:
-    names = library.cost_names(scenario)
+    names = library.cost_names_for(scenario)
     if cost not in names:
         raise ConfigError(f"{what} needs the per-block cost {cost!r} in the library; {did_you_mean(cost, names)}; "
                           "profile the library (puzzlekit profile) or name the cost")
@@ -267,7 +267,7 @@ class ParamsLimit:
         from ..accounting import block_params, non_block_params
 
         if library.parent is None:
-            if self.name not in library.cost_names(scenario):
+            if self.name not in library.cost_names_for(scenario):
                 _parent(library, "ParamsLimit")
             out.budgets[self.name] = _budget(self.min_params, self.max_params)
             out.notes.append(f"{self.name} from the library's own cost (no parent dimensions: blocks only)")

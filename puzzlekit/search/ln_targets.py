@@ -213,7 +213,7 @@ def ln_super_report(library: Any, *, hardware: Any = "calibrated", memory_gib: f
     out["children"] = kids
     eq_t = fit.search(min_tokens_per_s=sup_ev.tokens_per_s)
     out["super_vs_front"] = {"equal_throughput_at_fit": _child(fit, eq_t), "equal_quality": out["largest_n"]["at_super_quality"]}
-    if "memory_mib" in lib.cost_names() and "runtime_ms" in lib.cost_names():
+    if "memory_mib" in lib.cost_names and "runtime_ms" in lib.cost_names:
         from .api import search
 
         mem = sum(lib.costs[sc][b.key]["memory_mib"] for b in sup_blocks)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +30,8 @@ import numpy as np
 
 from .problem import Problem
 
-__all__ = ["Paths", "dominance_mask", "least_values", "presolve", "Reduction", "dp_one_budget", "lagrangian_1d"]
+__all__ = ["Paths", "dominance_mask", "least_values", "presolve", "Reduction", "dp_one_budget", "dp_front",
+           "lagrangian_1d"]
 
 
 def _lead(flags: np.ndarray) -> np.ndarray:
@@ -392,87 +394,119 @@ def dp_one_budget(problem: Problem, upper_bound: float = math.inf, lam: float | 
     and the pruning is valid for every smaller budget as long as ``upper_bound``
     is at least the optimum at the smallest one.
     """
-    G, h = problem.le_rows()
-    if G.shape[0] != 1 or problem.cuts:
-        raise ValueError("dp_one_budget needs exactly one <= row and no cuts")
-    g, H = G[0], float(h[0])
-    c = problem.c
-    L = problem.num_layers
-    tolh = 1e-9 * max(1.0, abs(H))
-    if strict_below is not None:
-        H = min(H, strict_below - 1e-9 * max(1.0, abs(strict_below)))
-        tolh = 0.0
-    paths = paths or Paths(problem)
-    if lam is None:
-        _, lam, _ = lagrangian_1d(paths, c, g, H, tolh)
-    mincost = paths.backward(g)
-    bwd_lam = paths.backward(c + lam * g)
-    bwd_c = paths.backward(c)
-    tol = 1e-9 * (1.0 + (abs(upper_bound) if math.isfinite(upper_bound) else 0.0) + abs(lam * H))
-    # candidates grouped by first layer, then by end position
-    order = np.argsort(problem.first * (L + 1) + problem.last, kind="stable")
-    fs = problem.first[order]
-    starts = np.searchsorted(fs, np.arange(L + 1))
-    single = problem.single_layer
-    pend: list[list[tuple[np.ndarray, ...]]] = [[] for _ in range(L + 1)]
-    states: list[tuple[np.ndarray, ...] | None] = [None] * (L + 1)
-    states[0] = (np.zeros(1), np.zeros(1), np.array([-1]), np.array([-1]))
-    for p in range(L + 1):
-        if p > 0:
-            if not pend[p]:
-                continue
-            if len(pend[p]) == 1:
-                cost, obj, pidx, cand = pend[p][0]
-            else:
-                cost, obj, pidx, cand = (np.concatenate([a[k] for a in pend[p]]) for k in range(4))
-            pend[p] = []
-            o = np.lexsort((obj, cost))
-            cost, obj, pidx, cand = cost[o], obj[o], pidx[o], cand[o]
-            run = np.minimum.accumulate(obj)
-            keep = _lead(obj[1:] < run[:-1])
-            states[p] = (cost[keep], obj[keep], pidx[keep], cand[keep])
-        if p == L:
-            break
-        cs, os_, _, _ = states[p]
-        J = order[starts[p]:starts[p + 1]]
-        if J.size == 0 or cs.size == 0:
-            continue
-        ends = [p + 1] if single else np.unique(problem.last[J] + 1)
-        for q in ends:
-            Jq = J if single else J[problem.last[J] + 1 == q]
-            nc = (cs[:, None] + g[Jq][None, :]).ravel()
-            no = (os_[:, None] + c[Jq][None, :]).ravel()
-            ok = nc + mincost[q] <= H + tolh
-            if math.isfinite(upper_bound):
-                rem = np.maximum(bwd_c[q], bwd_lam[q] - lam * (H - nc))
-                ok &= no + rem <= upper_bound + tol
-            if not ok.any():
-                continue
-            pi = np.repeat(np.arange(cs.size), Jq.size)[ok]
-            cj = np.tile(Jq, cs.size)[ok]
-            pend[q].append((nc[ok], no[ok], pi, cj))
-    final = states[L]
+    run = _DPRun(problem, upper_bound, lam, paths, strict_below)
+    if answer_at is not None:
+        return [run.answer(float(b), 1e-9 * max(1.0, abs(float(b)))) for b in answer_at]
+    return run.answer(run.H, run.tolh)
 
-    def answer(Hb: float, tb: float) -> tuple[np.ndarray | None, float]:
-        if final is None or final[0].size == 0:
-            return None, math.inf
-        cost, obj = final[0], final[1]
-        ok = cost <= Hb + tb
-        if not ok.any():
-            return None, math.inf
-        i = int(np.flatnonzero(ok)[np.argmin(obj[ok])])
+
+def dp_front(problem: Problem, paths: Paths | None = None) -> Iterator[tuple[np.ndarray, float, float]]:
+    """The whole Pareto frontier of the objective (min form) against the single ``<=`` row, from one
+    programme: ``(chosen, value, row total)`` per point, in decreasing row total, each the optimum at a
+    budget just below the previous point's total.  No objective bound prunes it (every point is kept),
+    so it costs what one :func:`dp_one_budget` without ``upper_bound`` costs, instead of one per point.
+    A generator: points are traced as they are taken.
+    """
+    run = _DPRun(problem, math.inf, None, paths, None)
+    if run.final is None or run.final[0].size == 0:
+        return
+    cost = run.final[0]  # the final states: cost increasing, objective strictly decreasing
+    i = cost.size - 1
+    while i >= 0:  # traced lazily: a caller that wants a few points pays for a few
+        x = run.trace(i)
+        yield x, float(run.c[x].sum()), float(cost[i])
+        # the next point: the optimum strictly below this one's total, as ``strict_below`` walks it
+        below = cost[i] - 1e-9 * max(1.0, abs(float(cost[i])))
+        i = int(np.searchsorted(cost, below, side="right")) - 1
+
+
+class _DPRun:
+    """One pass of the single-row programme; its final states are the (row total, objective) frontier."""
+
+    def __init__(self, problem: Problem, upper_bound: float, lam: float | None, paths: Paths | None,
+                 strict_below: float | None):
+        G, h = problem.le_rows()
+        if G.shape[0] != 1 or problem.cuts:
+            raise ValueError("dp_one_budget needs exactly one <= row and no cuts")
+        g, H = G[0], float(h[0])
+        c = problem.c
+        L = problem.num_layers
+        tolh = 1e-9 * max(1.0, abs(H))
+        if strict_below is not None:
+            H = min(H, strict_below - 1e-9 * max(1.0, abs(strict_below)))
+            tolh = 0.0
+        paths = paths or Paths(problem)
+        if lam is None:
+            _, lam, _ = lagrangian_1d(paths, c, g, H, tolh)
+        mincost = paths.backward(g)
+        bwd_lam = paths.backward(c + lam * g)
+        bwd_c = paths.backward(c)
+        tol = 1e-9 * (1.0 + (abs(upper_bound) if math.isfinite(upper_bound) else 0.0) + abs(lam * H))
+        # candidates grouped by first layer, then by end position
+        order = np.argsort(problem.first * (L + 1) + problem.last, kind="stable")
+        fs = problem.first[order]
+        starts = np.searchsorted(fs, np.arange(L + 1))
+        single = problem.single_layer
+        pend: list[list[tuple[np.ndarray, ...]]] = [[] for _ in range(L + 1)]
+        states: list[tuple[np.ndarray, ...] | None] = [None] * (L + 1)
+        states[0] = (np.zeros(1), np.zeros(1), np.array([-1]), np.array([-1]))
+        for p in range(L + 1):
+            if p > 0:
+                if not pend[p]:
+                    continue
+                if len(pend[p]) == 1:
+                    cost, obj, pidx, cand = pend[p][0]
+                else:
+                    cost, obj, pidx, cand = (np.concatenate([a[k] for a in pend[p]]) for k in range(4))
+                pend[p] = []
+                o = np.lexsort((obj, cost))
+                cost, obj, pidx, cand = cost[o], obj[o], pidx[o], cand[o]
+                run = np.minimum.accumulate(obj)
+                keep = _lead(obj[1:] < run[:-1])
+                states[p] = (cost[keep], obj[keep], pidx[keep], cand[keep])
+            if p == L:
+                break
+            cs, os_, _, _ = states[p]
+            J = order[starts[p]:starts[p + 1]]
+            if J.size == 0 or cs.size == 0:
+                continue
+            ends = [p + 1] if single else np.unique(problem.last[J] + 1)
+            for q in ends:
+                Jq = J if single else J[problem.last[J] + 1 == q]
+                nc = (cs[:, None] + g[Jq][None, :]).ravel()
+                no = (os_[:, None] + c[Jq][None, :]).ravel()
+                ok = nc + mincost[q] <= H + tolh
+                if math.isfinite(upper_bound):
+                    rem = np.maximum(bwd_c[q], bwd_lam[q] - lam * (H - nc))
+                    ok &= no + rem <= upper_bound + tol
+                if not ok.any():
+                    continue
+                pi = np.repeat(np.arange(cs.size), Jq.size)[ok]
+                cj = np.tile(Jq, cs.size)[ok]
+                pend[q].append((nc[ok], no[ok], pi, cj))
+        self.problem, self.c, self.L, self.H, self.tolh = problem, c, L, H, tolh
+        self.states, self.final = states, states[L]
+
+    def trace(self, i: int) -> np.ndarray:
+        """The chosen candidates of final state ``i``."""
         chosen = []
-        q = L
+        q = self.L
         while q > 0:
-            _, _, pi, cd = states[q]
+            _, _, pi, cd = self.states[q]
             j = int(cd[i])
             chosen.append(j)
             i = int(pi[i])
-            q = int(problem.first[j])
+            q = int(self.problem.first[j])
         chosen.reverse()
-        x = np.array(chosen, dtype=np.int64)
-        return x, float(c[x].sum())
+        return np.array(chosen, dtype=np.int64)
 
-    if answer_at is not None:
-        return [answer(float(b), 1e-9 * max(1.0, abs(float(b)))) for b in answer_at]
-    return answer(H, tolh)
+    def answer(self, Hb: float, tb: float) -> tuple[np.ndarray | None, float]:
+        """The optimum at row budget ``Hb`` (tolerance ``tb``)."""
+        if self.final is None or self.final[0].size == 0:
+            return None, math.inf
+        cost, obj = self.final[0], self.final[1]
+        ok = cost <= Hb + tb
+        if not ok.any():
+            return None, math.inf
+        x = self.trace(int(np.flatnonzero(ok)[np.argmin(obj[ok])]))
+        return x, float(self.c[x].sum())

@@ -203,14 +203,32 @@ class Problem:
         Cost columns come from the library under ``scenario`` (default: its
         default scenario) or from ``extra_costs`` (one value per candidate,
         e.g. translated human constraints).  ``constants`` are non-block costs
-        added to every architecture's total (subtracted from the budget).
+        added to every architecture's total (subtracted from the budget); a
+        constant for a cost that has no budget adds that cost as an unbounded
+        column, so the solution's totals include it.  (Here ``constants`` are
+        used as given; :func:`puzzlekit.search.build_problem` fills them from the
+        library's non-block costs when none are given.)
         ``allowed`` (bool per candidate) removes candidates up front.
         """
         from .constraints import parse_bound
 
         budgets = dict(budgets or {})
         extra_costs = dict(extra_costs or {})
+        constants = {str(k): v for k, v in (constants or {}).items()}
         names = list(dict.fromkeys([*budgets, *extra_costs]))
+        # a constant for a cost without a budget (e.g. the whole non-block record of a profile) adds that cost
+        # as a column with no bound, so the solution reports its total
+        unbudgeted = [n for n in constants if n not in names]
+        if unbudgeted:
+            have = set(library.cost_names_for(scenario)) if library.scenarios else set()
+            unknown = [n for n in unbudgeted if n not in have]
+            if unknown:
+                sc = library.resolve_scenario(scenario) if library.scenarios else None
+                raise ConfigError(
+                    f"constants given for {sorted(unknown)}, which are neither budgets nor costs of every block "
+                    + (f"under scenario {sc!r}" if sc else "(the library has no scenario)")
+                    + f"; budgets: {names}, block costs: {sorted(have)}")
+            names += unbudgeted
         lib_names = [n for n in names if n not in extra_costs]
         obj = library.metric_vector(objective)
         first, last, labels, inv, uniq = _library_layout(library)
@@ -234,10 +252,7 @@ class Problem:
         for i, n in enumerate(names):
             if n in budgets:
                 lo[i], hi[i] = parse_bound(budgets[n], n)
-        const = np.array([float((constants or {}).get(n, 0.0)) for n in names])
-        unknown = set(constants or {}) - set(names)
-        if unknown:
-            raise ConfigError(f"constants given for {sorted(unknown)}, which are not budgets; budgets: {names}")
+        const = np.array([float(constants.get(n, 0.0)) for n in names])
         p = cls(library.num_layers, first, last, obj, costs, tuple(names), lo, hi, const,
                 maximize=maximize, objective_name=objective, labels=labels)
         if allowed is not None:
@@ -481,7 +496,8 @@ class Problem:
         choices = [Choice(int(self.first[j]), int(self.last[j]), int(self.origin[j]), self.labels[j]) for j in chosen]
         return Solution(status, obj, {n: float(v) for n, v in zip(self.cost_names, totals)}, choices, solver,
                         float(seconds), gap, user_bound, self.objective_name, self.maximize, message,
-                        dict(info or {}))
+                        dict(info or {}),
+                        {n: float(v) for n, v in zip(self.cost_names, self.constants.tolist()) if v != 0.0})
 
     def origin_to_local(self, origin_indices: Sequence[int]) -> np.ndarray | None:
         """Map candidate indices of the source (library) to this problem's; None if one is absent."""

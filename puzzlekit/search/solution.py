@@ -39,15 +39,32 @@ class Status(str, enum.Enum):
 
 @dataclass(frozen=True)
 class Choice:
-    """The candidate chosen for parent layers ``first..last``."""
+    """The candidate chosen for parent layers ``first..last``.
+
+    ``key`` is the candidate's label: its block key (``"attn=gqa:2|ffn=ffn:512"``) for a problem built
+    from a library.  ``block`` is that block as a :class:`~puzzlekit.BlockConfig`, as everywhere else
+    (``Candidate.block``, ``Architecture.blocks``).
+    """
 
     first: int
     last: int
     candidate: int  # index in the library (or the problem when built without one)
-    block: str
+    key: str
+
+    @property
+    def block(self) -> Any:
+        """The chosen block as a :class:`~puzzlekit.BlockConfig` (parsed from :attr:`key`)."""
+        from ..blocks import BlockConfig
+        from ..errors import ConfigError
+
+        try:
+            return BlockConfig.from_key(self.key)
+        except ConfigError:
+            raise ConfigError(f"candidate {self.candidate} is labelled {self.key!r}, not a block key (its problem was "
+                              "not built from a block library); use Choice.key for the label") from None
 
     def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"layer": self.first, "candidate": self.candidate, "block": self.block}
+        d: dict[str, Any] = {"layer": self.first, "candidate": self.candidate, "block": self.key}
         if self.last != self.first:
             d["layers"] = [self.first, self.last]
         return d
@@ -57,8 +74,9 @@ class Choice:
 class Solution:
     """One answer of the search, verified against the original floating-point problem.
 
-    ``objective`` and ``costs`` are recomputed from the chosen candidates (costs
-    include the problem's non-block constants), never read back from a solver.
+    ``objective`` and ``costs`` are recomputed from the chosen candidates, never
+    read back from a solver.  ``costs`` are whole-model totals: they include the
+    non-block part (embeddings, LM head, ...), which :attr:`constants` lists.
     ``solve_seconds`` covers building the model and solving it.  ``gap`` is
     the relative distance ``|objective - bound| / max(|objective|, 1e-10)``
     (0 for a proven optimum, ``None`` without a solution).
@@ -76,6 +94,8 @@ class Solution:
     maximize: bool = False
     message: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    #: the non-block part of each cost in :attr:`costs` (only the nonzero ones)
+    constants: dict[str, float] = field(default_factory=dict)
 
     @property
     def candidates(self) -> list[int]:
@@ -83,9 +103,15 @@ class Solution:
         return [c.candidate for c in self.choices]
 
     @property
-    def blocks(self) -> list[str]:
-        """Block key per chosen candidate, in layer order."""
-        return [c.block for c in self.choices]
+    def blocks(self) -> tuple[Any, ...]:
+        """The chosen blocks (:class:`~puzzlekit.BlockConfig`), one per choice, in layer order — the same type
+        as ``Architecture.blocks``.  (Before 0.2 this held key strings: use :attr:`block_keys` for those.)"""
+        return tuple(c.block for c in self.choices)
+
+    @property
+    def block_keys(self) -> list[str]:
+        """The chosen candidates' block keys (strings), in layer order."""
+        return [c.key for c in self.choices]
 
     def layer_candidates(self) -> list[int]:
         """For each parent layer, the chosen candidate covering it."""
@@ -111,6 +137,8 @@ class Solution:
         }
         if self.bound is not None:
             d["bound"] = num(self.bound)
+        if self.constants:
+            d["constants"] = {k: float(v) for k, v in self.constants.items()}
         if self.message:
             d["message"] = self.message
         if self.info:

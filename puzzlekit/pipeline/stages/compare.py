@@ -146,10 +146,9 @@ def importance(ctx: Any) -> Any:
 
 
 def run_baselines(ctx: Any) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
     from ...baselines import RESOLUTION, Recipe, match_speed
     from ...profilers.cost_model import cost_model
+    from ...progress import progress as progress_bar
 
     cfg, b = ctx.cfg, ctx.cfg.baselines
     unknown = [m for m in b.methods if m not in METHODS]
@@ -179,7 +178,7 @@ def run_baselines(ctx: Any) -> dict[str, Any]:
     if parts.get("key") != key:
         parts = {"key": key, "baselines": {}}
     out = parts["baselines"]
-    for name in tqdm(b.methods, desc="baselines (speed matching)", disable=not ctx.progress, unit="baseline"):
+    for name in progress_bar(b.methods, desc="baselines (speed matching)", disable=not ctx.progress, unit="baseline"):
         if name in out:
             continue
         recipe, s, trace = match_speed(METHODS[name](env), measure, target, p_over_m, tol=b.match_tol,

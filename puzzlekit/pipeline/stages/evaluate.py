@@ -106,11 +106,11 @@ def _rank_correlation(ctx: Any, e: Any, rows: Any) -> dict[str, Any]:
 
 def run_evaluate(ctx: Any) -> dict[str, Any]:
     import torch
-    from tqdm.auto import tqdm
 
     from ...baselines import Recipe
     from ...corpus import DomainData
     from ...eval import CHAT_PROMPTS, ParentReference, greedy_answers
+    from ...progress import progress as progress_bar
 
     e = ctx.cfg.evaluate
     path = ctx.out / "test.npz"
@@ -138,8 +138,8 @@ def run_evaluate(ctx: Any) -> dict[str, Any]:
                     jobs.append((tkey, speedup, m, state))
         finally:
             ctx.target = None
-    for tkey, _, m, state in tqdm(jobs, desc="evaluate (test text, chat prompts)", disable=not ctx.progress,
-                                  unit="model"):
+    for tkey, _, m, state in progress_bar(jobs, desc="evaluate (test text, chat prompts)", disable=not ctx.progress,
+                                          unit="model"):
         name = f"{tkey or 'target'}/{m['name']}/{state}"
         if name in parts["models"]:
             continue

@@ -45,7 +45,8 @@ def measured_speedup(parent: Any, model: Any, scenario: Any, rounds: int, thread
 
 # ---------------------------------------------------------------- deployment constraints
 def parent_runtime_ms(lib: Any, spec: Any, scenario: str, cost: str = "runtime_ms") -> float:
-    """The parent's summed per-block cost in the library (the parent block on every layer)."""
+    """The parent's whole-model cost in the library: the parent block on every layer plus the library's
+    non-block part (which the search adds to every architecture's totals)."""
     pb = spec.parent_block()
     mat = lib.cost_matrix([cost], scenario)[:, 0]
     total = 0.0
@@ -55,7 +56,7 @@ def parent_runtime_ms(lib: Any, spec: Any, scenario: str, cost: str = "runtime_m
             raise ConfigError(f"the library has no parent block {pb.key} on layer {layer}; cannot take the "
                               "parent's runtime as the reference")
         total += float(mat[idx[0]])
-    return total
+    return total + lib.non_block_costs_for(scenario).get(cost, 0.0)
 
 
 def deployment_search(cfg: Any, lib: Any, spec: Any, scen: str) -> tuple[Any, float]:
@@ -121,13 +122,12 @@ def _search_at(ctx: Any, prof: dict[str, Any], parent_pred: float, speedup: floa
     sol = search(lib, ctx.cfg.search.objective, budgets, scenario=prof["scenario"], constants=consts)
     pred = cost_model(prof, ctx.spec).runtime([lib.candidates[i].block for i in sol.candidates])
     return {"choices": list(sol.candidates), "predicted_ms": pred, "predicted_speedup": parent_pred / pred,
-            "kl_sum": sol.objective, "blocks": list(sol.blocks), "requested_speedup": speedup, "solver": sol.solver,
+            "kl_sum": sol.objective, "blocks": sol.block_keys, "requested_speedup": speedup, "solver": sol.solver,
             "status": sol.status.name}
 
 
 def run_search(ctx: Any) -> dict[str, Any]:
     from ...baselines import parent_choices
-    from ...blocks import BlockConfig
 
     s = ctx.cfg.search
     lib = ctx.library(reload=True)
@@ -146,8 +146,8 @@ def run_search(ctx: Any) -> dict[str, Any]:
                "candidates": info["choices"]}
         if s.pareto:
             front = pareto_front(lib, s.objective, cost="runtime_ms", scenario=prof["scenario"])
-            res["front"] = [{"runtime_ms": cm.runtime([BlockConfig.from_key(k) for k in p.blocks]),
-                             "kl_sum": p.objective, "blocks": p.blocks} for p in front]
+            res["front"] = [{"runtime_ms": cm.runtime(list(p.blocks)), "kl_sum": p.objective,
+                             "blocks": p.block_keys} for p in front]
     else:
         scen = ctx.cfg.scenario.name
         sol, ref = deployment_search(ctx.cfg, lib, lib.parent, scen)
@@ -155,7 +155,7 @@ def run_search(ctx: Any) -> dict[str, Any]:
             raise ConfigError(f"search: {sol.status.name} under the constraints of {ctx.cfg.name}; relax "
                               "search.memory_gib, throughput_speedup or latency_speedup")
         res = {"objective_name": s.objective, "solution": sol.to_dict(), "candidates": list(sol.candidates),
-               "choices": list(sol.candidates), "blocks": list(sol.blocks), "objective": sol.objective,
+               "choices": list(sol.candidates), "blocks": sol.block_keys, "objective": sol.objective,
                "costs": sol.costs, "status": sol.status.name, "solver": sol.solver, "parent_runtime_ms": ref,
                "speedup": ref / sol.costs["runtime_ms"] if sol.costs.get("runtime_ms") else None}
     atomic_write_json(ctx.path("search.json"), res)

@@ -93,9 +93,8 @@ def latest_model(ctx: Any, before: str) -> str:
 
 
 def run_heal(ctx: Any) -> dict[str, Any]:
-    from tqdm.auto import tqdm
-
     from ...baselines import Recipe
+    from ...progress import progress as progress_bar
 
     h = ctx.cfg.heal
     jobs = [("child", Recipe.from_dict(ctx.child()["recipe"]))]
@@ -111,7 +110,8 @@ def run_heal(ctx: Any) -> dict[str, Any]:
     key = stage_hash([ident, [(n, r.to_dict()) for n, r in jobs]])
     if done.get("key") != key:
         done = {"key": key, "models": {}}
-    for name, recipe in tqdm(jobs, desc=f"healing (GKD, {steps} steps each)", disable=not ctx.progress, unit="model"):
+    for name, recipe in progress_bar(jobs, desc=f"healing (GKD, {steps} steps each)", disable=not ctx.progress,
+                                     unit="model"):
         if name in done["models"] and ctx.path(f"heal/{name}/model/config.json").exists():
             continue  # healed and saved (a model whose folder was removed is healed again)
         acc = _accelerator(h.mixed_precision)
