@@ -10,6 +10,7 @@ process 0 saves it, and the parent is re-read unsharded for the next model."""
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,9 @@ def run_heal(ctx: Any) -> dict[str, Any]:
         done["models"][name] = r
         if acc.is_main_process:
             atomic_write_json(done_path, done)
+            # the healed model is saved and recorded: its resume checkpoints (weights + optimizer state,
+            # ~1.3 GB for SmolLM2-135M) are no longer needed
+            shutil.rmtree(out, ignore_errors=True)
     parent_lm = ctx.kl(ctx.parent)["lm_loss"]
     acc.wait_for_everyone()  # tear the process group down before exit (gloo aborts otherwise)
     acc.end_training()
