@@ -426,6 +426,19 @@ class CacheSpill:
             return cls(max(gamma_ms_per_byte, 0.0), float(working_set_bytes))  # additive: no spill
         return cls(gamma_ms_per_byte, max(0.0, working_set_bytes - excess_ms / gamma_ms_per_byte))
 
+    @classmethod
+    def fit_two_points(cls, w_small: float, excess_small: float, w_large: float, excess_large: float) -> CacheSpill:
+        """Slope and capacity through two whole models' measured decode excess over their summed sub-blocks
+        (the smaller model's excess clamped at 0: below the capacity); no spill when the larger one's
+        excess does not exceed the smaller one's (the slope is then not measurable: additive)."""
+        if not w_large > w_small:
+            raise ConfigError(f"CacheSpill.fit_two_points: the working sets must differ ({w_small} >= {w_large})")
+        lo = max(0.0, excess_small)
+        if excess_large <= lo:
+            return cls(0.0, float(w_large))
+        gamma = (excess_large - lo) / (w_large - w_small)
+        return cls(gamma, max(0.0, w_large - excess_large / gamma))
+
 
 def subblock_working_set_bytes(spec: ParentSpec, sub: AttentionConfig | FFNConfig, scenario: Scenario) -> float:
     """Bytes a decode step of one sub-block touches: its weights + its KV cache at the mean decode context."""

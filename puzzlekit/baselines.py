@@ -13,6 +13,9 @@ correct the predicted target by the measured/predicted ratio, re-measure).
   (the library's replace-1-block KL of "no attention, parent FFN"); when removing
   every attention is not fast enough, whole FFNs are removed next (least important
   first); the last FFN on that list is narrowed (contribution pruning) to fine-tune the speed.
+* ``drop-layers`` (ShortGPT-like): remove whole layers (attention and FFN), those with the lowest Block
+  Influence first (:class:`puzzlekit.scoring.importance.LayerImportance`); the next layer's FFN is
+  narrowed (contribution pruning) to fine-tune the speed.
 * ``greedy``: per-layer greedy on the same library: best KL increase per runtime saved first.
 * ``random``: a random architecture of the library whose predicted runtime meets the budget.
 """
@@ -35,7 +38,7 @@ from .library import BlockLibrary
 RESOLUTION = 0.01
 
 __all__ = ["Recipe", "RESOLUTION", "parent_choices", "greedy_choices", "random_choices_at", "uniform_ffn_recipe",
-           "uniform_width_for", "drop_order", "drop_recipe", "drop_knob_for", "match_speed"]
+           "uniform_width_for", "drop_order", "drop_recipe", "drop_knob_for", "layers_recipe", "layers_knob_for", "match_speed"]
 
 
 @dataclass
@@ -214,6 +217,33 @@ def drop_knob_for(spec: Any, order: Sequence[tuple[str, int]], cm: Any, target_m
     grid.append(float(len(order)))
     for t in grid:
         if cm.runtime(drop_recipe(spec, order, t).blocks()) <= target_ms:
+            return t
+    return float(len(order))
+
+
+def layers_recipe(spec: Any, order: Sequence[int], t: float, multiple_of: int = 8) -> Recipe:
+    """Remove the whole layers ``order[:floor(t)]`` (attention and FFN); narrow the FFN of the next one,
+    ``order[floor(t)]``, to ``1 - frac(t)`` of its width (the knob's fine part; its attention stays)."""
+    pb = spec.parent_block()
+    att = [pb.attention] * spec.num_hidden_layers
+    ffn = [pb.ffn] * spec.num_hidden_layers
+    k = int(math.floor(t))
+    for li in order[:k]:
+        att[li], ffn[li] = AttentionConfig.make_no_op(), FFNConfig.make_no_op()
+    frac = t - k
+    if k < len(order) and frac > 0:
+        li = order[k]
+        w = int(multiple_of * round((1 - frac) * spec.intermediate_size / multiple_of))
+        ffn[li] = FFNConfig.make_no_op() if w <= 0 else FFNConfig.swiglu(min(w, spec.intermediate_size))
+    return Recipe("drop-layers", architecture=[BlockConfig(a, f).to_dict() for a, f in zip(att, ffn)], knob=t)
+
+
+def layers_knob_for(spec: Any, order: Sequence[int], cm: Any, target_ms: float) -> float:
+    """The smallest knob of :func:`layers_recipe` (steps of 1/16 of a layer's FFN) whose predicted runtime is
+    at most ``target_ms``."""
+    grid = [k + j / 16 for k in range(len(order)) for j in range(16)] + [float(len(order))]
+    for t in grid:
+        if cm.runtime(layers_recipe(spec, order, t).blocks()) <= target_ms:
             return t
     return float(len(order))
 

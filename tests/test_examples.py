@@ -18,7 +18,8 @@ EXAMPLES = ROOT / "examples"
 RECIPES = ["gkd", "sft_reasoning_toggle", "grpo_curriculum"]
 #: Recipes that are pipeline configs: example folder -> the presets its configs are.
 PIPELINES = {"ln_super": {"config.yaml": "ln-super", "config_tiny.yaml": "ln-super-tiny"},
-             "ln_ultra": {"config.yaml": "ln-ultra", "config_tiny.yaml": "ln-ultra-tiny"}}
+             "ln_ultra": {"config.yaml": "ln-ultra", "config_tiny.yaml": "ln-ultra-tiny"},
+             "smollm2": {"config.yaml": "smollm2-135m", "config_fast.yaml": "smollm2-135m-fast"}}
 
 
 def _recipe(name: str):

@@ -103,6 +103,33 @@ def test_cache_spill_fit_and_linearisation():
         assert (tot + s.extra_ms(w) <= T) == (tot <= T and tot + 2.0 * (w - 7.0) <= T)
 
 
+def test_cache_spill_two_point_fit_and_half_architecture():
+    from puzzlekit.profilers.cost_model import _half_architecture
+    from puzzlekit.profilers.measured import CacheSpill
+
+    import puzzlekit as pk
+    from puzzlekit.errors import ConfigError
+
+    # excess 1 ms at 5 bytes and 6 ms at 10: slope 1 ms/byte, capacity 4 bytes (the small model spills 1)
+    s = CacheSpill.fit_two_points(5.0, 1.0, 10.0, 6.0)
+    assert s.gamma_ms_per_byte == 1.0 and s.capacity_bytes == 4.0
+    assert s.extra_ms(5.0) == 1.0 and s.extra_ms(10.0) == 6.0 and s.extra_ms(3.0) == 0.0
+    # proportional (SmolLM2's case): excess per byte the same at both sizes -> capacity 0
+    p = CacheSpill.fit_two_points(5.0, 1.75, 10.0, 3.5)
+    assert p.capacity_bytes == 0.0 and abs(p.extra_ms(8.0) - 2.8) < 1e-12
+    # a small model measured under its sum (noise) counts as no spill there
+    assert CacheSpill.fit_two_points(5.0, -2.0, 10.0, 5.0) == CacheSpill(1.0, 5.0)
+    assert CacheSpill.fit_two_points(5.0, 3.0, 10.0, 2.0).extra_ms(1e9) == 0.0  # no slope: additive
+    with pytest.raises(ConfigError, match="working sets must differ"):
+        CacheSpill.fit_two_points(10.0, 1.0, 10.0, 2.0)
+    spec = pk.ParentSpec(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         intermediate_size=128, vocab_size=128, num_hidden_layers=5)
+    half = _half_architecture(pk.Architecture(spec, (spec.parent_block(),) * 5))
+    kept = [not (b.attention.no_op or b.ffn.no_op) for b in half.blocks]
+    assert kept == [True, False, True, False, True]
+    assert all(b.attention.no_op and b.ffn.no_op for b, k in zip(half.blocks, kept) if not k)
+
+
 def test_working_set_bytes_counts_weights_and_mean_context_kv():
     from puzzlekit.profilers.measured import (
         non_block_working_set_bytes,

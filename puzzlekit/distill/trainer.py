@@ -217,7 +217,7 @@ class _AccelerateBackend:
 
         state = self.acc.get_state_dict(model)  # every rank calls it (a collective under some wrappers)
         if self.is_main:
-            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, str(tmp / "model.safetensors"))
+            save_file(_untied(state), str(tmp / "model.safetensors"))
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         return {}
 
@@ -234,6 +234,25 @@ class _AccelerateBackend:
             raise UnsafeInputError(f"{ckpt / 'optimizer.pt'}: refused, not a plain tensor checkpoint ({e}); "
                                    "delete this checkpoint folder to resume from the previous one") from None
         optimizer.load_state_dict(opt_state)
+
+
+def _unique(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The state dict with each tensor once: a tied weight (``lm_head.weight`` = ``model.embed_tokens.weight``)
+    is kept under the first name it appears under."""
+    out, seen = {}, set()
+    for k, v in state.items():
+        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape), tuple(v.stride()))
+        if key in seen:
+            continue
+        seen.add(key)
+        out[k] = v
+    return out
+
+
+def _untied(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """:func:`_unique` on the CPU: safetensors refuses to write shared storage twice; loading (``strict=False``)
+    restores a tied weight through its first name."""
+    return {k: v.detach().cpu().contiguous() for k, v in _unique(state).items()}
 
 
 class _Single:
@@ -418,7 +437,10 @@ def _train(backend: Any, child: Any, parent: Any, train_tokens: torch.Tensor, cf
         st = read_json(ckpt / "state.json", what="checkpoint state")
         check_resume_state(ckpt, st, fmt=backend.kind, global_batch=global_batch, world=world,
                            batch_size=cfg.batch_size, grad_accum_steps=cfg.grad_accum_steps)
-        check_fits(ckpt, {k: tuple(v.shape) for k, v in model.state_dict().items()}, out)
+        state = model.state_dict()
+        if backend.kind == "safetensors":  # a tied weight is stored once, under its first name (_untied)
+            state = _unique(state)
+        check_fits(ckpt, {k: tuple(v.shape) for k, v in state.items()}, out)
         backend.load(ckpt, model, optimizer, st)
         start, history, evals = int(st["step"]), list(st["history"]), list(st["evals"])
         logger.info("resuming from %s at step %d", ckpt, start)

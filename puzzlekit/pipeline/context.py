@@ -1,5 +1,9 @@
 """What the stages of one run share: the config, the run directory, and (loaded on first use) the
-parent, the token data, the block library and earlier stages' results."""
+parent, the token data, the block library and earlier stages' results.
+
+With several speed targets (``search.target_speedups``) the per-target stages run once per target with
+:attr:`Context.target` set: :meth:`Context.result` then gives an earlier stage's result for that target,
+and :meth:`Context.path` puts the target's files under ``targets/<key>/`` (``targets/2x/child``)."""
 
 from __future__ import annotations
 
@@ -34,16 +38,34 @@ class Context:
         self._parent: Any = None
         self._data: Any = None
         self._lib: Any = None
+        self.target: str | None = None  # the speed target a per-target stage is running for (its key)
+
+    # ---- speed targets
+    @property
+    def target_speedup(self) -> float:
+        """The speed-up the current target asks for (``search.target_speedup`` with one target)."""
+        return dict(self.cfg.targets())[self.target]
+
+    def path(self, rel: str) -> Path:
+        """``rel`` in the run directory, under ``targets/<key>/`` while a per-target stage runs for a target."""
+        return self.out / self.rel(rel)
+
+    def rel(self, rel: str) -> str:
+        return f"targets/{self.target}/{rel}" if self.target is not None else rel
 
     # ---- earlier stages
     def result(self, name: str) -> dict[str, Any]:
-        """The result of stage ``name`` of this run (it must have finished)."""
+        """The result of stage ``name`` of this run (it must have finished); for the current target when a
+        per-target stage runs (the whole result, keyed by target, otherwise)."""
         if name not in self.results:
             path = self.out / "stages" / f"{name}.json"
             if not path.exists():
                 raise ConfigError(f"{path}: missing; run --stage {name} first")
             self.results[name] = read_json(path, what=f"stage {name} result")
-        return self.results[name]
+        res = self.results[name]
+        if self.target is not None and "targets" in res:
+            return res["targets"][self.target]
+        return res
 
     def identity(self, name: str) -> str:
         """Stage ``name``'s identity: its settings chained with those of every stage before it."""
@@ -204,21 +226,22 @@ class Context:
         return evaluate_kl(model, self.parent, self.heldout().to(self.parent.device), batch_size=8)
 
     def save_model(self, model: Any, rel: str) -> Path:
-        """Save a stage's model folder (with the parent's tokenizer); an older one is replaced."""
+        """Save a stage's model folder (with the parent's tokenizer) at :meth:`path` ``(rel)``; an older one
+        is replaced."""
         from ..model import save_model
 
-        path = self.out / rel
+        path = self.path(rel)
         if path.exists():
             shutil.rmtree(path)
         return save_model(model, path, tokenizer_from=self.parent_dir)
 
     def load_model(self, rel: str) -> Any:
-        """A model folder of an earlier stage, on the run's device."""
+        """A model folder of an earlier stage (at :meth:`path` ``(rel)``), on the run's device."""
         import torch
 
         from ..model import load_parent
 
-        path = self.out / rel
+        path = self.path(rel)
         if not (path / "config.json").exists():
             raise ConfigError(f"{path}: missing; run the stage that writes it first")
         dev = self.device()

@@ -20,6 +20,11 @@ before it.  Then:
 
 Under several processes (``torchrun`` / ``accelerate launch``) only the stages marked
 ``multi_process`` run; rank 0 keeps the books.
+
+With several speed targets (``search.target_speedups``) a stage marked ``per_target`` runs once per
+target (``ctx.target`` set; its files under ``targets/<key>/``), and its result is
+``{"targets": {key: result}}``.  Each finished target is kept in ``stages/<name>.parts.json``, so a
+stage killed half-way resumes with the next target.
 """
 
 from __future__ import annotations
@@ -56,7 +61,8 @@ class Stage:
 
     ``reads`` / ``writes``: the run-directory paths it takes from earlier stages and leaves for later
     ones (documentation, shown by ``--dry-run``).  ``cached=False``: run every time (the report).
-    ``multi_process``: may run under torchrun / accelerate launch."""
+    ``multi_process``: may run under torchrun / accelerate launch.  ``per_target``: runs once per speed
+    target when the config has several (see the module doc)."""
 
     name: str
     run: Callable[[Any], dict[str, Any]]
@@ -66,6 +72,15 @@ class Stage:
     writes: tuple[str, ...] = ()
     cached: bool = True
     multi_process: bool = False
+    per_target: bool = False
+
+
+def _load() -> list[float] | None:
+    """The machine's load average (1, 5, 15 min) when a stage ends: how busy the cores were."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def _rank_world() -> tuple[int, int]:
@@ -163,13 +178,13 @@ class Runner:
             self.ctx.rd.set_stage(PREFIX + name, State.RUNNING, config=cfg)
         t0 = time.perf_counter()
         try:
-            res = st.run(self.ctx)
+            res = self._call(st, ident["id"], main)
         except BaseException:
             if main:
                 self.ctx.rd.set_stage(PREFIX + name, State.FAILED, config=cfg)
             raise
         secs = time.perf_counter() - t0
-        res = dict(res, stage=name, seconds=secs)
+        res = dict(res, stage=name, seconds=secs, load_avg=_load())
         if main:
             atomic_write_json(res_path, res)
             self.ctx.rd.set_stage(PREFIX + name, State.COMPLETE, config=cfg, seconds=secs)
@@ -177,6 +192,31 @@ class Runner:
         self.ctx.ran.add(name)
         logger.info("stage %s done in %.1f s", name, secs)
         return dict(res, reused=False)
+
+    def _call(self, st: Stage, sid: str, main: bool) -> dict[str, Any]:
+        """``st.run(ctx)``, or once per speed target for a per-target stage of a several-target config
+        (finished targets kept in ``stages/<name>.parts.json``, so a killed stage resumes with the next)."""
+        keys = [k for k, _ in self.cfg.targets() if k is not None] if st.per_target else []
+        if not keys:
+            return st.run(self.ctx)
+        path = self.ctx.out / "stages" / f"{st.name}.parts.json"
+        parts = read_json(path, what=f"stage {st.name} parts") if path.exists() else {}
+        if parts.get("id") != sid:
+            parts = {"id": sid, "targets": {}}
+        for key in keys:
+            if key in parts["targets"]:
+                logger.info("stage %s, target %s: already complete; reusing it", st.name, key)
+                continue
+            if self.ctx.progress:
+                print(f"  {st.name}: target {key}", file=sys.stderr, flush=True)
+            self.ctx.target = key
+            try:
+                parts["targets"][key] = st.run(self.ctx)
+            finally:
+                self.ctx.target = None
+            if main:
+                atomic_write_json(path, parts)
+        return {"targets": {k: parts["targets"][k] for k in keys}}
 
     def run(self, stage: str | Sequence[str] = "all") -> dict[str, dict[str, Any]]:
         """Run the stages (``all``, one name, or a list) in order; returns each one's result."""

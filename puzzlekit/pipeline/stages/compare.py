@@ -2,8 +2,9 @@
 *measured* speed (at least as fast, at most ``match_tol`` faster), timed against the child itself.
 
 A method is one entry of :data:`METHODS`: ``make(env) -> (speed-up -> (Recipe, predicted speed-up))``,
-the knob set from the measured cost model.  A new baseline (e.g. whole layers removed by importance)
-is one more entry, named in ``baselines.methods``.
+the knob set from the measured cost model; a new baseline is one more entry, named in
+``baselines.methods``.  ``drop-layers`` (ShortGPT-like) removes whole layers by Block Influence
+(:func:`puzzlekit.scoring.importance.layer_importance` on the calibration rows: training text).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class Env:
     parent_pred: float
     non_block_ms: float
     seed: int
+    importance: Any = None  # LayerImportance (for drop-layers)
 
     def pred(self, recipe: Any) -> float:
         return self.parent_pred / self.cm.runtime(recipe.blocks(self.lib))
@@ -98,9 +100,21 @@ def _random(env: Env) -> Callable[[float], tuple[Any, float]]:
     return make
 
 
+def _drop_layers(env: Env) -> Callable[[float], tuple[Any, float]]:
+    from ...baselines import layers_knob_for, layers_recipe
+
+    order = env.importance.order("block")
+
+    def make(s: float) -> tuple[Any, float]:
+        r = layers_recipe(env.spec, order, layers_knob_for(env.spec, order, env.cm, env.parent_pred / s))
+        return r, env.pred(r)
+    return make
+
+
 #: ``baselines.methods`` name → the method's knob (see the module doc).
 METHODS: dict[str, Callable[[Env], Callable[[float], tuple[Any, float]]]] = {
-    "uniform-ffn": _uniform, "drop-attention": _drop_attention, "greedy": _greedy, "random": _random}
+    "uniform-ffn": _uniform, "drop-attention": _drop_attention, "drop-layers": _drop_layers, "greedy": _greedy,
+    "random": _random}
 
 
 def _fastest(name: str, recipe: Any, env: Env) -> bool:
@@ -108,7 +122,27 @@ def _fastest(name: str, recipe: Any, env: Env) -> bool:
         return recipe.knob == 0.0
     if name == "drop-attention":
         return (recipe.knob or 0) >= 2 * env.lib.num_layers
+    if name == "drop-layers":
+        return (recipe.knob or 0) >= env.lib.num_layers
     return False
+
+
+def importance(ctx: Any) -> Any:
+    """Block Influence of every layer of the parent on the calibration rows (training text), computed once
+    per run (``importance.json``)."""
+    from ...io import read_json
+    from ...scoring.importance import LayerImportance, layer_importance
+
+    rows = ctx.calib_ids()
+    key = stage_hash([ctx.data.fingerprint, int(rows.shape[0])])
+    path = ctx.out / "importance.json"
+    if path.exists():
+        d = read_json(path, what="layer importance")
+        if d.get("key") == key:
+            return LayerImportance.from_dict(d["importance"])
+    imp = layer_importance(ctx.parent, rows.to(ctx.parent.device), batch_size=ctx.cfg.bld.batch)
+    atomic_write_json(path, {"key": key, "importance": imp.to_dict()})
+    return imp
 
 
 def run_baselines(ctx: Any) -> dict[str, Any]:
@@ -125,7 +159,7 @@ def run_baselines(ctx: Any) -> dict[str, Any]:
     prof, srch, child = ctx.result("profile"), ctx.result("search"), ctx.child()
     lib = ctx.library()
     env = Env(lib, ctx.spec, cost_model(prof, ctx.spec), prof["scenario"], srch["parent_predicted_ms"],
-              prof["non_block_ms"], cfg.seed)
+              prof["non_block_ms"], cfg.seed, importance(ctx) if "drop-layers" in b.methods else None)
     target = child["measured"]["speedup"]
     p_over_m = child["predicted_speedup"] / target
     child_model = ctx.build_model(Recipe.from_dict(child["recipe"]))
@@ -138,7 +172,7 @@ def run_baselines(ctx: Any) -> dict[str, Any]:
         return target * rel
 
     # each finished baseline is kept, so a run killed in this stage resumes with the next one
-    parts_path = ctx.out / "stages" / "baseline_parts.json"
+    parts_path = ctx.path("stages/baseline_parts.json")
     key = stage_hash([ctx.identity("baselines"), child["recipe"], target])
     parts = read_json(parts_path, what="baseline parts") if parts_path.exists() else {}
     if parts.get("key") != key:
@@ -165,4 +199,4 @@ BASELINES = Stage("baselines", run_baselines, lambda cfg: {
     "baselines": cfg.baselines, "rounds": cfg.profile.rounds, "threads": cfg.profile.threads, "seed": cfg.seed,
     "method": MATCH_METHOD},
     "simple compressions, each matched to the child's measured speed", reads=("the child", "library.json"),
-    writes=("stages/baseline_parts.json",))
+    writes=("stages/baseline_parts.json",), per_target=True)

@@ -47,13 +47,15 @@ def run_score(ctx: Any) -> dict[str, Any]:
     s, objective = ctx.cfg.score, ctx.cfg.search.objective
     lib = ctx.library(reload=True)
     score_library(ctx.parent, lib, ctx.data, ctx.rd, eval_sequences=s.sequences, batch_size=s.batch,
-                  progress=ctx.progress)
+                  progress=ctx.progress, decoupled=s.decoupled)
     lib.save(ctx.out / "library.json")
     kl = [c.metrics[objective] for c in lib.candidates if objective in c.metrics]
     if len(kl) != len(lib):
         raise ConfigError(f"scoring left {len(lib) - len(kl)} candidates without {objective!r}; set "
                           "search.objective to a metric puzzlekit.scoring computes (kl_div, lm_loss, ...)")
-    return {"scored": len(kl), "objective": objective, "min": min(kl), "max": max(kl)}
+    composed = sum(1 for c in lib.candidates if c.metrics.get("composed"))
+    return {"scored": len(kl) - composed, "composed": composed, "objective": objective, "min": min(kl), "max": max(kl),
+            "tokens": min(s.sequences, len(ctx.data.heldout)) * ctx.data.seq_len}
 
 
 SCORE = Stage("score", run_score, lambda cfg: {"score": cfg.score, "objective": cfg.search.objective},
@@ -62,12 +64,14 @@ SCORE = Stage("score", run_score, lambda cfg: {"score": cfg.score, "objective": 
 
 
 def _profile_settings(cfg: Any) -> dict[str, Any]:
-    from ...profilers.cost_model import PROFILE_METHOD
+    from ...profilers.cost_model import PROFILE_METHOD, PROFILE_METHOD_TWO_POINT
 
     p = cfg.profile
     out: dict[str, Any] = {"profiler": p.profiler, "scenario": p.scenario, "reference": p.reference}
     if p.profiler == "measured":
-        out.update(repeats=p.repeats, threads=p.threads, seed=cfg.seed, method=PROFILE_METHOD)
+        out.update(repeats=p.repeats, threads=p.threads, seed=cfg.seed, method=PROFILE_METHOD if p.spill == "stack" else PROFILE_METHOD_TWO_POINT)
+        if p.passes != 3:  # the default is left out: runs profiled before the setting existed stay valid
+            out["passes"] = p.passes
         if p.from_file:
             f = Path(p.from_file).expanduser()
             out["from_file"] = hashlib.sha256(f.read_bytes()).hexdigest()[:16] if f.is_file() else str(f)
@@ -98,7 +102,7 @@ def run_profile(ctx: Any) -> dict[str, Any]:
             raise ConfigError(f"{f}: not a measured profile (no subblocks / non_block_ms)")
     else:
         prof = measure_profile(ctx.parent, lib, sc, repeats=p.repeats, threads=p.threads, seed=ctx.cfg.seed,
-                               progress=ctx.progress)
+                               passes=p.passes, progress=ctx.progress, spill=p.spill)
     name = apply_profile(lib, prof, default=True)
     if p.reference:  # an analytic scenario beside it, for the report (e.g. an H100 in FP8)
         ref = Scenario(**p.reference)

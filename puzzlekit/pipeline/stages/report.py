@@ -14,8 +14,14 @@ __all__ = ["REPORT", "stage_line", "summary_lines"]
 
 
 def stage_line(name: str, r: dict[str, Any]) -> str:
-    """One line per stage result."""
+    """One line per stage result (a per-target stage: one part per speed target)."""
     head = f"{name:<9}{'(reused) ' if r.get('reused') else ''}{r.get('seconds', 0):6.1f} s  "
+    if "targets" in r and name != "evaluate":
+        return head + "; ".join(f"[{k}] " + _line(name, v, "") for k, v in r["targets"].items())
+    return _line(name, r, head)
+
+
+def _line(name: str, r: dict[str, Any], head: str) -> str:
     if name == "parent":
         return head + f"{r.get('num_params', 0):,} parameters, {r.get('num_layers', '?')} layers ({r['path']})"
     if name == "tokens":
@@ -23,7 +29,8 @@ def stage_line(name: str, r: dict[str, Any]) -> str:
     if name == "bld":
         return head + f"{r['candidates']} candidates ({r['trained']} trained), {r['train_sequences']} train sequences"
     if name == "score":
-        return head + f"{r['scored']} candidates scored, {r['objective']} {r['min']:.4g}..{r['max']:.4g}"
+        comp = f" (+ {r['composed']} pairs composed of their parts)" if r.get("composed") else ""
+        return head + f"{r['scored']} candidates scored{comp}, {r['objective']} {r['min']:.4g}..{r['max']:.4g}"
     if name == "profile":
         if "subblocks" in r:
             return head + f"{len(r['subblocks'])} sub-blocks measured for {r['scenario']}"
@@ -65,6 +72,16 @@ def stage_line(name: str, r: dict[str, Any]) -> str:
         return head + ("accuracy on/off " f"{a['on']['accuracy']:.2f}/{a['off']['accuracy']:.2f} -> "
                        f"{b['on']['accuracy']:.2f}/{b['off']['accuracy']:.2f}, think tags on/off "
                        f"{b['on']['think_tag_rate']:.2f}/{b['off']['think_tag_rate']:.2f}")
+    if name == "evaluate":
+        parts = []
+        for k, t in r["targets"].items():
+            c = t["models"][0].get("after") or t["models"][0]["before"]
+            kl = ", ".join(f"{d} {v['kl']:.4f}" for d, v in c["domains"].items())
+            chat = f", chat {c['chat']['share']:.2f}" if "chat" in c else ""
+            parts.append(f"[{k}] child test KL {kl}{chat}")
+        rc = r.get("rank_correlation") or {}
+        sp = f"; Spearman(summed, realised KL) {rc['spearman']:.3f}" if rc.get("spearman") is not None else ""
+        return head + "; ".join(parts) + sp
     if name == "report":
         return head + f"{r.get('path', 'report.json')}"
     return head
@@ -81,11 +98,17 @@ def _times(ctx: Any) -> dict[str, dict[str, Any]]:
             continue
         r = ctx.result(name)
         out[name] = {"seconds": float(r.get("seconds", 0.0)), "reused": name not in ctx.ran}
+        if r.get("load_avg"):
+            out[name]["load_avg"] = r["load_avg"]
     return out
 
 
 def run_report(ctx: Any) -> dict[str, Any]:
     stages = _times(ctx)
+    if ctx.has("evaluate"):  # the real-parent report: per target, test text, chat, rank correlation
+        from ..report_eval import write_eval_report
+
+        return {"path": "report.json", "kind": "evaluation", "report": write_eval_report(ctx, stages)}
     if ctx.has("baselines") and ctx.has("heal"):
         from ..report import write_report
 

@@ -131,7 +131,8 @@ def run_search(ctx: Any) -> dict[str, Any]:
 
     s = ctx.cfg.search
     lib = ctx.library(reload=True)
-    if s.target_speedup > 0:
+    target = ctx.target_speedup
+    if target > 0:
         from ...profilers.cost_model import cost_model
         from ...search import pareto_front
 
@@ -139,8 +140,8 @@ def run_search(ctx: Any) -> dict[str, Any]:
         cm = cost_model(prof, ctx.spec)
         parent_ch = parent_choices(lib)
         parent_pred = cm.runtime([lib.candidates[i].block for i in parent_ch])
-        info = _search_at(ctx, prof, parent_pred, s.target_speedup)
-        res = {"parent_predicted_ms": parent_pred, "budget_ms": parent_pred / s.target_speedup,
+        info = _search_at(ctx, prof, parent_pred, target)
+        res = {"parent_predicted_ms": parent_pred, "budget_ms": parent_pred / target,
                "parent_choices": parent_ch, **info, "objective_name": s.objective, "objective": info["kl_sum"],
                "candidates": info["choices"]}
         if s.pareto:
@@ -157,14 +158,16 @@ def run_search(ctx: Any) -> dict[str, Any]:
                "choices": list(sol.candidates), "blocks": sol.block_keys, "objective": sol.objective,
                "costs": sol.costs, "status": sol.status.name, "solver": sol.solver, "parent_runtime_ms": ref,
                "speedup": ref / sol.costs["runtime_ms"] if sol.costs.get("runtime_ms") else None}
-    atomic_write_json(ctx.out / "search.json", res)
+    atomic_write_json(ctx.path("search.json"), res)
     return res
 
 
 def _search_settings(cfg: Any) -> dict[str, Any]:
     s = cfg.search
     out = {"objective": s.objective, "target_speedup": s.target_speedup, "pareto": s.pareto}
-    if not s.target_speedup > 0:
+    if s.target_speedups:
+        out["target_speedups"] = list(s.target_speedups)
+    elif not s.target_speedup > 0:
         out.update(memory_gib=s.memory_gib, kv_tokens=s.kv_tokens, throughput_speedup=s.throughput_speedup,
                    latency_speedup=s.latency_speedup, time_limit=s.time_limit, num_gpus=cfg.num_gpus,
                    scenario=cfg.profile.scenario)
@@ -175,7 +178,7 @@ def _search_settings(cfg: Any) -> dict[str, Any]:
 
 SEARCH = Stage("search", run_search, _search_settings,
                "the MIP optimum of the summed score under the speed target or the deployment constraints",
-               reads=("library.json",), writes=("search.json",))
+               reads=("library.json",), writes=("search.json",), per_target=True)
 
 
 # ---------------------------------------------------------------- child
@@ -188,7 +191,7 @@ def run_child(ctx: Any) -> dict[str, Any]:
     res: dict[str, Any] = {}
     if c.match_speed:
         prof = ctx.result("profile")
-        target = cfg.search.target_speedup
+        target = ctx.target_speedup
         infos: dict[str, dict[str, Any]] = {}
         measures: dict[str, dict[str, Any]] = {}
 
@@ -230,7 +233,8 @@ CHILD = Stage("child", run_child, lambda cfg: {
     "child": cfg.child, "eval_sequences": cfg.data.eval_sequences,
     **({"rounds": cfg.profile.rounds, "threads": cfg.profile.threads} if cfg.child.match_speed else {})},
     "assemble the searched child from its trained blocks (re-searched until its measured speed-up meets "
-    "the target, with child.match_speed)", reads=("search.json", "library.json", "blocks/"), writes=("child/",))
+    "the target, with child.match_speed)", reads=("search.json", "library.json", "blocks/"), writes=("child/",),
+    per_target=True)
 
 
 # ---------------------------------------------------------------- fuse
@@ -245,7 +249,7 @@ def run_fuse(ctx: Any) -> dict[str, Any]:
     calib = ctx.calib_ids().to(ctx.parent.device)
     plan = find_fusable(model, calib if f.threshold > 0 else None, threshold=f.threshold or None,
                         leave_last=f.leave_last, max_group=f.max_group or None)
-    plan.save(ctx.out / "fusion_plan.json")
+    plan.save(ctx.path("fusion_plan.json"))
     res = dict(child)
     runs = [list(r.layers) for r in find_ffn_runs(model)]
     res.update(ffn_runs=runs, groups=[], fused_ffns=0, changes=[], kl_before=child["kl"], kl_after=child["kl"],
@@ -282,4 +286,4 @@ FUSE = Stage("fuse", run_fuse, lambda cfg: {
     "fuse": cfg.fuse, "eval_sequences": cfg.data.eval_sequences,
     **({"rounds": cfg.profile.rounds, "threads": cfg.profile.threads} if cfg.fuse.adopt == "if_better" else {})},
     "FFN fusion of the child's attention-free runs (each group checked exact)",
-    reads=("child's recipe",), writes=("fusion_plan.json", "fused/"))
+    reads=("child's recipe",), writes=("fusion_plan.json", "fused/"), per_target=True)
