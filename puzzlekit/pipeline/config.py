@@ -466,15 +466,9 @@ def config_to_dict(obj: Any) -> Any:
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """``["heal.tokens=8192", "seed=1"]`` → ``{"heal.tokens": 8192, "seed": 1}`` (values parsed as YAML)."""
-    import yaml
+    from ..post.recipe_config import parse_overrides as parse
 
-    out: dict[str, Any] = {}
-    for it in items:
-        if "=" not in it:
-            raise ConfigError(f"override {it!r}: write key=value, e.g. heal.tokens=8192")
-        k, v = it.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
-    return out
+    return parse(items, example="heal.tokens=8192")
 
 
 def _build(cls: type, data: Any, where: str) -> Any:

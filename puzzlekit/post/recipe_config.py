@@ -23,14 +23,14 @@ __all__ = ["load_recipe_config", "parse_overrides", "recipe_config_from_argv"]
 T = TypeVar("T")
 
 
-def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
+def parse_overrides(items: Sequence[str], example: str = "max_steps=10") -> dict[str, Any]:
     """``["steps=10", "lr=1e-3"]`` → ``{"steps": 10, "lr": 0.001}`` (values parsed as YAML)."""
     import yaml
 
     out: dict[str, Any] = {}
     for it in items:
         if "=" not in it:
-            raise ConfigError(f"override {it!r}: write key=value, e.g. max_steps=10")
+            raise ConfigError(f"override {it!r}: write key=value, e.g. {example}")
         k, v = it.split("=", 1)
         out[k.strip()] = yaml.safe_load(v)
     return out
