@@ -19,6 +19,8 @@ def test_every_package_folder_is_listed_in_pyproject():
     found = set()
     for init in ROOT.glob("puzzlekit/**/__init__.py"):
         found.add(".".join(init.parent.relative_to(ROOT).parts))
+    for data in [*ROOT.glob("puzzlekit/**/*.yaml"), *ROOT.glob("puzzlekit/**/*.json")]:  # data-only folders too
+        found.add(".".join(data.parent.relative_to(ROOT).parts))  # (setuptools ignores unlisted ones)
     for top in ("solvers", "profilers"):
         for init in (ROOT / top).glob("**/__init__.py"):
             found.add(".".join(("puzzlekit",) + init.parent.relative_to(ROOT).parts))
