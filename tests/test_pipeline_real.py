@@ -332,6 +332,38 @@ def test_heal_under_fsdp_on_one_process_saves_the_gathered_model(tmp_path):
     assert ctx.kl(healed)["kl"] == pytest.approx(h["kl_after"], rel=1e-4, abs=1e-6)
 
 
+def test_cpt_under_fsdp_after_sharded_healing_saves_the_gathered_model(tmp_path):
+    """``cpt.fsdp`` after ``heal.fsdp``: healing drops its sharded parent, CPT (LM loss, no parent) shards the
+    healed child again, trains it and gathers it before saving; the saved folder is an ordinary model, changed
+    by CPT, whose held-out LM loss is the one the stage reported."""
+    import torch.distributed as dist
+
+    from puzzlekit import pipeline
+    from puzzlekit.pipeline import load_config
+    from puzzlekit.pipeline.context import Context
+
+    torch.set_num_threads(1)
+    cfg = tiny_config(tmp_path, stages=["parent", "tokens", "bld", "score", "profile", "search", "child", "heal",
+                                        "cpt", "report"],
+                      **{"heal.fsdp": True, "heal.steps": 2, "cpt.fsdp": True, "cpt.tokens": 128, "cpt.batch": 2,
+                         "cpt.lr": 1e-3})
+    cfg["search"] = {"objective": "kl_div", "target_speedup": 1.3}  # CPT trains one child: one target
+    try:
+        res = pipeline.run(cfg, progress=False)
+    finally:
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+    c = res["cpt"]
+    assert c["steps"] == 2 and c["processes"] == 1 and c["lm_first_last"][0] is not None
+    ctx = Context(load_config(cfg), progress=False)
+    trained = ctx.load_model("cpt/model")
+    assert all(type(p) is torch.nn.Parameter for p in trained.parameters())  # gathered: no DTensor shards
+    assert trained.lm_head.weight is trained.model.embed_tokens.weight
+    healed = ctx.load_model("heal/child/model")  # one target: no targets/ folder
+    assert any(not torch.equal(a, b) for a, b in zip(trained.parameters(), healed.parameters()))
+    assert ctx.kl(trained)["lm_loss"] == pytest.approx(c["after"]["lm_loss"], rel=1e-4, abs=1e-6)
+
+
 @pytest.mark.slow
 def test_pipeline_parent_stage_on_the_real_gguf_equals_transformers_gguf_loader(tmp_path):
     """The ``smollm2-135m`` preset's parent stage (SmolLM2-135M-Instruct's Q4_1 GGUF from PyPI, dequantized
