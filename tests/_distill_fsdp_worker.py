@@ -6,7 +6,8 @@
 Options (JSON): out, steps (6), batch (rows per process; default 8 // processes), stop_after, save_every
 (3), ac (activation checkpointing), keep (2), parent_dir (load the parent from this folder with
 ``load_sharded``: each process reads only its shards), save_dir (write the gathered child there as a
-Nemotron-NAS folder), mp (mixed_precision, default "no"), deterministic (torch deterministic algorithms,
+Nemotron-NAS folder), mp (mixed_precision, default "no"), cpt (continued pre-training: LM loss, no
+parent), deterministic (torch deterministic algorithms,
 for bit-identical CUDA runs).  Writes ``rank{r}.json`` (what this process holds of child and parent, the run's
 logs) and, on rank 0, the child gathered with ``full_model`` to ``weights_step{end}.safetensors``.
 """
@@ -23,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from _distill_helpers import pruned_child, tiny_parent, token_rows  # noqa: E402
 
-from puzzlekit.distill import DistillConfig, distill, full_model, load_sharded  # noqa: E402
+from puzzlekit.distill import DistillConfig, GKDWeights, distill, full_model, load_sharded  # noqa: E402
 from puzzlekit.distill.fsdp import local_parameter_count  # noqa: E402
 from puzzlekit.io import atomic_path  # noqa: E402
 
@@ -52,11 +53,14 @@ def main() -> None:
     parent, child = models()
     if o.get("parent_dir"):
         parent = load_sharded(o["parent_dir"], frozen=True)
+    if o.get("cpt"):
+        parent = None
     cfg = DistillConfig(max_steps=o.get("steps", 6), batch_size=o.get("batch", 8 // world), learning_rate=2e-3,
                         weight_decay=0.0, warmup_steps=o.get("warmup", 0), eval_every=o.get("eval_every", 3),
                         mixed_precision=o.get("mp", "no"), log_every=0, output_dir=str(out / "run"),
                         save_every=o.get("save_every", 3), keep_checkpoints=o.get("keep", 2), fsdp=True,
-                        activation_checkpointing=bool(o.get("ac", False)))
+                        activation_checkpointing=bool(o.get("ac", False)),
+                        **({"weights": GKDWeights(cosine=0, kl=0, lm=1)} if o.get("cpt") else {}))
     import contextlib
 
     from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -69,7 +73,7 @@ def main() -> None:
 
     rank = dist.get_rank()
     lc, tc = local_parameter_count(child)
-    lp, tp = local_parameter_count(parent)
+    lp, tp = local_parameter_count(parent) if parent is not None else (0, 0)
     seen = []  # the dtype a layer computes in (FSDP's MixedPrecisionPolicy casts the gathered weights)
     h = child.model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, i, o: seen.append(str(o.dtype)))
     with torch.no_grad():

@@ -55,17 +55,19 @@ def _weights(out: Path, step: int) -> dict[str, torch.Tensor]:
     return load_file(str(out / f"weights_step{step}.safetensors"))
 
 
-def _plain_run(steps: int = 6):
-    """The same training as one ordinary process (no FSDP), global batch 8."""
+def _plain_run(steps: int = 6, cpt: bool = False):
+    """The same training as one ordinary process (no FSDP), global batch 8 (``cpt``: LM loss, no parent)."""
     from _distill_fsdp_worker import models, train_rows
 
-    from puzzlekit.distill import DistillConfig, distill
+    from puzzlekit.distill import DistillConfig, GKDWeights, distill
 
     torch.set_num_threads(1)
     parent, child = models()
-    res = distill(child, parent, train_rows(),
+    res = distill(child, None if cpt else parent, train_rows(),
                   DistillConfig(max_steps=steps, batch_size=8, learning_rate=2e-3, weight_decay=0.0, eval_every=3,
-                                mixed_precision="no", log_every=0), eval_tokens=token_rows(6, 12, seed=5))
+                                mixed_precision="no", log_every=0,
+                                **({"weights": GKDWeights(cosine=0, kl=0, lm=1)} if cpt else {})),
+                  eval_tokens=token_rows(6, 12, seed=5))
     return child, res
 
 
@@ -114,6 +116,23 @@ def test_fsdp_two_processes_shard_match_one_process_and_resume_on_one(tmp_path):
     with pytest.raises(ConfigError, match="another model's run"):
         check_fits(latest_checkpoint(tmp_path / "run"), {k: v.shape for k, v in other.state_dict().items()},
                    tmp_path / "run")
+
+
+def test_continued_pretraining_under_fsdp_on_two_processes_matches_one_process(tmp_path):
+    """CPT (LM loss, no parent) sharded over 2 processes, killed at step 3 and resumed by 2: the same LM-loss
+    curve and final weights as one ordinary process."""
+    two = _launch(tmp_path, 2, cpt=True, stop_after=3)
+    assert all(0.45 <= r["local_child"] / r["total_child"] <= 0.55 and r["total_parent"] == 0 for r in two), two
+    two = _launch(tmp_path, 2, cpt=True)
+    assert (two[0]["start"], two[0]["end"]) == (3, 6)
+    child, ref = _plain_run(cpt=True)
+    assert [h["step"] for h in two[0]["history"]] == list(range(1, 7))  # the history resumes with the run
+    for h, w in zip(two[0]["history"], ref.history):
+        for k in ("loss", "lm", "grad_norm"):
+            assert h[k] == pytest.approx(w[k], rel=1e-5, abs=1e-7), (h, w)
+    final = _weights(tmp_path, 6)
+    for k, v in child.state_dict().items():
+        assert torch.allclose(final[k], v, atol=2e-6, rtol=1e-5), (k, (final[k] - v).abs().max())
 
 
 # ---- slow: the other direction, and SIGKILL at random points ------------------------------------

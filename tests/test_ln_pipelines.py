@@ -63,18 +63,21 @@ def test_super_reproduces_the_recipe_before_the_runner(super_run):
 
     out, res = super_run
     ref = REFERENCE["ln_super_tiny"]
+    # BLD trains in float32 and another CPU's kernels reduce in another order: the trained blocks' KLs came
+    # out up to 9e-4 apart (relative) on an AMD EPYC against the reference; choices, sizes and steps are exact
+    tol = 2e-3
     lib = BlockLibrary.load(out / "library.json")
-    assert [c.metrics["kl_div"] for c in lib.candidates] == pytest.approx(ref["kl_div"], rel=1e-5, abs=1e-9)
+    assert [c.metrics["kl_div"] for c in lib.candidates] == pytest.approx(ref["kl_div"], rel=tol, abs=1e-7)
     s = json.loads((out / "search.json").read_text())
     assert s["candidates"] == ref["search"]["candidates"]
-    assert s["objective"] == pytest.approx(ref["search"]["objective"], rel=1e-6)
-    assert res["child"]["kl"] == pytest.approx(ref["child"]["kl"], rel=1e-5)
+    assert s["objective"] == pytest.approx(ref["search"]["objective"], rel=tol)
+    assert res["child"]["kl"] == pytest.approx(ref["child"]["kl"], rel=tol)
     assert res["child"]["params"] == ref["child"]["params"]
     h = res["heal"]["models"]["child"]
-    assert h["before"] == pytest.approx(ref["heal"]["kl_before"], rel=1e-5)
-    assert h["after"] == pytest.approx(ref["heal"]["kl_after"], rel=1e-4)
+    assert h["before"] == pytest.approx(ref["heal"]["kl_before"], rel=tol)
+    assert h["after"] == pytest.approx(ref["heal"]["kl_after"], rel=tol)
     assert h["steps"] == ref["heal"]["steps"] and h["tokens"] == ref["heal"]["tokens"]
-    assert res["heal"]["parent_lm_loss"] == pytest.approx(ref["heal"]["parent_lm_loss"], rel=1e-6)
+    assert res["heal"]["parent_lm_loss"] == pytest.approx(ref["heal"]["parent_lm_loss"], rel=1e-5)
     assert res["sft"]["after"]["on"]["think_tag_rate"] == ref["sft"]["after"]["on"]["think_tag_rate"]
     assert [st["steps"] for st in res["sft"]["stages"]] == [st["steps"] for st in ref["sft"]["stages"]]
 

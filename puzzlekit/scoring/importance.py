@@ -106,7 +106,9 @@ def layer_importance(model: Any, tokens: torch.Tensor, *, batch_size: int = 8,
             h = x + layer.attn_delta(x, pe)
             y = h + layer.ffn_delta(h)
             for k, (a, c) in enumerate(((x, y), (x, h), (h, y))):
-                cos = F.cosine_similarity(a[:, skip_first:].float(), c[:, skip_first:].float(), dim=-1)
+                a, c = a[:, skip_first:].float(), c[:, skip_first:].float()
+                # identical vectors (a no-op sub-block) have cosine exactly 1: float32 rounding gives 1 - 1e-8
+                cos = torch.where((a == c).all(-1), 1.0, F.cosine_similarity(a, c, dim=-1))
                 sums[k, i] += cos.double().sum().cpu()
             x = y
         n += ids.shape[0] * (ids.shape[1] - skip_first)
