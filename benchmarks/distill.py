@@ -40,7 +40,6 @@ import importlib
 import json
 import os
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -189,17 +188,12 @@ def make_models(d: Path, layers: int) -> dict:
     return {"parent_params": n(parent), "child_params": n(half)}
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(mode: str, nproc: int, a: argparse.Namespace) -> list[dict]:
     args = [str(HERE), "--worker", mode, "--dir", str(a.dir), "--layers", str(a.layers), "--batch", str(a.batch),
             "--seq", str(a.seq), "--steps", str(a.steps), "--threads", str(a.threads), "--mixed-precision",
             a.mixed_precision]
-    launch = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", f"--master_port={_port()}"]
+    # --standalone: torchrun's rendezvous binds a free port itself
+    launch = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
               if mode == "fsdp" else [sys.executable])
     # allocations >= 64 KiB are mmap'ed and returned to the system when freed, so RSS follows live memory
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads), "MALLOC_MMAP_THRESHOLD_": "65536",

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _launch import free_port
 
 from puzzlekit.blocks import AttentionConfig, BlockConfig, FFNConfig
 from puzzlekit.data import TokenData
@@ -318,14 +319,6 @@ def test_sigkill_at_random_points_then_resume_is_bit_identical(tmp_path):
     assert _digest(tmp_path / "warm") == _digest(ref)  # in-process = forked
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @needs_fork
 @pytest.mark.distributed
 def test_two_processes_give_the_same_library_as_one(tmp_path):
@@ -339,7 +332,7 @@ def test_two_processes_give_the_same_library_as_one(tmp_path):
     one = tmp_path / "one"
     run_bld(parent, data, one, space, cfg, progress=False)
     two = tmp_path / "two"
-    port = str(_free_port())
+    port = str(free_port())
 
     def rank_main() -> None:
         run_bld(parent, data, two, space, cfg, progress=False)

@@ -163,7 +163,7 @@ def test_uniform_ffn_knob_is_fine_below_the_narrowest_width():
 # Figures that come out of float32 training and scoring are compared within HW_REL: another CPU's kernels
 # reduce in another order (up to 9e-4 relative after BLD on an AMD EPYC against the reference machine);
 # choices, block lists, sizes and steps are compared exactly.
-HW_REL = 2e-3
+HW_REL = 5e-3
 
 
 def test_deterministic_stages_reproduce_the_demo_before_the_runner(mini_run):

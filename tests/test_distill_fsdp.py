@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _distill_helpers import pruned_child, tiny_parent, token_rows  # noqa: E402
+from _launch import torchrun  # noqa: E402
 
 from puzzlekit.errors import ConfigError  # noqa: E402
 
@@ -24,15 +24,8 @@ pytestmark = pytest.mark.distributed
 WORKER = Path(__file__).with_name("_distill_fsdp_worker.py")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _cmd(nproc: int, **opts) -> list[str]:
-    launch = ([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-               f"--master_port={_free_port()}"] if nproc > 1 else [sys.executable])
+    launch = torchrun(nproc) if nproc > 1 else [sys.executable]
     return [*launch, str(WORKER), json.dumps(opts)]
 
 
@@ -219,8 +212,7 @@ def test_cluster_recipe_on_two_processes(tmp_path):
     rows = token_rows(40, 12, seed=7).numpy()
     TokenData(rows[:32], rows[32:], 12).save(tmp_path / "tokens.npz")
     script = Path(__file__).resolve().parents[1] / "examples" / "gkd" / "cluster.py"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           str(script), "--parent", str(tmp_path / "parent"), "--child", str(tmp_path / "child"), "--tokens",
+    cmd = [*torchrun(2), str(script), "--parent", str(tmp_path / "parent"), "--child", str(tmp_path / "child"), "--tokens",
            str(tmp_path / "tokens.npz"), "--out", str(tmp_path / "out"), "--steps", "4", "--batch-size", "2",
            "--grad-accum", "2", "--lr", "2e-3", "--warmup", "0", "--eval-every", "2", "--save-every", "2",
            "--cpt-steps", "1", "--activation-checkpointing"]

@@ -11,7 +11,6 @@ with a clear error.  Ultra's whole chain (fusion, CPT, GRPO) is the slow test.
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -56,6 +55,12 @@ def test_super_all_runs_every_stage(super_run):
     assert (out / "report.json").exists() and "heal" in (out / "report.md").read_text()
 
 
+# Figures out of float32 training are compared within HW_REL: another CPU's kernels reduce in another order
+# (up to 9e-4 apart, relative, after BLD and 2.3e-3 after GKD + CPT on an AMD EPYC against the reference machine);
+# choices, sizes and steps are compared exactly.
+HW_REL = 5e-3
+
+
 @pytest.mark.skipif(not ON_CPU, reason="the reference figures are CPU (fp32) figures")
 def test_super_reproduces_the_recipe_before_the_runner(super_run):
     """Same library scores, search, child and GKD figures as ``examples/ln_super/recipe.py`` gave (6ca55dc)."""
@@ -63,19 +68,16 @@ def test_super_reproduces_the_recipe_before_the_runner(super_run):
 
     out, res = super_run
     ref = REFERENCE["ln_super_tiny"]
-    # BLD trains in float32 and another CPU's kernels reduce in another order: the trained blocks' KLs came
-    # out up to 9e-4 apart (relative) on an AMD EPYC against the reference; choices, sizes and steps are exact
-    tol = 2e-3
     lib = BlockLibrary.load(out / "library.json")
-    assert [c.metrics["kl_div"] for c in lib.candidates] == pytest.approx(ref["kl_div"], rel=tol, abs=1e-7)
+    assert [c.metrics["kl_div"] for c in lib.candidates] == pytest.approx(ref["kl_div"], rel=HW_REL, abs=1e-7)
     s = json.loads((out / "search.json").read_text())
     assert s["candidates"] == ref["search"]["candidates"]
-    assert s["objective"] == pytest.approx(ref["search"]["objective"], rel=tol)
-    assert res["child"]["kl"] == pytest.approx(ref["child"]["kl"], rel=tol)
+    assert s["objective"] == pytest.approx(ref["search"]["objective"], rel=HW_REL)
+    assert res["child"]["kl"] == pytest.approx(ref["child"]["kl"], rel=HW_REL)
     assert res["child"]["params"] == ref["child"]["params"]
     h = res["heal"]["models"]["child"]
-    assert h["before"] == pytest.approx(ref["heal"]["kl_before"], rel=tol)
-    assert h["after"] == pytest.approx(ref["heal"]["kl_after"], rel=tol)
+    assert h["before"] == pytest.approx(ref["heal"]["kl_before"], rel=HW_REL)
+    assert h["after"] == pytest.approx(ref["heal"]["kl_after"], rel=HW_REL)
     assert h["steps"] == ref["heal"]["steps"] and h["tokens"] == ref["heal"]["tokens"]
     assert res["heal"]["parent_lm_loss"] == pytest.approx(ref["heal"]["parent_lm_loss"], rel=1e-5)
     assert res["sft"]["after"]["on"]["think_tag_rate"] == ref["sft"]["after"]["on"]["think_tag_rate"]
@@ -234,9 +236,9 @@ def test_ultra_all_stages(tmp_path):
         ref = REFERENCE["ln_ultra_tiny"]
         assert s["candidates"] == ref["search"]["candidates"]
         assert f["groups"] == ref["fuse"]["groups"]
-        assert f["kl_after"] == pytest.approx(ref["fuse"]["kl_after"], rel=1e-5)
-        assert h["after"] == pytest.approx(ref["heal"]["kl_after"], rel=1e-4)
-        assert res["cpt"]["after"] == pytest.approx(ref["cpt"]["kl_after"], rel=1e-4)
+        assert f["kl_after"] == pytest.approx(ref["fuse"]["kl_after"], rel=HW_REL)
+        assert h["after"] == pytest.approx(ref["heal"]["kl_after"], rel=HW_REL)
+        assert res["cpt"]["after"] == pytest.approx(ref["cpt"]["kl_after"], rel=HW_REL)
         assert res["rl"]["reward"] == pytest.approx(ref["rl"]["reward"], abs=1e-6)
     again = _run("ln_ultra", out)
     assert all(r["reused"] for n, r in again.items() if n != "report")
@@ -250,19 +252,16 @@ def test_bld_and_gkd_as_two_processes_match_one(super_run, tmp_path):
     step) reaches the same KL; a one-process stage under torchrun is refused."""
     import hashlib
     import os
-    import socket
     import subprocess
+
+    from _launch import torchrun as launch
 
     out, res = super_run
     run = tmp_path / "run"
 
     def torchrun(*args: str) -> subprocess.CompletedProcess:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-               "-m", "puzzlekit", "--", "run", str(_config("ln_super")), f"output_dir={run}", *args]
+        cmd = [*launch(2), "-m", "puzzlekit", "--", "run", str(_config("ln_super")), f"output_dir={run}", *args]
         return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
     for s in ("parent", "tokens"):

@@ -180,15 +180,16 @@ def test_evaluate_covers_every_model_before_and_after_on_each_domain_and_the_rep
                 assert 0 <= m[s]["chat"]["share"] <= 1 and len(m[s]["chat"]["matches"]) == 3
     rc = ev["rank_correlation"]
     names = {c["name"] for c in rc["children"]}
-    assert len(rc["children"]) >= 4 and {"child@1.3x", "child@1.6x"} <= names
-    # every library baseline is there, under its own name unless it chose an earlier child's blocks
-    # (the greedy one can equal the searched child on 4 layers: the children are distinct architectures)
+    assert len(rc["children"]) >= 4 and "child@1.3x" in names
+    # every searched child and library baseline is there, under its own name unless it chose the blocks of a
+    # model listed before it (at 4 layers, with measured timings, the 1.6x child can equal a 1.3x baseline)
+    listed = []
     for k in ("1.3x", "1.6x"):
-        for n in ("greedy", "random"):
-            ch = res["baselines"]["targets"][k]["baselines"][n]["recipe"]["choices"]
-            assert f"{n}@{k}" in names or ch in [res["child"]["targets"][t]["choices"] for t in ("1.3x", "1.6x")] + [
-                res["baselines"]["targets"][t]["baselines"][m]["recipe"]["choices"]
-                for t in ("1.3x", "1.6x") for m in ("greedy", "random") if (t, m) < (k, n)], (k, n)
+        base = res["baselines"]["targets"][k]["baselines"]
+        for n, ch in [("child", res["child"]["targets"][k]["choices"]),
+                      *[(m, base[m]["recipe"]["choices"]) for m in ("greedy", "random")]]:
+            assert f"{n}@{k}" in names or ch in listed, (k, n)
+            listed.append(ch)
     rep = json.loads((run / "report.json").read_text())
     assert res["report"]["kind"] == "evaluation" and rep["domains"] == ["notes", "python"]
     for k, t in rep["targets"].items():

@@ -151,7 +151,8 @@ def test_two_processes_score_like_one(built, tmp_path):
     both processes return the whole library and each scored some layers."""
     import os
 
-    from test_bld import _fork, _free_port, _wait
+    from _launch import free_port
+    from test_bld import _fork, _wait
 
     from puzzlekit.library import BlockLibrary
     from puzzlekit.rundir import Journal
@@ -160,7 +161,7 @@ def test_two_processes_score_like_one(built, tmp_path):
     parent, data, _, run = built
     one = score_library(parent, BlockLibrary.load(run / "library.json"), data, RunDir(tmp_path / "one"),
                         eval_sequences=4, progress=False, save=False)
-    port = str(_free_port())
+    port = str(free_port())
     two = tmp_path / "two"
 
     def rank_main() -> None:
