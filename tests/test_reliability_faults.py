@@ -279,7 +279,7 @@ def _demo_deterministic(run: Path) -> dict:
     out["blocks"] = {str(p.relative_to(run)): tensors(p) for p in sorted((run / "blocks").rglob("*.safetensors"))}
     for s in ("tokens", "bld", "score"):
         out[f"stage_{s}"] = {k: v for k, v in json.loads((run / "stages" / f"{s}.json").read_text()).items()
-                             if k != "seconds"}
+                             if k not in ("seconds", "load_avg")}  # timings of this run
     return out
 
 
