@@ -391,3 +391,73 @@ def test_pipeline_parent_stage_on_the_real_gguf_equals_transformers_gguf_loader(
     ids = torch.randint(0, 49152, (2, 48), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         torch.testing.assert_close(parent(ids).logits, ref(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def test_child_top_k_picks_the_lowest_valid_kl_among_diverse_solutions_and_resumes(real_run, tmp_path):
+    from puzzlekit import pipeline
+    from puzzlekit.data import TokenData
+    from puzzlekit.distill import evaluate_kl
+    from puzzlekit.model import load_parent as load_model
+    from puzzlekit.rundir import RunDir, State
+
+    root, cfg, res = real_run
+    run = tmp_path / "run"
+    shutil.copytree(cfg["output_dir"], run)
+    cfg = tiny_config(root, output_dir=str(run), **{"child.top_k": 4, "child.min_diversity": 2})
+    res2 = pipeline.run(cfg, progress=False)
+    parent = load_model(run / "parent")
+    rows = TokenData.load(run / "tokens.npz").torch("heldout")
+    tol = cfg["child"]["match_tol"]
+    for k, ch in res2["child"]["targets"].items():
+        tk = ch["top_k"]
+        cands = tk["candidates"]
+        assert 2 <= len(cands) <= 4 and tk["rows"] == len(rows), k
+        assert cands[0]["choices"] == res["child"]["targets"][k]["choices"]  # the optimum the search settled on
+        assert [c["kl_sum"] for c in cands] == sorted(c["kl_sum"] for c in cands)
+        for i, a in enumerate(cands):  # each differs from every earlier one in at least 2 layers, within budget
+            assert a["predicted_speedup"] >= a["requested_speedup"] * (1 - 1e-6), (k, i)
+            for b in cands[:i]:
+                assert sum(x != y for x, y in zip(a["choices"], b["choices"])) >= 2, (k, i)
+        sel = tk["selected"]
+        assert ch["choices"] == cands[sel]["choices"] and ch["kl_sum"] == cands[sel]["kl_sum"]
+        # the rule: in valid-KL order, every solution before the pick was timed and missed the target
+        limit = max(tol, abs(cands[0]["measured"]["speedup"] / float(k[:-1]) - 1))
+        for i in sorted(range(len(cands)), key=lambda i: (cands[i]["kl_valid"], i)):
+            if i == sel:
+                break
+            assert abs(cands[i]["measured"]["speedup"] / float(k[:-1]) - 1) > limit, (k, i)
+        assert ch["measured"] == cands[sel]["measured"]
+        # the figure is the assembled child's real KL on the valid rows
+        model = load_model(run / "targets" / k / "child")
+        assert evaluate_kl(model, parent, rows)["kl"] == pytest.approx(cands[sel]["kl_valid"], rel=1e-4)
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["targets"]["1.3x"]["top_k"]["selected"] == res2["child"]["targets"]["1.3x"]["top_k"]["selected"]
+    assert "diverse MIP solutions" in (run / "report.md").read_text()
+    # killed after its solutions' KLs were kept: the rerun takes them from stages/top_k.json
+    parts_path = run / "targets" / "1.6x" / "stages" / "top_k.json"
+    parts = json.loads(parts_path.read_text())
+    assert len(parts["kl"]) == len(res2["child"]["targets"]["1.6x"]["top_k"]["candidates"])
+    last = str(len(parts["kl"]) - 1)
+    parts["kl"][last] = -1.0
+    parts_path.write_text(json.dumps(parts))
+    cp = json.loads((run / "stages" / "child.parts.json").read_text())
+    del cp["targets"]["1.6x"]
+    (run / "stages" / "child.parts.json").write_text(json.dumps(cp))
+    RunDir(run).set_stage("pipeline/child", State.RUNNING, config={"id": "killed"})
+    res3 = pipeline.run(cfg, "child", progress=False)
+    c3 = res3["child"]["targets"]["1.6x"]["top_k"]["candidates"]
+    assert c3[int(last)]["kl_valid"] == -1.0  # reused, not recomputed
+    assert res3["child"]["targets"]["1.3x"] == res2["child"]["targets"]["1.3x"]
+
+
+def test_child_top_k_config_rules():
+    from puzzlekit.pipeline import load_config
+
+    assert load_config("smollm2-135m", {"child.top_k": 3}).child.top_k == 3
+    with pytest.raises(ConfigError, match=r"child.top_k=0: must be >= 1"):
+        load_config("smollm2-135m", {"child.top_k": 0})
+    with pytest.raises(ConfigError, match="child.select_sequences=-1"):
+        load_config("smollm2-135m", {"child.select_sequences": -1})
+    with pytest.raises(ConfigError, match="child.top_k picks among diverse solutions at a speed target"):
+        load_config("demo", {"child.top_k": 3, "search.target_speedup": 0.0, "search.throughput_speedup": 2.0,
+                             "child.match_speed": False})

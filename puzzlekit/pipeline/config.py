@@ -212,14 +212,27 @@ class SearchSettings:
 @dataclass(frozen=True)
 class ChildSettings:
     """``match_speed``: the target is a *measured* speed-up: re-search at a corrected budget while the
-    assembled child misses it by more than ``match_tol`` (at most ``iters`` searches)."""
+    assembled child misses it by more than ``match_tol`` (at most ``iters`` searches).
+
+    ``top_k`` > 1: Puzzle's last step.  At the child's final budget the search returns up to ``top_k`` diverse
+    solutions (each differing from every earlier one in at least ``min_diversity`` layers); each is assembled
+    and its KL to the parent measured on ``select_sequences`` held-out (valid) rows (0: all of them); the
+    lowest is the child (with ``match_speed``: the lowest whose measured speed-up also meets the target).
+    Test rows are never read."""
 
     match_speed: bool = False
     match_tol: float = 0.05
     iters: int = 3
+    top_k: int = 1
+    min_diversity: int = 1
+    select_sequences: int = 0
 
     def __post_init__(self) -> None:
-        _positive(self, "iters")
+        _positive(self, "iters", "top_k", "min_diversity")
+        if isinstance(self.select_sequences, bool) or not isinstance(self.select_sequences, int) \
+                or self.select_sequences < 0:
+            raise ConfigError(f"child.select_sequences={self.select_sequences!r}: use a count of held-out rows, "
+                              "or 0 for all of them")
 
 
 @dataclass(frozen=True)
@@ -387,6 +400,10 @@ class PipelineConfig:
                               "profile.profiler: measured, or use search.throughput_speedup / latency_speedup")
         if self.child.match_speed and self.profile.profiler != "measured":
             raise ConfigError("child.match_speed needs profile.profiler: measured (it times the child)")
+        if self.child.top_k > 1 and "child" in stages and not (self.search.target_speedup > 0
+                                                                or self.search.target_speedups):
+            raise ConfigError("child.top_k picks among diverse solutions at a speed target; give "
+                              "search.target_speedup(s), or set child.top_k: 1 for the deployment constraints")
         if self.search.target_speedups:
             if self.profile.profiler != "measured":
                 raise ConfigError("search.target_speedups are speed-ups on the measured cost model; set "

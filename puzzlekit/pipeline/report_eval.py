@@ -87,7 +87,7 @@ def write_eval_report(ctx: Any, stages: dict[str, Any]) -> dict[str, Any]:
             models.append(row)
         targets[tk] = {"speedup": speedup, "models": models, "parent_measured_ms": child["measured"]["parent_ms"],
                        "child_measured_ms": child["measured"]["model_ms"], "search_attempts": child.get("attempts"),
-                       "predicted_kl_sum": child.get("kl_sum"), "fusion": fusion,
+                       "predicted_kl_sum": child.get("kl_sum"), "fusion": fusion, "top_k": _top_k(child),
                        "budget_ms": srch.get("budget_ms"), "parent_predicted_ms": srch.get("parent_predicted_ms")}
         checks[tk] = _checks(models, domains, PREDICTION_TOL)
     try:
@@ -111,6 +111,17 @@ def write_eval_report(ctx: Any, stages: dict[str, Any]) -> dict[str, Any]:
     with atomic_path(ctx.out / "report.md", suffix=".md") as tmp:
         Path(tmp).write_text(render_eval_markdown(report), encoding="utf-8")
     return report
+
+
+def _top_k(child: dict[str, Any]) -> dict[str, Any] | None:
+    """The child's pick among the diverse top-k (``child.top_k``): per solution its summed score, valid KL and
+    (where timed) measured speed-up."""
+    tk = child.get("top_k")
+    if not tk:
+        return None
+    return {"selected": tk["selected"], "tokens": tk["tokens"], "min_diversity": tk["min_diversity"],
+            "solutions": [{"kl_sum": x["kl_sum"], "kl_valid": x["kl_valid"], "predicted_speedup": x["predicted_speedup"],
+                           "measured_speedup": (x.get("measured") or {}).get("speedup")} for x in tk["candidates"]]}
 
 
 def _f(x: Any, fmt: str) -> str:
@@ -170,6 +181,13 @@ def render_eval_markdown(rep: dict[str, Any]) -> str:
                          if ch["matched_baselines_not_beaten"] else ""),
                       f"- every baseline speed-matched (at least as fast as the child, at most 5 % faster): "
                       f"**{ch['baselines_speed_matched']}**"]
+        tk = t.get("top_k")
+        if tk:
+            sols = tk["solutions"]
+            lines.append(f"- the child is solution {tk['selected'] + 1} of {len(sols)} diverse MIP solutions (each "
+                         f"differing in at least {tk['min_diversity']} layers), the lowest KL on {tk['tokens']:,} valid "
+                         "tokens: summed score / valid KL "
+                         + ", ".join(f"{x['kl_sum']:.4f} / {x['kl_valid']:.4f}" for x in sols))
         fu = t.get("fusion") or {}
         if fu.get("groups"):
             lines.append(f"- FFN fusion of {fu['groups']}: {'adopted' if fu['adopted'] else 'not adopted'} "

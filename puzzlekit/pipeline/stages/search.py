@@ -18,7 +18,7 @@ import statistics
 from typing import Any
 
 from ...errors import ConfigError
-from ...io import atomic_write_json
+from ...io import atomic_write_json, read_json
 from ..runner import Stage
 
 __all__ = ["SEARCH", "CHILD", "FUSE", "deployment_search", "parent_runtime_ms", "measured_speedup"]
@@ -112,18 +112,32 @@ def at_fit_search(cfg: Any, lib: Any, spec: Any, scen: str) -> tuple[Any, float]
 
 
 # ---------------------------------------------------------------- search
-def _search_at(ctx: Any, prof: dict[str, Any], parent_pred: float, speedup: float) -> dict[str, Any]:
-    """The optimum at a predicted speed-up ``speedup`` on the measured cost model."""
-    from ...profilers.cost_model import cost_model, spill_budgets
-    from ...search import search
+def _solution_info(ctx: Any, prof: dict[str, Any], parent_pred: float, speedup: float, sol: Any) -> dict[str, Any]:
+    from ...profilers.cost_model import cost_model
 
     lib = ctx.library()
-    budgets, consts = spill_budgets(lib, prof, parent_pred / speedup)
-    sol = search(lib, ctx.cfg.search.objective, budgets, scenario=prof["scenario"], constants=consts)
     pred = cost_model(prof, ctx.spec).runtime([lib.candidates[i].block for i in sol.candidates])
     return {"choices": list(sol.candidates), "predicted_ms": pred, "predicted_speedup": parent_pred / pred,
             "kl_sum": sol.objective, "blocks": sol.block_keys, "requested_speedup": speedup, "solver": sol.solver,
             "status": sol.status.name}
+
+
+def _search_at(ctx: Any, prof: dict[str, Any], parent_pred: float, speedup: float, top_k: int = 1,
+               min_diversity: int = 1) -> Any:
+    """The optimum at a predicted speed-up ``speedup`` on the measured cost model; with ``top_k`` > 1 the list
+    of up to ``top_k`` diverse solutions in objective order (:func:`puzzlekit.search.search_diverse`)."""
+    from ...profilers.cost_model import spill_budgets
+    from ...search import search, search_diverse
+
+    lib = ctx.library()
+    budgets, consts = spill_budgets(lib, prof, parent_pred / speedup)
+    if top_k > 1:
+        sols = search_diverse(lib, ctx.cfg.search.objective, budgets, num_solutions=top_k,
+                              min_diversity=min(min_diversity, lib.num_layers), scenario=prof["scenario"],
+                              constants=consts)
+        return [_solution_info(ctx, prof, parent_pred, speedup, s) for s in sols]
+    sol = search(lib, ctx.cfg.search.objective, budgets, scenario=prof["scenario"], constants=consts)
+    return _solution_info(ctx, prof, parent_pred, speedup, sol)
 
 
 def run_search(ctx: Any) -> dict[str, Any]:
@@ -216,9 +230,19 @@ def run_child(ctx: Any) -> dict[str, Any]:
         recipe, _, attempts = match_speed(make, measure, target, 1.0, tol=c.match_tol, max_iters=c.iters)
         info = infos[repr(recipe.to_dict())]
         res = {**info, "measured": measures[repr(recipe.to_dict())], "attempts": attempts}
+        if c.top_k > 1:
+            def record(r: Recipe) -> dict[str, Any]:
+                measure(r)
+                return measures[repr(r.to_dict())]
+
+            res = _select_top_k(ctx, res, srch["parent_predicted_ms"], record, target)
+            recipe = Recipe("puzzle", choices=list(res["choices"]))
     else:
         res = {k: srch[k] for k in ("predicted_ms", "predicted_speedup", "kl_sum", "requested_speedup") if k in srch}
         res.update(choices=list(srch["choices"]), blocks=list(srch["blocks"]))
+        if c.top_k > 1:
+            res = _select_top_k(ctx, res, srch["parent_predicted_ms"], None, ctx.target_speedup)
+            recipe = Recipe("puzzle", choices=list(res["choices"]))
     child = ctx.build_model(recipe)
     kl = ctx.kl(child)
     ctx.save_model(child, "child")
@@ -229,12 +253,74 @@ def run_child(ctx: Any) -> dict[str, Any]:
                                                                 if not b.attention.no_op)}
 
 
-CHILD = Stage("child", run_child, lambda cfg: {
-    "child": cfg.child, "eval_sequences": cfg.data.eval_sequences,
-    **({"rounds": cfg.profile.rounds, "threads": cfg.profile.threads} if cfg.child.match_speed else {})},
+def _select_top_k(ctx: Any, best: dict[str, Any], parent_pred: float, measure: Any, target: float) -> dict[str, Any]:
+    """Puzzle's last step: the diverse top-k solutions at the budget of ``best`` (the optimum the search settled
+    on), each assembled and its KL to the parent measured on held-out (valid) rows; the lowest is kept.  With
+    ``measure`` (recipe -> measured speed-up record) the candidates are timed in KL order and the first whose
+    speed-up misses ``target`` by no more than ``child.match_tol`` (or than ``best`` did) wins.  Each finished
+    candidate is kept in ``stages/top_k.json``, so a killed stage resumes where it was."""
+    from ...baselines import Recipe
+    from ...distill import evaluate_kl
+    from ...progress import progress as progress_bar
+    from ..runner import stage_hash
+
+    c = ctx.cfg.child
+    prof = ctx.result("profile")
+    cands = _search_at(ctx, prof, parent_pred, best["requested_speedup"], c.top_k, c.min_diversity)
+    if not any(x["choices"] == best["choices"] for x in cands):  # a tie broken otherwise: keep the optimum in
+        cands = [{k: v for k, v in best.items() if k not in ("measured", "attempts")}, *cands[: c.top_k - 1]]
+    rows = ctx.data.torch("heldout")
+    rows = rows[: c.select_sequences or len(rows)].to(ctx.parent.device)
+    path = ctx.path("stages/top_k.json")
+    key = stage_hash([ctx.identity("child"), [x["choices"] for x in cands], best["requested_speedup"]])
+    parts = read_json(path, what="top-k parts") if path.exists() else {}
+    if parts.get("key") != key:
+        parts = {"key": key, "kl": {}, "measured": {}}
+    for i in progress_bar(range(len(cands)), desc=f"child: top-{len(cands)} by valid KL", disable=not ctx.progress,
+                          unit="solution"):
+        if str(i) not in parts["kl"]:
+            model = ctx.build_model(Recipe("puzzle", choices=cands[i]["choices"]))
+            parts["kl"][str(i)] = evaluate_kl(model, ctx.parent, rows, batch_size=8)["kl"]
+            atomic_write_json(path, parts)
+        cands[i]["kl_valid"] = parts["kl"][str(i)]
+    order = sorted(range(len(cands)), key=lambda i: (cands[i]["kl_valid"], i))
+    pick = order[0]
+    if measure is not None:
+        pick = next(i for i, x in enumerate(cands) if x["choices"] == best["choices"])
+        cands[pick]["measured"] = best["measured"]
+        limit = max(c.match_tol, abs(best["measured"]["speedup"] / target - 1))
+        for i in order:
+            if i == pick:
+                break  # the optimum is at least as good as what is left
+            if str(i) not in parts["measured"]:
+                parts["measured"][str(i)] = measure(Recipe("puzzle", choices=cands[i]["choices"]))
+                atomic_write_json(path, parts)
+            cands[i]["measured"] = parts["measured"][str(i)]
+            if abs(cands[i]["measured"]["speedup"] / target - 1) <= limit:
+                pick = i
+                break
+    logger.info("child: solution %d of %d by valid KL (%s; the optimum %.4f)", pick + 1, len(cands),
+                ", ".join(f"{x['kl_valid']:.4f}" for x in cands), cands[0]["kl_valid"])
+    out = {**best, **{k: v for k, v in cands[pick].items() if k != "kl_valid"}}
+    out["top_k"] = {"selected": pick, "rows": int(rows.shape[0]), "tokens": int(rows.numel()),
+                    "min_diversity": c.min_diversity, "candidates": cands}
+    return out
+
+
+def _child_settings(cfg: Any) -> dict[str, Any]:
+    c = cfg.child
+    # top-k off: the settings as before it existed, so runs made then keep their child
+    child = c if c.top_k > 1 else {"match_speed": c.match_speed, "match_tol": c.match_tol, "iters": c.iters}
+    out = {"child": child, "eval_sequences": cfg.data.eval_sequences}
+    if c.match_speed:
+        out.update(rounds=cfg.profile.rounds, threads=cfg.profile.threads)
+    return out
+
+
+CHILD = Stage("child", run_child, _child_settings,
     "assemble the searched child from its trained blocks (re-searched until its measured speed-up meets "
-    "the target, with child.match_speed)", reads=("search.json", "library.json", "blocks/"), writes=("child/",),
-    per_target=True)
+    "the target, with child.match_speed; the lowest valid KL of the diverse top-k, with child.top_k)",
+    reads=("search.json", "library.json", "blocks/"), writes=("child/", "stages/top_k.json"), per_target=True)
 
 
 # ---------------------------------------------------------------- fuse
