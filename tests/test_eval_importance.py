@@ -88,8 +88,36 @@ def test_evaluate_model_against_a_direct_computation(tiny):
     assert got["kl"] == pytest.approx(kl, rel=1e-4) and got["lm_loss"] == pytest.approx(ce, rel=1e-5)
     assert got["perplexity"] == pytest.approx(math.exp(ce), rel=1e-5) and got["tokens"] == 45
     assert got["top1_agree"] == pytest.approx((lp.argmax(-1) == lq.argmax(-1)).float().mean().item())
+    rows = (lp.exp() * (lp - lq)).sum(-1).mean(-1)  # per row: batches of 2 rows, one chunk of 256 positions
+    assert got["kl_rows"] == pytest.approx(rows.tolist(), rel=1e-4)
     with pytest.raises(ConfigError, match="integer rows"):
         ParentReference.build(tiny, {"a": torch.zeros(3)})
+
+
+def test_kl_per_row_with_chunks_across_rows_and_the_paired_difference(tiny, monkeypatch):
+    import puzzlekit.eval.lm as lm
+    from puzzlekit.eval import ParentReference, evaluate_model, paired_difference
+    from puzzlekit.model import assemble
+
+    monkeypatch.setattr(lm, "CHUNK", 7)  # 15 positions a row: chunks straddle rows
+    ids = torch.randint(0, 128, (5, 16), generator=torch.Generator().manual_seed(3))
+    ref = ParentReference.build(tiny, {"a": ids}, batch_size=2)
+    arch = tiny.architecture
+    child = assemble(tiny, type(arch)(arch.parent, tuple(
+        BlockConfig(b.attention, type(b.ffn).swiglu(32)) for b in arch.blocks)))
+    got = evaluate_model(child, ref)["a"]
+    lp = F.log_softmax(tiny(ids).logits[:, :-1].float(), -1)
+    lq = F.log_softmax(child(ids).logits[:, :-1].float(), -1)
+    rows = (lp.exp() * (lp - lq)).sum(-1).mean(-1)
+    assert got["kl_rows"] == pytest.approx(rows.tolist(), rel=1e-4)
+    assert sum(got["kl_rows"]) / 5 == pytest.approx(got["kl"], rel=1e-9)
+    a, b = [1.0, 2.0, 3.0, 4.0], [0.5, 2.5, 2.0, 3.0]  # differences 0.5, -0.5, 1, 1
+    p = paired_difference(a, b)
+    assert p["mean"] == pytest.approx(0.5) and p["rows"] == 4
+    assert p["se"] == pytest.approx(math.sqrt(0.5) / 2) and p["z"] == pytest.approx(0.5 / (math.sqrt(0.5) / 2))
+    assert paired_difference([1, 2], [0, 1])["z"] == math.inf and paired_difference([1, 2], [1, 2])["z"] == 0
+    with pytest.raises(ConfigError, match="equal-length"):
+        paired_difference([1, 2, 3], [1, 2])
 
 
 def test_compare_answers_counts_the_first_tokens_up_to_eos():

@@ -201,9 +201,17 @@ def test_evaluate_covers_every_model_before_and_after_on_each_domain_and_the_rep
         assert ch["child_lower_kl_than_every_matched_baseline"] == want
         assert ch["prediction_relative_error"] == pytest.approx(
             abs(child["predicted_speedup"] / child["measured_speedup"] - 1))
+        # child minus each baseline, paired over the 2 x 2 test rows: the mean is the mean of the domains' KL
+        # differences (equal rows per domain), the split into separated / not by |z| < 2
+        pk = ch["paired_kl_child_minus_baseline"]
+        assert set(pk) == set(METHODS) and all(p["rows"] == 4 for p in pk.values())
+        for m in t["models"][1:]:
+            d = [child["after"]["domains"][x]["kl"] - m["after"]["domains"][x]["kl"] for x in rep["domains"]]
+            assert pk[m["name"]]["mean"] == pytest.approx(sum(d) / len(d), rel=1e-6, abs=1e-9)
+        assert ch["kl_not_separated"] == [n for n in METHODS if abs(pk[n]["z"]) < 2]
     md = (run / "report.md").read_text()
     assert "## 1.3x target" in md and "## 1.6x target" in md and "| **Puzzle child** |" in md
-    assert "Spearman rank correlation" in md and "drop-layers" in md
+    assert "Spearman rank correlation" in md and "drop-layers" in md and "paired over the 4 test rows" in md
 
 
 def test_rerun_is_a_no_op_and_a_killed_per_target_stage_resumes_with_the_next_target(real_run, tmp_path):

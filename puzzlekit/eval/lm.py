@@ -11,7 +11,9 @@ Metrics per domain (means over next-token positions):
 
 * ``kl``: KL(parent ‖ model) of the next-token distributions;
 * ``lm_loss`` and ``perplexity`` (= exp(lm_loss)): the model's cross-entropy on the text;
-* ``top1_agree``: the model's most likely token is the parent's.
+* ``top1_agree``: the model's most likely token is the parent's;
+* ``kl_rows``: the KL per row (a mean over its positions), for paired comparisons of two models on the same
+  rows (:func:`paired_difference`: the standard error over rows, which counts a row's correlated tokens once).
 
 The parent's own ``lm_loss`` / ``perplexity`` are in :attr:`ParentReference.parent_metrics`.
 """
@@ -29,7 +31,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 
-__all__ = ["ParentReference", "evaluate_model"]
+__all__ = ["ParentReference", "evaluate_model", "paired_difference"]
 
 #: Tokens per chunk for the head and the vocabulary-sized temporaries.
 CHUNK = 256
@@ -100,17 +102,37 @@ def evaluate_model(model: Any, ref: ParentReference) -> dict[str, dict[str, floa
     out: dict[str, dict[str, float]] = {}
     for name, rows in ref.tokens.items():
         kl = ce = agree = n = 0.0
+        per_row = torch.zeros(len(rows), dtype=torch.float64)
+        steps = rows.shape[1] - 1  # predicting positions per row
         for b, hp in zip(range(0, len(rows), ref.batch_size), ref.hidden[name]):
             ids = rows[b:b + ref.batch_size]
             hm = _final_hidden(model, ids)
+            pos = 0
             for (sp, tgt), (sm, _) in zip(_chunks(hp, ids), _chunks(hm, ids)):
                 lp = _head_logp(ref.parent, sp)
                 lq = _head_logp(model, sm).to(lp.device)
-                kl += float((lp.exp() * (lp - lq)).sum(-1).clamp_min(0).double().sum())
+                k = (lp.exp() * (lp - lq)).sum(-1).clamp_min(0).double().cpu()
+                per_row.index_add_(0, b + torch.arange(pos, pos + len(k)) // steps, k)
+                pos += len(k)
+                kl += float(k.sum())
                 ce += float(-(lq.gather(-1, tgt.to(lq.device)[:, None]).squeeze(-1)).double().sum())
                 agree += float((lq.argmax(-1) == lp.argmax(-1)).sum())
                 n += tgt.numel()
         out[name] = {"kl": kl / n, "lm_loss": ce / n, "perplexity": math.exp(ce / n), "top1_agree": agree / n,
-                     "tokens": int(n)}
+                     "tokens": int(n), "kl_rows": (per_row / steps).tolist()}
     model.train(was)
     return out
+
+
+def paired_difference(a: Any, b: Any) -> dict[str, float]:
+    """``mean(a - b)`` over paired rows (e.g. two models' ``kl_rows`` on the same rows), its standard error
+    (the rows' sample standard deviation / sqrt(rows)) and ``z`` = mean / standard error (inf when every
+    row differs by the same amount; 0 when none differs)."""
+    if len(a) != len(b) or len(a) < 2:
+        raise ConfigError(f"paired_difference: give two equal-length lists of at least 2 rows, got {len(a)} and "
+                          f"{len(b)}")
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    mean = float(d.mean())
+    se = float(d.std(ddof=1) / math.sqrt(len(d)))
+    z = mean / se if se > 0 else (0.0 if mean == 0 else math.copysign(math.inf, mean))
+    return {"mean": mean, "se": se, "z": z, "rows": int(len(d))}

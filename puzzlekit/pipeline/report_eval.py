@@ -5,9 +5,11 @@ of summed replace-1-block scores with realised KL, and the stages' times.
 
 ``report.json`` keys: ``parent`` (parameters, test perplexity per domain, source), ``targets`` (per target
 key, e.g. ``"2x"``: ``models``, a list of ``name``, ``measured_speedup``, ``predicted_speedup``,
-``speed_matched``, ``params``, ``before`` / ``after`` with ``domains`` (``kl``, ``perplexity``, ``top1_agree``
-per domain) and ``chat`` (``share``, ``examples``); ``child_architecture``; ``fusion``), ``checks`` (per
-target), ``rank_correlation``, ``scenario``, ``stages``, ``total_seconds``, ``load_average``, ``config``.
+``speed_matched``, ``params``, ``before`` / ``after`` with ``domains`` (``kl``, ``perplexity``, ``top1_agree``,
+``kl_rows`` per domain) and ``chat`` (``share``, ``examples``); ``child_architecture``; ``fusion``; ``top_k``: the
+child's pick among the diverse top-k), ``checks`` (per target: the child against the baselines, speed matching,
+the prediction, and ``paired_kl_child_minus_baseline``: test KL after healing paired over the test rows, mean ±
+standard error, with ``kl_not_separated`` the baselines within 2 standard errors), ``rank_correlation``, ``scenario``, ``stages``, ``total_seconds``, ``load_average``, ``config``.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ def _checks(models: list[dict[str, Any]], domains: list[str], tol: float) -> dic
                    for m in group for d in domains)
 
     err = abs(child["predicted_speedup"] / child["measured_speedup"] - 1)
+    paired = _paired(child, base, domains)
     losers = sorted({m["name"] for m in matched for d in domains for k in ("kl", "perplexity")
                      if not child["after"]["domains"][d][k] < m["after"]["domains"][d][k]})
     return {
@@ -51,8 +54,29 @@ def _checks(models: list[dict[str, Any]], domains: list[str], tol: float) -> dic
         "prediction_relative_error": err,
         "prediction_within_tolerance": err <= tol,
         "prediction_tolerance": tol,
+        **paired,
     } if base and "after" in child else {"prediction_relative_error": err, "prediction_within_tolerance": err <= tol,
                                          "prediction_tolerance": tol}
+
+
+def _paired(child: dict[str, Any], base: list[dict[str, Any]], domains: list[str]) -> dict[str, Any]:
+    """Child minus each baseline, test KL after healing, paired over the test rows of every domain: mean,
+    standard error over rows and z (:func:`puzzlekit.eval.paired_difference`); ``kl_not_separated``: the
+    baselines whose difference from the child is within 2 standard errors (neither is shown better)."""
+    from ..eval import paired_difference
+
+    def rows(m: dict[str, Any]) -> list[float] | None:
+        doms = m["after"]["domains"]
+        if not all("kl_rows" in doms[d] for d in domains):
+            return None  # an evaluation from before per-row KLs were kept
+        return [x for d in domains for x in doms[d]["kl_rows"]]
+
+    c = rows(child)
+    if c is None or len(c) < 2:
+        return {}
+    out = {m["name"]: paired_difference(c, r) for m in base if (r := rows(m)) is not None}
+    return {"paired_kl_child_minus_baseline": out,
+            "kl_not_separated": [n for n, p in out.items() if abs(p["z"]) < 2]}
 
 
 def write_eval_report(ctx: Any, stages: dict[str, Any]) -> dict[str, Any]:
@@ -181,6 +205,12 @@ def render_eval_markdown(rep: dict[str, Any]) -> str:
                          if ch["matched_baselines_not_beaten"] else ""),
                       f"- every baseline speed-matched (at least as fast as the child, at most 5 % faster): "
                       f"**{ch['baselines_speed_matched']}**"]
+        pk = ch.get("paired_kl_child_minus_baseline")
+        if pk:
+            n = next(iter(pk.values()))["rows"]
+            lines.append(f"- test KL after healing, child minus baseline paired over the {n} test rows (mean ± standard "
+                         "error over rows; |z| < 2: not separated by this test text): "
+                         + ", ".join(f"{k} {p['mean']:+.4f} ± {p['se']:.4f} (z {p['z']:+.1f})" for k, p in pk.items()))
         tk = t.get("top_k")
         if tk:
             sols = tk["solutions"]

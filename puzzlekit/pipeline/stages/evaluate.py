@@ -172,8 +172,12 @@ def run_evaluate(ctx: Any) -> dict[str, Any]:
             "chat_tokens": e.chat_tokens}
 
 
+#: What each evaluation records (part of the stage's identity, so a run evaluated before re-evaluates).
+METRICS = "kl, perplexity, top-1 per domain; KL per test row"
+
+
 def _settings(cfg: Any) -> dict[str, Any]:
-    return {"evaluate": cfg.evaluate, "seed": cfg.seed}
+    return {"evaluate": cfg.evaluate, "seed": cfg.seed, "metrics": METRICS}
 
 
 EVALUATE = Stage("evaluate", run_evaluate, _settings,
