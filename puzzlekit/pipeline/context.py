@@ -184,9 +184,10 @@ class Context:
     def train_ids(self) -> Any:
         return self.data.torch("train")
 
-    def heldout(self) -> Any:
-        """The held-out rows every KL / LM-loss evaluation uses (``data.eval_sequences``)."""
-        return self.data.torch("heldout")[: self.cfg.data.eval_sequences]
+    def heldout(self, sequences: int | None = None) -> Any:
+        """The first ``sequences`` held-out rows (default ``data.eval_sequences``: the rows every KL / LM-loss
+        evaluation uses)."""
+        return self.data.torch("heldout")[: sequences or self.cfg.data.eval_sequences]
 
     def calib_ids(self) -> Any:
         """Calibration rows for initialising pruned blocks (the first ``2 × bld.batch`` training rows)."""
@@ -219,11 +220,12 @@ class Context:
             model, _ = fuse_ffns(model, [tuple(g) for g in recipe.fusion], inplace=True)
         return model.eval()
 
-    def kl(self, model: Any) -> dict[str, float]:
-        """KL to the parent and LM loss of ``model`` on the held-out rows."""
+    def kl(self, model: Any, rows: Any = None) -> dict[str, float]:
+        """KL to the parent and LM loss of ``model`` on ``rows`` (default :meth:`heldout`)."""
         from ..distill import evaluate_kl
 
-        return evaluate_kl(model, self.parent, self.heldout().to(self.parent.device), batch_size=8)
+        rows = self.heldout() if rows is None else rows
+        return evaluate_kl(model, self.parent, rows.to(self.parent.device), batch_size=8)
 
     def save_model(self, model: Any, rel: str) -> Path:
         """Save a stage's model folder (with the parent's tokenizer) at :meth:`path` ``(rel)``; an older one

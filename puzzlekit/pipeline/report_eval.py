@@ -216,7 +216,7 @@ def render_eval_markdown(rep: dict[str, Any]) -> str:
             sols = tk["solutions"]
             lines.append(f"- the child is solution {tk['selected'] + 1} of {len(sols)} diverse MIP solutions (each "
                          f"differing in at least {tk['min_diversity']} layers), the lowest KL on {tk['tokens']:,} valid "
-                         "tokens: summed score / valid KL "
+                         "tokens that meets the speed target: summed score / valid KL "
                          + ", ".join(f"{x['kl_sum']:.4f} / {x['kl_valid']:.4f}" for x in sols))
         fu = t.get("fusion") or {}
         if fu.get("groups"):

@@ -232,8 +232,10 @@ def run_child(ctx: Any) -> dict[str, Any]:
         res = {**info, "measured": measures[repr(recipe.to_dict())], "attempts": attempts}
         if c.top_k > 1:
             def record(r: Recipe) -> dict[str, Any]:
-                measure(r)
-                return measures[repr(r.to_dict())]
+                key = repr(r.to_dict())
+                if key not in measures:  # a solution the speed matching timed already is not timed again
+                    measure(r)
+                return measures[key]
 
             res = _select_top_k(ctx, res, srch["parent_predicted_ms"], record, target)
             recipe = Recipe("puzzle", choices=list(res["choices"]))
@@ -260,7 +262,6 @@ def _select_top_k(ctx: Any, best: dict[str, Any], parent_pred: float, measure: A
     speed-up misses ``target`` by no more than ``child.match_tol`` (or than ``best`` did) wins.  Each finished
     candidate is kept in ``stages/top_k.json``, so a killed stage resumes where it was."""
     from ...baselines import Recipe
-    from ...distill import evaluate_kl
     from ...progress import progress as progress_bar
     from ..runner import stage_hash
 
@@ -269,8 +270,7 @@ def _select_top_k(ctx: Any, best: dict[str, Any], parent_pred: float, measure: A
     cands = _search_at(ctx, prof, parent_pred, best["requested_speedup"], c.top_k, c.min_diversity)
     if not any(x["choices"] == best["choices"] for x in cands):  # a tie broken otherwise: keep the optimum in
         cands = [{k: v for k, v in best.items() if k not in ("measured", "attempts")}, *cands[: c.top_k - 1]]
-    rows = ctx.data.torch("heldout")
-    rows = rows[: c.select_sequences or len(rows)].to(ctx.parent.device)
+    rows = ctx.heldout(c.select_sequences or len(ctx.data.heldout))
     path = ctx.path("stages/top_k.json")
     key = stage_hash([ctx.identity("child"), [x["choices"] for x in cands], best["requested_speedup"]])
     parts = read_json(path, what="top-k parts") if path.exists() else {}
@@ -280,7 +280,7 @@ def _select_top_k(ctx: Any, best: dict[str, Any], parent_pred: float, measure: A
                           unit="solution"):
         if str(i) not in parts["kl"]:
             model = ctx.build_model(Recipe("puzzle", choices=cands[i]["choices"]))
-            parts["kl"][str(i)] = evaluate_kl(model, ctx.parent, rows, batch_size=8)["kl"]
+            parts["kl"][str(i)] = ctx.kl(model, rows)["kl"]
             atomic_write_json(path, parts)
         cands[i]["kl_valid"] = parts["kl"][str(i)]
     order = sorted(range(len(cands)), key=lambda i: (cands[i]["kl_valid"], i))
