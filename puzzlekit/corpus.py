@@ -18,6 +18,9 @@ of their names, so a file is never cut between splits and adding a file moves no
     data = dd.token_data()      # TokenData(train, heldout=valid): what BLD, scoring, healing, matching see
     dd.test["python"]           # (N, 256) rows of test files: final evaluation only
 
+With ``spread=True`` each split's budget is spread over its documents (a window of each) instead of
+filling it with the first whole documents.
+
 ``valid`` (files of neither other split) is what scoring and BLD's evaluation use as their
 "held-out" rows; ``test`` is touched by nothing but the final evaluation.
 """
@@ -40,7 +43,7 @@ import numpy as np
 
 from .data import DataError, TokenData, pack_sequences, tokenize_texts
 
-__all__ = ["SPLITS", "python_stdlib_documents", "split_documents", "DomainData", "build_domain_data",
+__all__ = ["SPLITS", "python_stdlib_documents", "split_documents", "spread_cap", "DomainData", "build_domain_data",
            "two_domain_documents"]
 
 logger = logging.getLogger(__name__)
@@ -126,15 +129,33 @@ def split_documents(docs: Sequence[tuple[str, str]], *, valid_fraction: float = 
     return {"test": order[:nt], "valid": order[nt:nt + nv], "train": order[nt + nv:]}
 
 
+def spread_cap(max_tokens: int | None, n_docs: int, seq_len: int) -> int | None:
+    """Tokens taken from each document when a split's budget is spread over its ``n_docs`` documents:
+    ``ceil(max_tokens / n_docs)``, at least one row (None: no budget, every document whole)."""
+    if max_tokens is None or n_docs == 0:
+        return None
+    return max(seq_len, math.ceil(max_tokens / n_docs))
+
+
+def _window(ids: np.ndarray, cap: int, name: str, seed: int) -> np.ndarray:
+    """At most ``cap`` consecutive tokens of a document, at an offset fixed by a seeded hash of its name."""
+    if len(ids) <= cap:
+        return ids
+    return ids[_rank(name, seed) % (len(ids) - cap + 1):][:cap]
+
+
 def _pack(docs: Sequence[tuple[str, str]], tokenizer: Any, seq_len: int, max_tokens: int | None,
-          batch_docs: int = 16) -> tuple[np.ndarray, list[str]]:
-    """Tokenise documents in order until ``max_tokens`` (rounded down to whole rows) are there; pack."""
+          batch_docs: int = 16, doc_cap: int | None = None, seed: int = 0) -> tuple[np.ndarray, list[str]]:
+    """Tokenise documents in order until ``max_tokens`` (rounded down to whole rows) are there; pack.
+    ``doc_cap``: at most that many tokens of each document (a window at a seeded offset, :func:`_window`)."""
     parts: list[np.ndarray] = []
     used: list[str] = []
     total = 0
     for i in range(0, len(docs), batch_docs):
         chunk = docs[i:i + batch_docs]
         for (name, _), ids in zip(chunk, _tokenize_each(chunk, tokenizer)):
+            if doc_cap is not None:
+                ids = _window(ids, doc_cap, name, seed)
             parts.append(ids)
             used.append(name)
             total += len(ids)
@@ -215,9 +236,14 @@ class DomainData:
 def build_domain_data(domains: Mapping[str, Sequence[tuple[str, str]]], tokenizer: Any, *, seq_len: int = 256,
                       train_tokens: int | None = None, valid_tokens: int | None = None,
                       test_tokens: int | None = None, valid_fraction: float = 0.05, test_fraction: float = 0.1,
-                      seed: int = 0) -> DomainData:
+                      seed: int = 0, spread: bool = False) -> DomainData:
     """Split each domain's documents (:func:`split_documents`), tokenise each split in its hash order
     up to its token budget **per domain** (None: all of it), and pack rows of ``seq_len``.
+
+    By default a split takes whole documents until its budget is filled, so a small budget holds only the
+    first one or two (a single play of Shakespeare's).  ``spread=True`` takes at most
+    :func:`spread_cap` tokens of each document (a window at a seeded offset), so the budget covers every
+    document of the split as far as it can: held-out figures then stand on many documents, not one.
 
     ``meta`` records, per domain and split, the documents used and the token counts, and the
     interpreter version (the ``python`` domain's text depends on it).
@@ -225,7 +251,8 @@ def build_domain_data(domains: Mapping[str, Sequence[tuple[str, str]]], tokenize
     if not domains:
         raise DataError("give at least one domain of documents")
     train_rows, valid_rows, test_rows = {}, {}, {}
-    meta: dict[str, Any] = {"seq_len": seq_len, "seed": seed, "python": sys.version.split()[0], "domains": {}}
+    meta: dict[str, Any] = {"seq_len": seq_len, "seed": seed, "spread": spread, "python": sys.version.split()[0],
+                            "domains": {}}
     for name, docs in domains.items():
         if "__" in name or not name:
             raise DataError(f"domain name {name!r}: use a plain non-empty name without '__'")
@@ -233,12 +260,13 @@ def build_domain_data(domains: Mapping[str, Sequence[tuple[str, str]]], tokenize
         info: dict[str, Any] = {"documents": len(docs)}
         for split, budget, store in (("train", train_tokens, train_rows), ("valid", valid_tokens, valid_rows),
                                      ("test", test_tokens, test_rows)):
-            rows, used = _pack(sp[split], tokenizer, seq_len, budget)
+            cap = spread_cap(budget, len(sp[split]), seq_len) if spread else None
+            rows, used = _pack(sp[split], tokenizer, seq_len, budget, doc_cap=cap, seed=seed)
             if split != "valid" and len(rows) == 0 and sp[split]:
                 raise DataError(f"domain {name!r}: its {split} documents give fewer than {seq_len} tokens; "
                                 "use a shorter seq_len or more text")
             store[name] = rows
-            info[split] = {"documents": len(sp[split]), "used": len(used), "rows": int(len(rows)),
+            info[split] = {"documents": len(sp[split]), "used": len(used), "rows": int(len(rows)), "doc_cap": cap,
                            "tokens": int(rows.size), "names": used if len(used) <= 64 else used[:64] + ["..."]}
         meta["domains"][name] = info
         logger.info("domain %s: %s", name, {s: info[s]["rows"] for s in SPLITS})

@@ -53,7 +53,8 @@ def tiny_config(root: Path, **over) -> dict:
         "name": "tiny-real", "output_dir": str(root / "run"), "stages": STAGES, "threads": 1,
         "parent": {"source": str(g), "device": "cpu"},
         "data": {"domains": ["python", str(docs)], "seq_len": 32, "train_tokens": 2048, "valid_tokens": 128,
-                 "test_tokens": 128, "eval_sequences": 2, "valid_fraction": 0.2, "test_fraction": 0.2},
+                 "test_tokens": 128, "eval_sequences": 2, "valid_fraction": 0.2, "test_fraction": 0.2,
+                 "spread": True},
         "space": {"ffn_fractions": [1.0, 0.5], "kv_heads": [2, 1], "linear": False, "no_op": True},
         "bld": {"tokens": 256, "batch": 4, "lr": 1e-3},
         "score": {"sequences": 2, "batch": 2, "decoupled": True},
@@ -404,7 +405,7 @@ def test_pipeline_parent_stage_on_the_real_gguf_equals_transformers_gguf_loader(
 def test_child_top_k_picks_the_lowest_valid_kl_among_diverse_solutions_and_resumes(real_run, tmp_path):
     from puzzlekit import pipeline
     from puzzlekit.data import TokenData
-    from puzzlekit.distill import evaluate_kl
+    from puzzlekit.eval import ParentReference, evaluate_model
     from puzzlekit.model import load_parent as load_model
     from puzzlekit.rundir import RunDir, State
 
@@ -415,6 +416,7 @@ def test_child_top_k_picks_the_lowest_valid_kl_among_diverse_solutions_and_resum
     res2 = pipeline.run(cfg, progress=False)
     parent = load_model(run / "parent")
     rows = TokenData.load(run / "tokens.npz").torch("heldout")
+    ref = ParentReference.build(parent, {"valid": rows})
     tol = cfg["child"]["match_tol"]
     for k, ch in res2["child"]["targets"].items():
         tk = ch["top_k"]
@@ -435,9 +437,9 @@ def test_child_top_k_picks_the_lowest_valid_kl_among_diverse_solutions_and_resum
                 break
             assert abs(cands[i]["measured"]["speedup"] / float(k[:-1]) - 1) > limit, (k, i)
         assert ch["measured"] == cands[sel]["measured"]
-        # the figure is the assembled child's real KL on the valid rows
+        # the figure is the assembled child's real KL on the valid rows (the evaluation's, computed afresh)
         model = load_model(run / "targets" / k / "child")
-        assert evaluate_kl(model, parent, rows)["kl"] == pytest.approx(cands[sel]["kl_valid"], rel=1e-4)
+        assert evaluate_model(model, ref)["valid"]["kl"] == pytest.approx(cands[sel]["kl_valid"], rel=1e-4)
     rep = json.loads((run / "report.json").read_text())
     assert rep["targets"]["1.3x"]["top_k"]["selected"] == res2["child"]["targets"]["1.3x"]["top_k"]["selected"]
     assert "diverse MIP solutions" in (run / "report.md").read_text()

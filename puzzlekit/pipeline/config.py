@@ -80,7 +80,9 @@ class DataSettings:
     when set): several domains split **by document** into train / valid / test
     (:func:`puzzlekit.corpus.build_domain_data`, ``*_tokens`` per domain, 0: all).  Train and valid rows
     are what BLD, scoring and healing see (valid as their held-out rows); the test rows of each domain
-    are read by the ``evaluate`` stage only."""
+    are read by the ``evaluate`` stage only.  ``spread``: a split's budget takes a window of each of its
+    documents (``ceil(budget / documents)`` tokens, at least a row) rather than the first whole documents, so
+    a small test budget stands on many documents."""
 
     text: str = ""
     seq_len: int = 2048
@@ -95,6 +97,7 @@ class DataSettings:
     test_tokens: int = 0
     valid_fraction: float = 0.05
     test_fraction: float = 0.1
+    spread: bool = False  # domains: each split's budget over all its documents (a window of each), not the first
 
     def __post_init__(self) -> None:
         _positive(self, "seq_len", "min_heldout", "eval_sequences")
@@ -295,7 +298,7 @@ class HealSettings:
 class EvaluateSettings:
     """The final evaluation (:mod:`puzzlekit.eval`) of the parent, the child and every baseline, before and
     after healing, on the **test** rows of each domain (``data.domains``): KL to the parent, perplexity,
-    top-1 agreement (``test_sequences`` rows per domain), and the greedy answers to ``chat_prompts`` of the
+    top-1 agreement (``test_sequences`` rows per domain, evenly spaced over its test text), and the greedy answers to ``chat_prompts`` of the
     fixed chat prompts (the share whose first ``chat_tokens`` tokens equal the parent's; ``examples`` shown
     side by side).  ``rank_children``: Pareto-front children beside the searched ones and the library
     baselines for the rank correlation of summed replace-1-block scores with realised KL

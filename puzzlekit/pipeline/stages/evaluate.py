@@ -115,7 +115,7 @@ def run_evaluate(ctx: Any) -> dict[str, Any]:
     e = ctx.cfg.evaluate
     path = ctx.out / "test.npz"
     test = DomainData.load(path).test
-    rows = {k: torch.from_numpy(v[: e.test_sequences]).long() for k, v in test.items()}
+    rows = {k: torch.from_numpy(spaced_rows(v, e.test_sequences)).long() for k, v in test.items()}
     tok = ctx.tokenizer()
     prompts = tuple(CHAT_PROMPTS[: e.chat_prompts])
     parts_path = ctx.out / "stages" / "evaluate_parts.json"
@@ -173,7 +173,17 @@ def run_evaluate(ctx: Any) -> dict[str, Any]:
 
 
 #: What each evaluation records (part of the stage's identity, so a run evaluated before re-evaluates).
-METRICS = "kl, perplexity, top-1 per domain; KL per test row"
+METRICS = "kl, perplexity, top-1 per domain; KL per test row; rows evenly spaced over the test text"
+
+
+def spaced_rows(rows: Any, n: int) -> Any:
+    """``n`` of ``rows`` evenly spaced from the first to the last (all of them when there are no more), so a
+    few rows of test text packed document after document stand on as many documents as they can."""
+    import numpy as np
+
+    if n >= len(rows):
+        return rows
+    return rows[np.unique(np.linspace(0, len(rows) - 1, n).round().astype(np.int64))]
 
 
 def _settings(cfg: Any) -> dict[str, Any]:

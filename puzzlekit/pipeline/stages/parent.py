@@ -232,10 +232,13 @@ def _tokens_settings(cfg: Any) -> dict[str, Any]:
     if d.domains:
         import sys
 
-        return {"domains": _domain_ids(cfg), "seq_len": d.seq_len, "train_tokens": d.train_tokens,
-                "valid_tokens": d.valid_tokens, "test_tokens": d.test_tokens, "valid_fraction": d.valid_fraction,
-                "test_fraction": d.test_fraction, "seed": cfg.seed,
-                "python": sys.version.split()[0] if "python" in d.domains else None}
+        out = {"domains": _domain_ids(cfg), "seq_len": d.seq_len, "train_tokens": d.train_tokens,
+               "valid_tokens": d.valid_tokens, "test_tokens": d.test_tokens, "valid_fraction": d.valid_fraction,
+               "test_fraction": d.test_fraction, "seed": cfg.seed,
+               "python": sys.version.split()[0] if "python" in d.domains else None}
+        if d.spread:  # only when set: runs made before the setting keep their tokens
+            out["spread"] = True
+        return out
     return {"text": data_id(cfg), "seq_len": d.seq_len, "heldout_fraction": d.heldout_fraction,
             "min_heldout": d.min_heldout, "max_tokens": d.max_tokens, "max_chars": _max_chars(cfg), "seed": cfg.seed}
 
@@ -295,13 +298,14 @@ def _run_domains(ctx: Any) -> dict[str, Any]:
     dd = build_domain_data(domain_documents(ctx), ctx.tokenizer(), seq_len=d.seq_len,
                            train_tokens=d.train_tokens or None, valid_tokens=d.valid_tokens or None,
                            test_tokens=d.test_tokens or None, valid_fraction=d.valid_fraction,
-                           test_fraction=d.test_fraction, seed=ctx.cfg.seed)
+                           test_fraction=d.test_fraction, seed=ctx.cfg.seed, spread=d.spread)
     data = dd.token_data()
     data.save(ctx.out / "tokens.npz")
     empty = np.zeros((0, d.seq_len), dtype=np.int64)  # the test rows alone: read by the evaluate stage only
     DomainData(empty, empty, dd.test, dd.seq_len, dd.meta).save(ctx.out / "test.npz")
     ctx._data = None
-    domains = {k: {s: {"documents": v[s]["documents"], "rows": v[s]["rows"], "tokens": v[s]["tokens"]}
+    domains = {k: {s: {"documents": v[s]["documents"], "used": v[s]["used"], "rows": v[s]["rows"],
+                       "tokens": v[s]["tokens"]}
                    for s in ("train", "valid", "test")} for k, v in dd.meta["domains"].items()}
     return {"train_sequences": int(len(data.train)), "heldout_sequences": int(len(data.heldout)),
             "test_sequences": {k: int(len(v)) for k, v in dd.test.items()}, "seq_len": data.seq_len,

@@ -262,6 +262,7 @@ def _select_top_k(ctx: Any, best: dict[str, Any], parent_pred: float, measure: A
     speed-up misses ``target`` by no more than ``child.match_tol`` (or than ``best`` did) wins.  Each finished
     candidate is kept in ``stages/top_k.json``, so a killed stage resumes where it was."""
     from ...baselines import Recipe
+    from ...eval import ParentReference, evaluate_model
     from ...progress import progress as progress_bar
     from ..runner import stage_hash
 
@@ -272,15 +273,20 @@ def _select_top_k(ctx: Any, best: dict[str, Any], parent_pred: float, measure: A
         cands = [{k: v for k, v in best.items() if k not in ("measured", "attempts")}, *cands[: c.top_k - 1]]
     rows = ctx.heldout(c.select_sequences or len(ctx.data.heldout))
     path = ctx.path("stages/top_k.json")
-    key = stage_hash([ctx.identity("child"), [x["choices"] for x in cands], best["requested_speedup"]])
+    # "reference": the KL is evaluate_model's against a cached parent (the next-token positions of each row)
+    key = stage_hash([ctx.identity("child"), [x["choices"] for x in cands], best["requested_speedup"], "reference"])
     parts = read_json(path, what="top-k parts") if path.exists() else {}
     if parts.get("key") != key:
         parts = {"key": key, "kl": {}, "measured": {}}
+    ref = None
     for i in progress_bar(range(len(cands)), desc=f"child: top-{len(cands)} by valid KL", disable=not ctx.progress,
                           unit="solution"):
         if str(i) not in parts["kl"]:
+            if ref is None:  # the parent's side once for every solution (it is most of a KL evaluation's cost)
+                ref = ParentReference.build(ctx.parent, {"valid": rows}, batch_size=8)
             model = ctx.build_model(Recipe("puzzle", choices=cands[i]["choices"]))
-            parts["kl"][str(i)] = ctx.kl(model, rows)["kl"]
+            parts["kl"][str(i)] = evaluate_model(model, ref)["valid"]["kl"]
+            del model
             atomic_write_json(path, parts)
         cands[i]["kl_valid"] = parts["kl"][str(i)]
     order = sorted(range(len(cands)), key=lambda i: (cands[i]["kl_valid"], i))
