@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from puzzlekit.corpus import DomainData, build_domain_data, python_stdlib_documents, split_documents
+from puzzlekit.corpus import DomainData, build_domain_data, python_stdlib_documents, split_documents, spread_cap
 from puzzlekit.data import DataError
 
 
@@ -85,3 +85,37 @@ def test_domain_data_keeps_test_documents_out_of_what_the_stages_see(tokenizer, 
     assert again.fingerprint == dd.fingerprint
     with pytest.raises(DataError, match="domain name"):
         build_domain_data({"a__b": doms["a"]}, tokenizer, seq_len=32)
+
+
+def test_spread_takes_a_window_of_every_document_instead_of_the_first_whole_ones(tokenizer):
+    import re
+
+    from puzzlekit.corpus import _window
+
+    assert spread_cap(None, 5, 32) is None and spread_cap(512, 0, 32) is None
+    assert spread_cap(4096, 5, 256) == 820 and spread_cap(4096, 69, 256) == 256  # at least one row per document
+    ids = np.arange(1000)
+    for name in ("x", "y", "z"):  # a contiguous slice at a seeded offset within the document
+        w = _window(ids, 100, name, 0)
+        assert len(w) == 100 and np.array_equal(w, np.arange(w[0], w[0] + 100)) and 0 <= w[0] <= 900
+    assert len({int(_window(ids, 100, n, 0)[0]) for n in "abcdefgh"}) > 1
+    assert np.array_equal(_window(ids, 100, "x", 0), _window(ids, 100, "x", 0))
+    assert np.array_equal(_window(ids[:50], 100, "x", 0), ids[:50])  # a short document whole
+
+    def seen(rows):
+        return set(re.findall(r"a\d{3}", " ".join(tokenizer.decode(r) for r in rows)))
+
+    doms = {"a": _docs("a", 40)}  # 4 test documents of ~2K tokens each; a 512-token test budget
+    kw = dict(seq_len=32, train_tokens=2048, valid_tokens=256, test_tokens=512, valid_fraction=0.1,
+              test_fraction=0.1, seed=0)
+    whole = build_domain_data(doms, tokenizer, **kw)
+    spread = build_domain_data(doms, tokenizer, spread=True, **kw)
+    m0, m1 = whole.meta["domains"]["a"], spread.meta["domains"]["a"]
+    assert m0["test"]["used"] == 1 and len(seen(whole.test["a"])) == 1  # the first document fills the budget
+    assert m1["test"]["used"] == 4 and seen(spread.test["a"]) == set(m1["test"]["names"])  # every document
+    assert m1["test"]["doc_cap"] == 128 and spread.test["a"].shape == whole.test["a"].shape == (16, 32)
+    assert m1["train"]["used"] > m0["train"]["used"] and spread.meta["spread"] and not whole.meta["spread"]
+    assert set(m1["test"]["names"]) == {n for n, _ in split_documents(doms["a"], valid_fraction=0.1,
+                                                                      test_fraction=0.1)["test"]}
+    again = build_domain_data(doms, tokenizer, spread=True, **kw)
+    assert again.fingerprint == spread.fingerprint != whole.fingerprint

@@ -239,6 +239,15 @@ def test_rerun_is_a_no_op_and_a_killed_per_target_stage_resumes_with_the_next_ta
     assert (run / "targets" / "1.6x" / "heal" / "child" / "model" / "config.json").exists()
 
 
+def test_evaluation_rows_are_evenly_spaced_over_the_test_text():
+    from puzzlekit.pipeline.stages.evaluate import spaced_rows
+
+    rows = np.arange(16 * 3).reshape(16, 3)
+    assert spaced_rows(rows, 4)[:, 0].tolist() == [0, 15, 30, 45]  # rows 0, 5, 10, 15
+    assert spaced_rows(rows, 1)[:, 0].tolist() == [0]
+    assert spaced_rows(rows, 16) is rows and spaced_rows(rows, 99) is rows
+
+
 def test_config_rules_of_the_real_parent_settings():
     from puzzlekit.pipeline import load_config
 
@@ -458,6 +467,21 @@ def test_child_top_k_picks_the_lowest_valid_kl_among_diverse_solutions_and_resum
     c3 = res3["child"]["targets"]["1.6x"]["top_k"]["candidates"]
     assert c3[int(last)]["kl_valid"] == -1.0  # reused, not recomputed
     assert res3["child"]["targets"]["1.3x"] == res2["child"]["targets"]["1.3x"]
+
+
+def test_child_min_diversity_beyond_the_parents_layers_is_refused_early(real_run, tmp_path):
+    from puzzlekit import pipeline
+
+    root, cfg, _ = real_run
+    over = {"child.top_k": 3, "child.min_diversity": 5}  # the tiny parent has 4 layers
+    fresh = tiny_config(root, output_dir=str(tmp_path / "fresh"), **over)
+    with pytest.raises(ConfigError, match=r"child.min_diversity=5: the parent has 4 layers.*use 1..4"):
+        pipeline.run(fresh, progress=False)  # at the parent stage, before BLD
+    assert not (tmp_path / "fresh" / "library.json").exists()
+    run = tmp_path / "run"  # a finished run resumed with the setting changed: refused at the child stage
+    shutil.copytree(cfg["output_dir"], run)
+    with pytest.raises(ConfigError, match=r"child.min_diversity=5: the parent has 4 layers"):
+        pipeline.run(tiny_config(root, output_dir=str(run), **over), "child", progress=False)
 
 
 def test_child_top_k_config_rules():

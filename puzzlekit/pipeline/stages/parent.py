@@ -202,7 +202,17 @@ def run_parent(ctx: Any) -> dict[str, Any]:
     spec = ParentSpec.from_hf_config(ctx.parent_dir / "config.json")
     res["num_params"] = int(count(Architecture.homogeneous(spec)).num_params)
     res["num_layers"] = spec.num_hidden_layers
+    check_min_diversity(ctx.cfg, spec.num_hidden_layers)  # before BLD and scoring, not at the child stage
     return res
+
+
+def check_min_diversity(cfg: Any, num_layers: int) -> None:
+    """``child.min_diversity`` (layers in which each top-k solution differs from the earlier ones) must fit the
+    parent: at most its number of layers."""
+    c = cfg.child
+    if c.top_k > 1 and c.min_diversity > num_layers:
+        raise ConfigError(f"child.min_diversity={c.min_diversity}: the parent has {num_layers} layers, so solutions "
+                          f"can differ in at most {num_layers}; use 1..{num_layers}")
 
 
 PARENT = Stage("parent", run_parent, _parent_settings, "the parent: trained here (teacher), built here (tiny), "

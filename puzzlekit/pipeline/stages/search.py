@@ -132,9 +132,11 @@ def _search_at(ctx: Any, prof: dict[str, Any], parent_pred: float, speedup: floa
     lib = ctx.library()
     budgets, consts = spill_budgets(lib, prof, parent_pred / speedup)
     if top_k > 1:
+        from .parent import check_min_diversity
+
+        check_min_diversity(ctx.cfg, lib.num_layers)  # a resumed run with a changed setting
         sols = search_diverse(lib, ctx.cfg.search.objective, budgets, num_solutions=top_k,
-                              min_diversity=min(min_diversity, lib.num_layers), scenario=prof["scenario"],
-                              constants=consts)
+                              min_diversity=min_diversity, scenario=prof["scenario"], constants=consts)
         return [_solution_info(ctx, prof, parent_pred, speedup, s) for s in sols]
     sol = search(lib, ctx.cfg.search.objective, budgets, scenario=prof["scenario"], constants=consts)
     return _solution_info(ctx, prof, parent_pred, speedup, sol)
