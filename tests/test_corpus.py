@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from puzzlekit.corpus import DomainData, build_domain_data, python_stdlib_documents, split_documents, spread_cap
+from puzzlekit.corpus import (
+    DomainData,
+    build_domain_data,
+    python_stdlib_documents,
+    split_documents,
+    spread_cap,
+)
 from puzzlekit.data import DataError
 
 
