@@ -55,8 +55,14 @@ class CostModel:
 
     def __init__(self, attn: dict[AttentionConfig, float], ffn_widths: Sequence[int], ffn_ms: Sequence[float],
                  linear_ffn_ms: float, non_block_ms: float, *, spill: Any = None,
-                 working_set: Callable[[Sequence[BlockConfig]], float] | None = None):
+                 working_set: Callable[[Sequence[BlockConfig]], float] | None = None,
+                 corrections: dict[str, float] | None = None, intercept_ms: float = 0.0):
         self.spill, self.working_set = spill, working_set
+        # fitted on whole models (profilers.whole): ms per use of a sub-block kind, and the intercept
+        self.corrections, self.intercept_ms = dict(corrections or {}), float(intercept_ms)
+        cw = sorted((sub_from_key(k).intermediate_size, v) for k, v in self.corrections.items()
+                    if k.startswith("ffn=") and not sub_from_key(k).linear)
+        self._cw = (np.array([w for w, _ in cw], float), np.array([v for _, v in cw], float))
         self.attn = dict(attn)
         order = np.argsort(ffn_widths)
         self.w = np.concatenate([[0.0], np.asarray(ffn_widths, float)[order]])
@@ -68,20 +74,28 @@ class CostModel:
         if f.no_op:
             return 0.0
         if f.linear:
-            return self.linear_ffn_ms
-        return float(np.interp(f.intermediate_size, self.w, self.t))
+            return max(0.0, self.linear_ffn_ms + self.corrections.get(subkey(f), 0.0))
+        base = float(np.interp(f.intermediate_size, self.w, self.t))
+        return max(0.0, base + self.ffn_correction(f))
+
+    def ffn_correction(self, f: FFNConfig) -> float:
+        """The whole-model correction of a SwiGLU FFN: fitted for its width, else interpolated in width."""
+        if subkey(f) in self.corrections:
+            return self.corrections[subkey(f)]
+        w, v = self._cw
+        return float(np.interp(f.intermediate_size, w, v)) if len(w) else 0.0
 
     def attention(self, a: AttentionConfig) -> float:
         if a.no_op:
             return 0.0
         if a not in self.attn:
             raise PuzzlekitError(f"no measured cost for attention {a.key}; profile it first")
-        return self.attn[a]
+        return max(0.0, self.attn[a] + self.corrections.get(subkey(a), 0.0))
 
     def runtime(self, blocks: Sequence[BlockConfig]) -> float:
         """Predicted whole-model runtime (ms) of a model with these blocks."""
         blocks = list(blocks)
-        t = self.non_block_ms + sum(self.attention(b.attention) + self.ffn(b.ffn) for b in blocks)
+        t = self.non_block_ms + self.intercept_ms + sum(self.attention(b.attention) + self.ffn(b.ffn) for b in blocks)
         if self.spill is not None and self.working_set is not None:
             t += self.spill.extra_ms(self.working_set(blocks))
         return t
@@ -114,7 +128,8 @@ def _subblocks(library: Any, spec: ParentSpec) -> list[Any]:
 
 
 def measure_profile(parent: Any, library: Any, scenario: Scenario, *, repeats: int = 5, threads: int | None = 1,
-                    seed: int = 0, passes: int = 3, progress: bool = False, spill: str = "stack") -> dict[str, Any]:
+                    seed: int = 0, passes: int = 3, progress: bool = False, spill: str = "stack",
+                    whole: int = 0) -> dict[str, Any]:
     """Time every sub-block of ``library`` (and a few more FFN widths) on this machine for ``scenario``,
     the non-block part and the parent (a ``PuzzleForCausalLM``) whole, and fit the cache-spill term.
 
@@ -131,6 +146,10 @@ def measure_profile(parent: Any, library: Any, scenario: Scenario, *, repeats: i
     stack's slope (0.83 ms/MiB) was 2.4x the parent's mean excess per MiB and the fit put the capacity
     at 299 MiB, so a 315 MiB child was predicted additive while it decoded 112 ms (0.36 ms/MiB) over
     its sum, as the parent does (0.35 ms/MiB): predicted 2.39x, measured 1.80x.
+
+    ``whole`` > 0: that many architectures sampled from the library are timed whole against the parent,
+    and each sub-block kind's cost is corrected by least squares so the sums predict them
+    (:mod:`puzzlekit.profilers.whole`; the record is the profile's ``whole_fit``).
     """
     from puzzlekit.progress import progress as progress_bar
 
@@ -199,7 +218,7 @@ def measure_profile(parent: Any, library: Any, scenario: Scenario, *, repeats: i
     nb = sorted(nbs, key=lambda x: x.runtime_ms)[len(nbs) // 2]
     from .measured import non_block_working_set_bytes
 
-    return {"scenario": scenario.name, "subblocks": timings, "non_block_ms": nb.runtime_ms,
+    prof = {"scenario": scenario.name, "subblocks": timings, "non_block_ms": nb.runtime_ms,
             "non_block_layers": L, "non_block_working_set_bytes": non_block_working_set_bytes(spec, scenario),
             "cache_spill": fit.to_dict(), "cache_spill_gamma_detail": gdetail, "parent_working_set_bytes": w_parent,
             "parent_measured_ms": statistics.median(p.runtime_ms for p in parents),
@@ -207,6 +226,12 @@ def measure_profile(parent: Any, library: Any, scenario: Scenario, *, repeats: i
             "scenario_dims": [scenario.dtype, scenario.batch, scenario.prefill, scenario.decode],
             "scenario_spec": scenario.to_dict(), "threads": threads, "repeats": repeats,
             "method": PROFILE_METHOD if half is None else PROFILE_METHOD_TWO_POINT}
+    if whole:
+        from .whole import fit_on_whole_models
+
+        prof["whole_fit"] = fit_on_whole_models(parent, library, prof, scenario, whole, threads=threads,
+                                                repeats=max(3, repeats), seed=seed, progress=progress)
+    return prof
 
 
 def _half_architecture(arch: Architecture) -> Architecture:
@@ -230,26 +255,38 @@ def _spill(prof: dict[str, Any]) -> Any:
 def apply_profile(library: Any, prof: dict[str, Any], *, default: bool = True) -> str:
     """Write a measured profile's costs into ``library`` (per block: ``runtime_ms``, ``prefill_ms``,
     ``decode_ms``, the attention / FFN parts and :data:`SPILL_COST`; the non-block constants in
-    ``library.meta["non_block_costs"]``).  Returns the scenario name."""
+    ``library.meta["non_block_costs"]``).  Returns the scenario name.  A profile fitted on whole models
+    (``whole_fit``, :mod:`puzzlekit.profilers.whole`) has its corrections in ``runtime_ms`` and the parts
+    (``prefill_ms`` / ``decode_ms`` stay the sub-block timings)."""
     zero = {"runtime_ms": 0.0, "prefill_ms": 0.0, "decode_ms": 0.0, "working_set_bytes": 0.0}
     timings = prof["subblocks"]
     spill = _spill(prof)
+    cm = cost_model(prof)
     name = library.add_scenario(_scenario(prof), default=default)
+
+    def runtime(s: AttentionConfig | FFNConfig, t: dict[str, float]) -> float:
+        if s.no_op or subkey(s) not in timings:
+            return t["runtime_ms"]
+        return cm.attention(s) if isinstance(s, AttentionConfig) else cm.ffn(s)
+
     for b in library.blocks:
         a = timings.get(subkey(b.attention), zero)
         f = timings.get(subkey(b.ffn), zero)
-        rt = a["runtime_ms"] + f["runtime_ms"]
-        library.set_costs(name, b, {"runtime_ms": rt, "prefill_ms": a["prefill_ms"] + f["prefill_ms"],
+        ra, rf = runtime(b.attention, a), runtime(b.ffn, f)
+        library.set_costs(name, b, {"runtime_ms": ra + rf, "prefill_ms": a["prefill_ms"] + f["prefill_ms"],
                                     "decode_ms": a["decode_ms"] + f["decode_ms"],
-                                    "attention_runtime_ms": a["runtime_ms"], "ffn_runtime_ms": f["runtime_ms"],
-                                    SPILL_COST: rt + spill.gamma_ms_per_byte * (a["working_set_bytes"]
-                                                                                + f["working_set_bytes"])})
-    nb, nb_ws = prof["non_block_ms"], prof["non_block_working_set_bytes"]
+                                    "attention_runtime_ms": ra, "ffn_runtime_ms": rf,
+                                    SPILL_COST: ra + rf + spill.gamma_ms_per_byte * (a["working_set_bytes"]
+                                                                                     + f["working_set_bytes"])})
+    nb, nb_ws = prof["non_block_ms"] + cm.intercept_ms, prof["non_block_working_set_bytes"]
     library.meta.setdefault("non_block_costs", {})[name] = {
         "runtime_ms": nb, SPILL_COST: nb + spill.gamma_ms_per_byte * nb_ws
         - spill.gamma_ms_per_byte * spill.capacity_bytes}
     library.meta.setdefault("profiles", {})[name] = {"profiler": "measured", "threads": prof.get("threads"),
                                                      "repeats": prof.get("repeats"), "cache_spill": spill.to_dict()}
+    if "whole_fit" in prof:
+        library.meta["profiles"][name]["whole_fit"] = {k: v for k, v in prof["whole_fit"].items()
+                                                       if k not in ("samples_detail", "parent_ms")}
     return name
 
 
@@ -276,7 +313,9 @@ def cost_model(prof: dict[str, Any], spec: ParentSpec | None = None) -> CostMode
 
         def ws(blocks: Any) -> float:
             return nb_ws + sum(subblock_working_set_bytes(spec, x, sc) for b in blocks for x in (b.attention, b.ffn))
-    return CostModel(attn, fw, fms, linear, prof["non_block_ms"], spill=spill, working_set=ws)
+    fit = prof.get("whole_fit") or {}
+    return CostModel(attn, fw, fms, linear, prof["non_block_ms"], spill=spill, working_set=ws,
+                     corrections=fit.get("subblocks"), intercept_ms=fit.get("intercept_ms", 0.0))
 
 
 def spill_budgets(library: Any, prof: dict[str, Any], budget_ms: float) -> tuple[dict[str, float], dict[str, float]]:
@@ -284,7 +323,8 @@ def spill_budgets(library: Any, prof: dict[str, Any], budget_ms: float) -> tuple
     ``sum + gamma · max(0, W − C) ≤ T`` is exactly ``sum ≤ T`` and ``sum + gamma · (W − C) ≤ T``."""
     sc = prof["scenario"]
     nbc = library.meta.get("non_block_costs", {}).get(sc, {})
-    budgets, consts = {"runtime_ms": budget_ms}, {"runtime_ms": prof["non_block_ms"]}
+    intercept = (prof.get("whole_fit") or {}).get("intercept_ms", 0.0)
+    budgets, consts = {"runtime_ms": budget_ms}, {"runtime_ms": prof["non_block_ms"] + intercept}
     if "cache_spill" in prof and SPILL_COST in nbc:
         budgets[SPILL_COST] = budget_ms
         consts[SPILL_COST] = nbc[SPILL_COST]

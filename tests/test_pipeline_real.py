@@ -411,6 +411,32 @@ def test_pipeline_parent_stage_on_the_real_gguf_equals_transformers_gguf_loader(
         torch.testing.assert_close(parent(ids).logits, ref(ids).logits, atol=1e-4, rtol=1e-4)
 
 
+def test_profile_fitted_on_whole_models_writes_its_costs_and_record(real_run, tmp_path):
+    """profile.whole: the measured profile timed sampled architectures whole and fitted its corrections; the
+    library's costs are the corrected cost model's, and a changed count re-runs the stage."""
+    from puzzlekit.profilers.cost_model import cost_model
+
+    from puzzlekit import pipeline
+    from puzzlekit.library import BlockLibrary
+
+    root, cfg, _ = real_run
+    run = tmp_path / "run"
+    shutil.copytree(cfg["output_dir"], run)
+    cfg = tiny_config(root, output_dir=str(run), **{"profile.whole": 6})
+    prof = pipeline.run(cfg, "profile", progress=False)["profile"]
+    fit = prof["whole_fit"]
+    assert fit["samples"] == 6 and len(fit["samples_detail"]) == 6 and "loo_error" in fit
+    lib = BlockLibrary.load(run / "library.json")
+    assert lib.meta["profiles"][lib.default_scenario]["whole_fit"]["samples"] == 6
+    cm = cost_model(prof, lib.parent)
+    mat = lib.cost_matrix(["runtime_ms"], lib.default_scenario)[:, 0]
+    for j in lib.candidates_for_layer(0):
+        b = lib.candidates[j].block
+        assert mat[j] == pytest.approx(cm.attention(b.attention) + cm.ffn(b.ffn))
+    again = pipeline.run(tiny_config(root, output_dir=str(run), **{"profile.whole": 7}), "profile", progress=False)
+    assert again["profile"]["whole_fit"]["samples"] == 7
+
+
 def test_child_top_k_picks_the_lowest_valid_kl_among_diverse_solutions_and_resumes(real_run, tmp_path):
     from puzzlekit import pipeline
     from puzzlekit.data import TokenData
@@ -431,7 +457,10 @@ def test_child_top_k_picks_the_lowest_valid_kl_among_diverse_solutions_and_resum
         tk = ch["top_k"]
         cands = tk["candidates"]
         assert 2 <= len(cands) <= 4 and tk["rows"] == len(rows), k
-        assert cands[0]["choices"] == res["child"]["targets"][k]["choices"]  # the optimum the search settled on
+        first = res["child"]["targets"][k]
+        if first["requested_speedup"] == cands[0]["requested_speedup"]:  # speed matching settled where it did
+            assert cands[0]["choices"] == first["choices"]  # before: the same optimum (a busy machine's timing
+        assert cands[0]["requested_speedup"] == ch["requested_speedup"]  # may settle it elsewhere)
         assert [c["kl_sum"] for c in cands] == sorted(c["kl_sum"] for c in cands)
         for i, a in enumerate(cands):  # each differs from every earlier one in at least 2 layers, within budget
             assert a["predicted_speedup"] >= a["requested_speedup"] * (1 - 1e-6), (k, i)

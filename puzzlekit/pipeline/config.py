@@ -159,6 +159,9 @@ class ProfileSettings:
     # the decode cache-spill fit (measured): stack (slope of one sub-block's stack, capacity from the parent)
     # or two-point (slope and capacity from the parent and the parent with every other layer removed)
     spill: str = "stack"
+    # > 0: this many architectures sampled from the library timed whole, and each sub-block kind's cost
+    # corrected by least squares so the summed model predicts whole models (profilers.whole)
+    whole: int = 0
 
     def __post_init__(self) -> None:
         if self.profiler not in ("analytic", "measured"):
@@ -166,6 +169,9 @@ class ProfileSettings:
         if self.spill not in ("stack", "two-point"):
             raise ConfigError(f"profile.spill={self.spill!r}: use stack or two-point")
         _positive(self, "repeats", "threads", "rounds", "passes")
+        if self.whole < 0:
+            raise ConfigError(f"profile.whole={self.whole}: give 0 (off) or the number of whole architectures "
+                              "to time")
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,9 @@ def write_eval_report(ctx: Any, stages: dict[str, Any]) -> dict[str, Any]:
         "domains": domains, "test_tokens": ev["test_tokens"], "chat_prompts": ev["chat_prompts"],
         "chat_tokens": ev["chat_tokens"], "scenario": ctx.cfg.scenario.to_dict(),
         "profile": {"non_block_ms": prof.get("non_block_ms"), "cache_spill": prof.get("cache_spill"),
-                    "parent_measured_ms": prof.get("parent_measured_ms")},
+                    "parent_measured_ms": prof.get("parent_measured_ms"),
+                    "whole_fit": {k: v for k, v in (prof.get("whole_fit") or {}).items()
+                                  if k not in ("samples_detail", "parent_ms")} or None},
         "data": ctx.result("tokens"), "stages": stages, "total_seconds": sum(v["seconds"] for v in stages.values()),
         "session_seconds": ctx.session_seconds(), "load_average": load, "config": ctx.cfg.to_dict(),
     }
@@ -183,6 +185,12 @@ def render_eval_markdown(rep: dict[str, Any]) -> str:
              f"{sc['dtype']}. Test text (read by nothing before the evaluation): "
              + ", ".join(f"{d} {rep['test_tokens'][d]:,} tokens" for d in domains)
              + f"; {rep['chat_prompts']} chat prompts, first {rep['chat_tokens']} greedy tokens compared.", ""]
+    wf = (rep.get("profile") or {}).get("whole_fit")
+    if wf:
+        lines += [f"Cost model fitted on {wf['samples']} sampled architectures timed whole: speed-up error "
+                  f"{100 * wf['summed_error']['mean']:.1f} % mean ({100 * wf['summed_error']['max']:.1f} % max) for "
+                  f"the summed sub-blocks, {100 * wf['loo_error']['mean']:.1f} % ({100 * wf['loo_error']['max']:.1f} %)"
+                  " fitted (leave-one-out).", ""]
     for tk, t in rep["targets"].items():
         ch = rep["checks"][tk]
         lines += [f"## {t['speedup']:g}x target", "",

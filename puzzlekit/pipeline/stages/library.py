@@ -72,6 +72,10 @@ def _profile_settings(cfg: Any) -> dict[str, Any]:
         out.update(repeats=p.repeats, threads=p.threads, seed=cfg.seed, method=PROFILE_METHOD if p.spill == "stack" else PROFILE_METHOD_TWO_POINT)
         if p.passes != 3:  # the default is left out: runs profiled before the setting existed stay valid
             out["passes"] = p.passes
+        if p.whole:
+            from ...profilers.whole import WHOLE_METHOD
+
+            out.update(whole=p.whole, whole_method=WHOLE_METHOD)
         if p.from_file:
             f = Path(p.from_file).expanduser()
             out["from_file"] = hashlib.sha256(f.read_bytes()).hexdigest()[:16] if f.is_file() else str(f)
@@ -102,7 +106,7 @@ def run_profile(ctx: Any) -> dict[str, Any]:
             raise ConfigError(f"{f}: not a measured profile (no subblocks / non_block_ms)")
     else:
         prof = measure_profile(ctx.parent, lib, sc, repeats=p.repeats, threads=p.threads, seed=ctx.cfg.seed,
-                               passes=p.passes, progress=ctx.progress, spill=p.spill)
+                               passes=p.passes, progress=ctx.progress, spill=p.spill, whole=p.whole)
     name = apply_profile(lib, prof, default=True)
     if p.reference:  # an analytic scenario beside it, for the report (e.g. an H100 in FP8)
         ref = Scenario(**p.reference)

@@ -1,0 +1,133 @@
+"""The summed cost model fitted on whole models (profilers.whole): the least-squares fit, its use in the
+cost model, the library costs and the search budgets (no wall-clock assertions)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from puzzlekit.profilers.cost_model import CostModel, apply_profile, cost_model, spill_budgets, subkey
+from puzzlekit.profilers.whole import fit_corrections, sample_architectures
+
+import puzzlekit as pk
+from puzzlekit.errors import ConfigError
+
+SPEC = pk.ParentSpec(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                     intermediate_size=256, vocab_size=128, num_hidden_layers=6)
+GQA, LIN_A, NO_A = pk.AttentionConfig.gqa(2), pk.AttentionConfig.make_linear(), pk.AttentionConfig.make_no_op()
+F256, F128, F64 = pk.FFNConfig.swiglu(256), pk.FFNConfig.swiglu(128), pk.FFNConfig.swiglu(64)
+LIN_F, NO_F = pk.FFNConfig.make_linear(), pk.FFNConfig.make_no_op()
+
+
+def base_model() -> CostModel:
+    return CostModel({GQA: 4.0, LIN_A: 1.0}, [256, 128, 64], [6.0, 3.0, 1.5], linear_ffn_ms=1.0, non_block_ms=5.0)
+
+
+def test_sampled_architectures_vary_the_kinds_independently():
+    archs = sample_architectures(SPEC, [GQA, LIN_A, NO_A], [F256, F128, LIN_F, NO_F], 40, seed=3)
+    assert archs == sample_architectures(SPEC, [GQA, LIN_A, NO_A], [F256, F128, LIN_F, NO_F], 40, seed=3)
+    assert archs != sample_architectures(SPEC, [GQA, LIN_A, NO_A], [F256, F128, LIN_F, NO_F], 40, seed=4)
+    gqa = [sum(b.attention == GQA for b in a.blocks) for a in archs]
+    wide = [sum(b.ffn == F256 for b in a.blocks) for a in archs]
+    assert min(gqa) <= 1 and max(gqa) >= 5 and min(wide) <= 1 and max(wide) >= 5  # the whole range of counts
+    assert abs(np.corrcoef(gqa, wide)[0, 1]) < 0.5
+    with pytest.raises(ConfigError, match="n must be"):
+        sample_architectures(SPEC, [GQA], [F256], 0)
+
+
+def test_fit_recovers_per_kind_corrections_from_whole_model_timings():
+    """Whole models that cost the base sum + a constant + a per-use excess of each kind (what a cache-resident
+    stack misses), timed with 0.3 % noise: the fit finds the excess, and leave-one-out predictions are close."""
+    base = base_model()
+    truth = {subkey(GQA): 0.5, subkey(LIN_A): 0.8, subkey(F256): -0.6, subkey(F128): 0.4, subkey(LIN_F): 0.7}
+    true = CostModel({GQA: 4.0, LIN_A: 1.0}, [256, 128, 64], [6.0, 3.0, 1.5], 1.0, 5.0, corrections=truth,
+                     intercept_ms=2.0)
+    parent = [pk.BlockConfig(GQA, F256)] * 6
+    archs = [a.blocks for a in sample_architectures(SPEC, [GQA, LIN_A, NO_A], [F256, F128, LIN_F, NO_F], 24)]
+    rng = np.random.default_rng(0)
+    sp = [true.runtime(parent) / true.runtime(a) * (1 + 0.003 * rng.standard_normal()) for a in archs]
+    fit = fit_corrections(base, parent, true.runtime(parent), archs, sp, ridge=1e-3)
+    assert fit["samples"] == 24 and fit["adopted"] and set(fit["subblocks"]) == set(truth)
+    for k, v in truth.items():
+        assert fit["subblocks"][k] == pytest.approx(v, abs=0.15), k
+    assert fit["intercept_ms"] == pytest.approx(2.0, abs=0.6)
+    assert fit["summed_error"]["mean"] > 0.04  # the base sum is off ...
+    assert fit["loo_error"]["mean"] < 0.01 and fit["fit_error"]["max"] < 0.02  # ... the fitted model is not
+    fitted = CostModel({GQA: 4.0, LIN_A: 1.0}, [256, 128, 64], [6.0, 3.0, 1.5], 1.0, 5.0,
+                       corrections=fit["subblocks"], intercept_ms=fit["intercept_ms"])
+    for a in archs[:5]:
+        assert fitted.runtime(a) == pytest.approx(true.runtime(a), rel=0.02)
+    with pytest.raises(ConfigError, match="at least 7 sampled"):
+        fit_corrections(base, parent, 30.0, archs[:4], sp[:4])
+    with pytest.raises(ConfigError, match="speed-ups"):
+        fit_corrections(base, parent, 30.0, archs, sp[:3])
+
+
+def test_a_fit_that_predicts_unseen_models_worse_than_the_sum_is_not_adopted():
+    """The sum is exact and the timings carry 1 % noise: fitting 6 coefficients to noise predicts the left-out
+    architectures worse than the sum, so the corrections stay 0 (the fitted values are kept for the record)."""
+    base = base_model()
+    parent = [pk.BlockConfig(GQA, F256)] * 6
+    archs = [a.blocks for a in sample_architectures(SPEC, [GQA, LIN_A, NO_A], [F256, F128, LIN_F, NO_F], 10)]
+    rng = np.random.default_rng(1)
+    sp = [base.runtime(parent) / base.runtime(a) * (1 + 0.01 * rng.standard_normal()) for a in archs]
+    fit = fit_corrections(base, parent, base.runtime(parent), archs, sp)
+    assert fit["loo_error"]["mean"] > fit["summed_error"]["mean"]
+    assert not fit["adopted"] and fit["subblocks"] == {} and fit["intercept_ms"] == 0.0
+    assert set(fit["fitted"]["subblocks"]) == {subkey(s) for s in (GQA, LIN_A, F256, F128, LIN_F)}
+
+
+def test_corrections_interpolate_in_width_and_never_make_a_cost_negative():
+    cm = CostModel({GQA: 4.0}, [256, 128, 64], [6.0, 3.0, 1.5], 1.0, 5.0,
+                   corrections={subkey(F256): -1.0, subkey(F128): 1.0, subkey(GQA): -9.0}, intercept_ms=0.5)
+    assert cm.ffn(F256) == 5.0 and cm.ffn(F128) == 4.0
+    assert cm.ffn(pk.FFNConfig.swiglu(192)) == pytest.approx(4.5 + 0.0)  # base 4.5, correction interpolated to 0
+    assert cm.ffn(F64) == pytest.approx(1.5 + 1.0)  # below the fitted widths: the nearest one's correction
+    assert cm.attention(GQA) == 0.0 and cm.ffn(LIN_F) == 1.0 and cm.ffn(NO_F) == 0.0
+    assert cm.runtime([pk.BlockConfig(GQA, F256)] * 2) == pytest.approx(5.5 + 2 * 5.0)
+
+
+def test_library_costs_and_search_budgets_carry_the_corrections():
+    """apply_profile writes the corrected costs and spill_budgets the corrected constant: the search's sum is
+    the cost model's prediction."""
+    timing = {"prefill_ms": 0.0, "decode_ms": 0.0, "spread_ms": 0.0, "working_set_bytes": 0.0}
+    prof = {"scenario": "local-cpu/fp32/b1/p8/d2/tp1", "non_block_ms": 5.0,
+            "non_block_working_set_bytes": 0.0, "scenario_spec": pk.Scenario("local-cpu", "fp32", 1, 8, 2).to_dict(),
+            "subblocks": {subkey(s): {**timing, "runtime_ms": t} for s, t in
+                          ((GQA, 4.0), (LIN_A, 1.0), (F256, 6.0), (F128, 3.0), (LIN_F, 1.0))},
+            "whole_fit": {"intercept_ms": 1.5, "subblocks": {subkey(GQA): 0.5, subkey(F128): 0.75}}}
+    lib = pk.BlockLibrary(2, SPEC)
+    blocks = [pk.BlockConfig(a, f) for a in (GQA, LIN_A, NO_A) for f in (F256, F128, LIN_F, NO_F)]
+    for layer in range(2):
+        for b in blocks:
+            lib.add(layer, b, {"kl_div": 0.0})
+    name = apply_profile(lib, prof)
+    cm = cost_model(prof, SPEC)
+    budgets, consts = spill_budgets(lib, prof, 30.0)
+    assert consts["runtime_ms"] == 6.5 and lib.meta["profiles"][name]["whole_fit"]["intercept_ms"] == 1.5
+    mat = lib.cost_matrix(["runtime_ms"], name)[:, 0]
+    for b in blocks:
+        j = next(i for i, c in enumerate(lib.candidates) if c.block == b and c.first == 0)
+        assert mat[j] == pytest.approx(cm.runtime([b]) - cm.runtime([]))
+    assert cm.runtime([pk.BlockConfig(GQA, F128)] * 2) == pytest.approx(6.5 + 2 * (4.5 + 3.75))
+
+
+def test_measure_profile_fits_on_whole_models():
+    pytest.importorskip("torch")
+    from puzzlekit.profilers.cost_model import measure_profile
+
+    spec = pk.ParentSpec(hidden_size=64, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                         intermediate_size=128, vocab_size=128, num_hidden_layers=3)
+    parent = pk.PuzzleForCausalLM.from_architecture(pk.Architecture(spec, (spec.parent_block(),) * 3)).eval()
+    lib = pk.BlockLibrary(3, spec)
+    for layer in range(3):
+        for b in (spec.parent_block(), pk.BlockConfig(NO_A, pk.FFNConfig.swiglu(64)), pk.BlockConfig(NO_A, NO_F)):
+            lib.add(layer, b, {"kl_div": 0.0})
+    sc = pk.Scenario("local-cpu", "fp32", batch=1, prefill=4, decode=2)
+    prof = measure_profile(parent, lib, sc, repeats=1, passes=1, spill="two-point", whole=6)
+    fit = prof["whole_fit"]
+    assert fit["samples"] == 6 and len(fit["samples_detail"]) == 6 and len(fit["parent_ms"]) == 3
+    assert set(fit["subblocks"]) <= {subkey(GQA), subkey(pk.FFNConfig.swiglu(128)), subkey(pk.FFNConfig.swiglu(64))}
+    assert all(s["speedup"] > 0 for s in fit["samples_detail"])
+    assert {"mean", "max"} <= set(fit["loo_error"]) and fit["loo_error"]["mean"] >= 0
+    cm = cost_model(prof, spec)
+    assert cm.intercept_ms == fit["intercept_ms"] and cm.corrections == fit["subblocks"]
