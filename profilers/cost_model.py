@@ -252,6 +252,11 @@ def _spill(prof: dict[str, Any]) -> Any:
     return CacheSpill.from_dict(prof["cache_spill"]) if "cache_spill" in prof else CacheSpill(0.0, 0.0)
 
 
+def _whole_fit(prof: dict[str, Any]) -> dict[str, Any]:
+    """The profile's fit on whole models (:mod:`puzzlekit.profilers.whole`), or ``{}``: no corrections."""
+    return prof.get("whole_fit") or {}
+
+
 def apply_profile(library: Any, prof: dict[str, Any], *, default: bool = True) -> str:
     """Write a measured profile's costs into ``library`` (per block: ``runtime_ms``, ``prefill_ms``,
     ``decode_ms``, the attention / FFN parts and :data:`SPILL_COST`; the non-block constants in
@@ -285,8 +290,9 @@ def apply_profile(library: Any, prof: dict[str, Any], *, default: bool = True) -
     library.meta.setdefault("profiles", {})[name] = {"profiler": "measured", "threads": prof.get("threads"),
                                                      "repeats": prof.get("repeats"), "cache_spill": spill.to_dict()}
     if "whole_fit" in prof:
-        library.meta["profiles"][name]["whole_fit"] = {k: v for k, v in prof["whole_fit"].items()
-                                                       if k not in ("samples_detail", "parent_ms")}
+        from .whole import fit_summary
+
+        library.meta["profiles"][name]["whole_fit"] = fit_summary(prof["whole_fit"])
     return name
 
 
@@ -313,7 +319,7 @@ def cost_model(prof: dict[str, Any], spec: ParentSpec | None = None) -> CostMode
 
         def ws(blocks: Any) -> float:
             return nb_ws + sum(subblock_working_set_bytes(spec, x, sc) for b in blocks for x in (b.attention, b.ffn))
-    fit = prof.get("whole_fit") or {}
+    fit = _whole_fit(prof)
     return CostModel(attn, fw, fms, linear, prof["non_block_ms"], spill=spill, working_set=ws,
                      corrections=fit.get("subblocks"), intercept_ms=fit.get("intercept_ms", 0.0))
 
@@ -323,7 +329,7 @@ def spill_budgets(library: Any, prof: dict[str, Any], budget_ms: float) -> tuple
     ``sum + gamma · max(0, W − C) ≤ T`` is exactly ``sum ≤ T`` and ``sum + gamma · (W − C) ≤ T``."""
     sc = prof["scenario"]
     nbc = library.meta.get("non_block_costs", {}).get(sc, {})
-    intercept = (prof.get("whole_fit") or {}).get("intercept_ms", 0.0)
+    intercept = _whole_fit(prof).get("intercept_ms", 0.0)
     budgets, consts = {"runtime_ms": budget_ms}, {"runtime_ms": prof["non_block_ms"] + intercept}
     if "cache_spill" in prof and SPILL_COST in nbc:
         budgets[SPILL_COST] = budget_ms

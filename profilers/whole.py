@@ -4,12 +4,12 @@ sub-block's cost (and the non-block part) by least squares, so predictions hold 
 Why.  The measured profile times each sub-block in a small stack of copies (:mod:`.measured`), adds
 them up and corrects the sum for the decode cache spill (:class:`~.measured.CacheSpill`).  On
 SmolLM2-135M-Instruct (batch 1, prefill 64, decode 8, fp32, one thread) that model predicted 24
-random architectures of its library 8.7 % too fast on average (up to 26 %): a stack of small
+random architectures of its library 10.1 % too fast on average (up to 26 %): a stack of small
 sub-blocks (FFN 192 or 384 wide, a linear attention or FFN) stays in the CPU cache and pays less per
 call than the same sub-block between 29 others in a 500 MB model, and a search that minimises KL under
 that model spends its budget where the model is most wrong.  Regressing the residual of whole-model
 timings on the count of each sub-block kind (one coefficient per kind, plus an intercept) brought the
-leave-one-out error to 1.0 % (max 4.3 %) on the same 24.
+leave-one-out error to 1.0 % (max 4.0 %) on the same 24.
 
 Model.  ``corrected(arch) = summed(arch) + c0 + Σ_layers δ[attention] + δ[ffn]``: additive per
 block, so "corrected ≤ T" stays a linear budget and the search an exact MIP; FFN widths that were not
@@ -35,7 +35,7 @@ from puzzlekit.blocks import AttentionConfig, BlockConfig, FFNConfig
 from puzzlekit.errors import ConfigError
 
 __all__ = ["sample_architectures", "time_against_parent", "fit_corrections", "fit_on_whole_models",
-           "WHOLE_METHOD"]
+           "fit_summary", "WHOLE_METHOD"]
 
 #: Recorded with a profile that was fitted on whole models (part of a pipeline stage's identity).
 WHOLE_METHOD = ("per-kind corrections (one per sub-block kind + intercept, ridge) fitted on sampled whole "
@@ -182,3 +182,8 @@ def fit_on_whole_models(parent: Any, library: Any, prof: dict[str, Any], scenari
                              for a, s, t in zip(archs, timed["speedups"], timed["model_ms"])]
     fit["parent_ms"] = timed["parent_ms"]
     return fit
+
+
+def fit_summary(fit: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A ``whole_fit`` record without its per-sample timings (what a library or a report keeps)."""
+    return {k: v for k, v in fit.items() if k not in ("samples_detail", "parent_ms")} if fit else None

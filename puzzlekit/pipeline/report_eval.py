@@ -81,6 +81,8 @@ def _paired(child: dict[str, Any], base: list[dict[str, Any]], domains: list[str
 
 def write_eval_report(ctx: Any, stages: dict[str, Any]) -> dict[str, Any]:
     """Assemble the report from the stages' results in ``ctx`` and write report.json / report.md."""
+    from ..profilers.whole import fit_summary
+
     ev = ctx.result("evaluate")
     par = ctx.result("parent")
     domains = sorted(ev["parent"]["domains"])
@@ -128,8 +130,7 @@ def write_eval_report(ctx: Any, stages: dict[str, Any]) -> dict[str, Any]:
         "chat_tokens": ev["chat_tokens"], "scenario": ctx.cfg.scenario.to_dict(),
         "profile": {"non_block_ms": prof.get("non_block_ms"), "cache_spill": prof.get("cache_spill"),
                     "parent_measured_ms": prof.get("parent_measured_ms"),
-                    "whole_fit": {k: v for k, v in (prof.get("whole_fit") or {}).items()
-                                  if k not in ("samples_detail", "parent_ms")} or None},
+                    "whole_fit": fit_summary(prof.get("whole_fit"))},
         "data": ctx.result("tokens"), "stages": stages, "total_seconds": sum(v["seconds"] for v in stages.values()),
         "session_seconds": ctx.session_seconds(), "load_average": load, "config": ctx.cfg.to_dict(),
     }
