@@ -129,7 +129,7 @@ def _subblocks(library: Any, spec: ParentSpec) -> list[Any]:
 
 def measure_profile(parent: Any, library: Any, scenario: Scenario, *, repeats: int = 5, threads: int | None = 1,
                     seed: int = 0, passes: int = 3, progress: bool = False, spill: str = "stack",
-                    whole: int = 0) -> dict[str, Any]:
+                    whole: int = 0, whole_axes: bool = False) -> dict[str, Any]:
     """Time every sub-block of ``library`` (and a few more FFN widths) on this machine for ``scenario``,
     the non-block part and the parent (a ``PuzzleForCausalLM``) whole, and fit the cache-spill term.
 
@@ -149,7 +149,8 @@ def measure_profile(parent: Any, library: Any, scenario: Scenario, *, repeats: i
 
     ``whole`` > 0: that many architectures sampled from the library are timed whole against the parent,
     and each sub-block kind's cost is corrected by least squares so the sums predict them
-    (:mod:`puzzlekit.profilers.whole`; the record is the profile's ``whole_fit``).
+    (:mod:`puzzlekit.profilers.whole`; the record is the profile's ``whole_fit``); with ``whole_axes`` the
+    first of them are the axis shapes (each sub-block kind on every layer).
     """
     from puzzlekit.progress import progress as progress_bar
 
@@ -230,7 +231,8 @@ def measure_profile(parent: Any, library: Any, scenario: Scenario, *, repeats: i
         from .whole import fit_on_whole_models
 
         prof["whole_fit"] = fit_on_whole_models(parent, library, prof, scenario, whole, threads=threads,
-                                                repeats=max(3, repeats), seed=seed, progress=progress)
+                                                repeats=max(3, repeats), seed=seed, axes=whole_axes,
+                                                progress=progress)
     return prof
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from puzzlekit.profilers.cost_model import CostModel, apply_profile, cost_model, spill_budgets, subkey
-from puzzlekit.profilers.whole import fit_corrections, sample_architectures
+from puzzlekit.profilers.whole import axis_architectures, fit_corrections, sample_architectures
 
 import puzzlekit as pk
 from puzzlekit.errors import ConfigError
@@ -60,6 +60,47 @@ def test_fit_recovers_per_kind_corrections_from_whole_model_timings():
         fit_corrections(base, parent, 30.0, archs[:4], sp[:4])
     with pytest.raises(ConfigError, match="speed-ups"):
         fit_corrections(base, parent, 30.0, archs, sp[:3])
+
+
+def test_the_robust_fit_outweighs_timings_a_burst_of_load_slowed():
+    """As above, with two of the 24 models timed 25 % slow (a burst of load from another job on a shared
+    machine): Huber's fit down-weights just those two and still finds the corrections; plain least squares is
+    pulled towards them and predicts the other models worse."""
+    base = base_model()
+    truth = {subkey(GQA): 0.5, subkey(LIN_A): 0.8, subkey(F256): -0.6, subkey(F128): 0.4, subkey(LIN_F): 0.7}
+    true = CostModel({GQA: 4.0, LIN_A: 1.0}, [256, 128, 64], [6.0, 3.0, 1.5], 1.0, 5.0, corrections=truth,
+                     intercept_ms=2.0)
+    parent = [pk.BlockConfig(GQA, F256)] * 6
+    archs = [a.blocks for a in sample_architectures(SPEC, [GQA, LIN_A, NO_A], [F256, F128, LIN_F, NO_F], 24)]
+    rng = np.random.default_rng(0)
+    sp = [true.runtime(parent) / true.runtime(a) * (1 + 0.003 * rng.standard_normal()) for a in archs]
+    sp[3] /= 1.25
+    sp[17] /= 1.25
+    robust = fit_corrections(base, parent, true.runtime(parent), archs, sp)
+    plain = fit_corrections(base, parent, true.runtime(parent), archs, sp, robust=False)
+    assert robust["robust"] and not plain["robust"] and robust["method"] != plain["method"]
+    assert set(robust["downweighted"]) == {"3", "17"} and plain["downweighted"] == {}
+
+    def worst(fit):  # the largest speed-up error over the models timed right
+        cm = CostModel({GQA: 4.0, LIN_A: 1.0}, [256, 128, 64], [6.0, 3.0, 1.5], 1.0, 5.0,
+                       corrections=fit["subblocks"], intercept_ms=fit["intercept_ms"])
+        return max(abs(cm.runtime(parent) / cm.runtime(a) / (true.runtime(parent) / true.runtime(a)) - 1)
+                   for i, a in enumerate(archs) if i not in (3, 17))
+
+    assert worst(robust) < 0.01 < worst(plain)
+    for k, v in truth.items():
+        assert robust["subblocks"][k] == pytest.approx(v, abs=0.15), k
+
+
+def test_axis_architectures_put_each_non_parent_kind_on_every_layer():
+    spec = SPEC
+    pb = spec.parent_block()
+    attention, ffn = [pb.attention, LIN_A, NO_A, LIN_A], [pb.ffn, F128, LIN_F, NO_F]
+    axes = axis_architectures(spec, attention, ffn)
+    assert [a.blocks[0] for a in axes] == [pk.BlockConfig(LIN_A, pb.ffn), pk.BlockConfig(NO_A, pb.ffn),
+                                           pk.BlockConfig(pb.attention, F128), pk.BlockConfig(pb.attention, LIN_F),
+                                           pk.BlockConfig(pb.attention, NO_F)]
+    assert all(len(set(a.blocks)) == 1 and len(a.blocks) == spec.num_hidden_layers for a in axes)
 
 
 def test_a_fit_that_predicts_unseen_models_worse_than_the_sum_is_not_adopted():
@@ -131,3 +172,12 @@ def test_measure_profile_fits_on_whole_models():
     assert {"mean", "max"} <= set(fit["loo_error"]) and fit["loo_error"]["mean"] >= 0
     cm = cost_model(prof, spec)
     assert cm.intercept_ms == fit["intercept_ms"] and cm.corrections == fit["subblocks"]
+    assert fit["axes"] == 0
+    with_axes = measure_profile(parent, lib, sc, repeats=1, passes=1, spill="two-point", whole=6, whole_axes=True)
+    detail = with_axes["whole_fit"]["samples_detail"]
+    assert with_axes["whole_fit"]["axes"] == 3 and len(detail) == 6  # no attention; every FFN 64 wide; no FFN
+    assert detail[0]["blocks"] == [pk.BlockConfig(NO_A, pk.FFNConfig.swiglu(128)).key] * 3
+    assert detail[1]["blocks"] == [pk.BlockConfig(GQA, pk.FFNConfig.swiglu(64)).key] * 3
+    assert detail[2]["blocks"] == [pk.BlockConfig(GQA, NO_F).key] * 3
+    with pytest.raises(ConfigError, match="whole_axes"):
+        measure_profile(parent, lib, sc, repeats=1, passes=1, whole=3, whole_axes=True)

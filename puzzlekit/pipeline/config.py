@@ -162,6 +162,9 @@ class ProfileSettings:
     # > 0: this many architectures sampled from the library timed whole, and each sub-block kind's cost
     # corrected by least squares so the summed model predicts whole models (profilers.whole)
     whole: int = 0
+    # with whole: the first of them are the axis shapes (each sub-block kind besides the parent's on every
+    # layer: uniform FFN widths, attention cut everywhere), the rest sampled mixtures (profilers.whole)
+    whole_axes: bool = False
 
     def __post_init__(self) -> None:
         if self.profiler not in ("analytic", "measured"):

@@ -76,6 +76,8 @@ def _profile_settings(cfg: Any) -> dict[str, Any]:
             from ...profilers.whole import WHOLE_METHOD
 
             out.update(whole=p.whole, whole_method=WHOLE_METHOD)
+            if p.whole_axes:
+                out["whole_axes"] = True
         if p.from_file:
             f = Path(p.from_file).expanduser()
             out["from_file"] = hashlib.sha256(f.read_bytes()).hexdigest()[:16] if f.is_file() else str(f)
@@ -106,7 +108,8 @@ def run_profile(ctx: Any) -> dict[str, Any]:
             raise ConfigError(f"{f}: not a measured profile (no subblocks / non_block_ms)")
     else:
         prof = measure_profile(ctx.parent, lib, sc, repeats=p.repeats, threads=p.threads, seed=ctx.cfg.seed,
-                               passes=p.passes, progress=ctx.progress, spill=p.spill, whole=p.whole)
+                               passes=p.passes, progress=ctx.progress, spill=p.spill, whole=p.whole,
+                               whole_axes=p.whole_axes)
     name = apply_profile(lib, prof, default=True)
     if p.reference:  # an analytic scenario beside it, for the report (e.g. an H100 in FP8)
         ref = Scenario(**p.reference)
