@@ -7,16 +7,20 @@
 One process, one thread, the preset's scenario (batch 1, prefill 64, decode 8, fp32):
 
 1. ``measure_profile`` as the preset runs it (2 passes, two-point cache spill): the summed model;
-2. timed against the parent, interleaved (:func:`puzzlekit.profilers.whole.time_against_parent`): ``--fit``
-   architectures sampled from the preset's space and the axis shapes (each non-parent sub-block kind on every
-   layer, :func:`~puzzlekit.profilers.whole.axis_architectures`); then the held-out ones: ``--heldout`` more
-   samples (another seed) and the shapes the baselines produce at knobs no fit saw: uniform FFN width 960 and
-   576 (between the library's widths), every other attention removed, a third of the layers removed whole,
-   KV heads 3 -> 1 on every other layer;
-3. several fits from the same timings: plain least squares on the ``--fit`` samples (the preset before
-   Huber and axes), Huber's robust fit on them, and the robust fit on the axis shapes plus as many samples as
-   make ``--fit`` in all (the preset now: the same number of timed models);
-4. each model's speed-up error on the held-out ones, |predicted / measured - 1|, mean and max; the ratio of
+2. timed against the parent, interleaved (:func:`puzzlekit.profilers.whole.time_against_parent`), all in three
+   passes (a burst of load rarely hits one model twice): the axis shapes (each non-parent sub-block kind on
+   every layer, :func:`~puzzlekit.profilers.whole.axis_architectures`), ``--fit`` architectures sampled from
+   the preset's space, and the held-out ones: ``--heldout`` more samples (another seed) and the shapes the
+   baselines produce at knobs no fit saw: uniform FFN width 960 and 576 (between the library's widths), every
+   other attention removed, a third of the layers removed whole, KV heads 3 -> 1 on every other layer;
+3. fits from the same timings, each on the first pass (the preset's single timing) unless it says otherwise:
+   least squares on the ``--fit`` samples (the presets before session 29); Huber's robust fit on them; the
+   robust fit with the samples its leave-one-out misses by > 8 % confirmed by their other two passes
+   (:func:`~puzzlekit.profilers.whole.confirmed_fit`); the same on the axis shapes plus as many samples as
+   make ``--fit`` in all (the smollm2-135m preset now: the same number of timed models); the robust fit on
+   the median of all three passes of every sample (three times the timing);
+4. each model's speed-up error on the held-out ones (measured: the median of their three passes),
+   |predicted / measured - 1|, mean and max; the ratio of
    the mean errors (summed / fitted) is the benchmark's figure.  Every model is judged against the same
    measurements in the same run, so a shared machine's load affects them alike.
 

@@ -188,10 +188,12 @@ def render_eval_markdown(rep: dict[str, Any]) -> str:
              + f"; {rep['chat_prompts']} chat prompts, first {rep['chat_tokens']} greedy tokens compared.", ""]
     wf = (rep.get("profile") or {}).get("whole_fit")
     if wf:
-        lines += [f"Cost model fitted on {wf['samples']} sampled architectures timed whole: speed-up error "
+        axes = f" ({wf['axes']} of them each sub-block kind on every layer)" if wf.get("axes") else ""
+        again = f"; {len(wf['retimed'])} timed again" if wf.get("retimed") else ""
+        lines += [f"Cost model fitted on {wf['samples']} architectures timed whole{axes}: speed-up error "
                   f"{100 * wf['summed_error']['mean']:.1f} % mean ({100 * wf['summed_error']['max']:.1f} % max) for "
                   f"the summed sub-blocks, {100 * wf['loo_error']['mean']:.1f} % ({100 * wf['loo_error']['max']:.1f} %)"
-                  " fitted (leave-one-out).", ""]
+                  f" fitted (leave-one-out{again}).", ""]
     for tk, t in rep["targets"].items():
         ch = rep["checks"][tk]
         lines += [f"## {t['speedup']:g}x target", "",
