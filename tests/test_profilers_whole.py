@@ -22,6 +22,22 @@ def base_model() -> CostModel:
     return CostModel({GQA: 4.0, LIN_A: 1.0}, [256, 128, 64], [6.0, 3.0, 1.5], linear_ffn_ms=1.0, non_block_ms=5.0)
 
 
+def timed_world():
+    """A true cost model (the base sum + a constant + a per-use excess of each kind: what a cache-resident stack
+    misses), the parent and 24 sampled architectures."""
+    truth = {subkey(GQA): 0.5, subkey(LIN_A): 0.8, subkey(F256): -0.6, subkey(F128): 0.4, subkey(LIN_F): 0.7}
+    true = CostModel({GQA: 4.0, LIN_A: 1.0}, [256, 128, 64], [6.0, 3.0, 1.5], 1.0, 5.0, corrections=truth,
+                     intercept_ms=2.0)
+    parent = [pk.BlockConfig(GQA, F256)] * 6
+    archs = [a.blocks for a in sample_architectures(SPEC, [GQA, LIN_A, NO_A], [F256, F128, LIN_F, NO_F], 24)]
+    return truth, true, parent, archs
+
+
+def noisy_speedups(true, parent, archs, noise=0.003):
+    rng = np.random.default_rng(0)
+    return [true.runtime(parent) / true.runtime(a) * (1 + noise * rng.standard_normal()) for a in archs]
+
+
 def test_sampled_architectures_vary_the_kinds_independently():
     archs = sample_architectures(SPEC, [GQA, LIN_A, NO_A], [F256, F128, LIN_F, NO_F], 40, seed=3)
     assert archs == sample_architectures(SPEC, [GQA, LIN_A, NO_A], [F256, F128, LIN_F, NO_F], 40, seed=3)
@@ -38,13 +54,8 @@ def test_fit_recovers_per_kind_corrections_from_whole_model_timings():
     """Whole models that cost the base sum + a constant + a per-use excess of each kind (what a cache-resident
     stack misses), timed with 0.3 % noise: the fit finds the excess, and leave-one-out predictions are close."""
     base = base_model()
-    truth = {subkey(GQA): 0.5, subkey(LIN_A): 0.8, subkey(F256): -0.6, subkey(F128): 0.4, subkey(LIN_F): 0.7}
-    true = CostModel({GQA: 4.0, LIN_A: 1.0}, [256, 128, 64], [6.0, 3.0, 1.5], 1.0, 5.0, corrections=truth,
-                     intercept_ms=2.0)
-    parent = [pk.BlockConfig(GQA, F256)] * 6
-    archs = [a.blocks for a in sample_architectures(SPEC, [GQA, LIN_A, NO_A], [F256, F128, LIN_F, NO_F], 24)]
-    rng = np.random.default_rng(0)
-    sp = [true.runtime(parent) / true.runtime(a) * (1 + 0.003 * rng.standard_normal()) for a in archs]
+    truth, true, parent, archs = timed_world()
+    sp = noisy_speedups(true, parent, archs)
     fit = fit_corrections(base, parent, true.runtime(parent), archs, sp, ridge=1e-3)
     assert fit["samples"] == 24 and fit["adopted"] and set(fit["subblocks"]) == set(truth)
     for k, v in truth.items():
@@ -67,13 +78,8 @@ def test_the_robust_fit_outweighs_timings_a_burst_of_load_slowed():
     machine): Huber's fit down-weights just those two and still finds the corrections; plain least squares is
     pulled towards them and predicts the other models worse."""
     base = base_model()
-    truth = {subkey(GQA): 0.5, subkey(LIN_A): 0.8, subkey(F256): -0.6, subkey(F128): 0.4, subkey(LIN_F): 0.7}
-    true = CostModel({GQA: 4.0, LIN_A: 1.0}, [256, 128, 64], [6.0, 3.0, 1.5], 1.0, 5.0, corrections=truth,
-                     intercept_ms=2.0)
-    parent = [pk.BlockConfig(GQA, F256)] * 6
-    archs = [a.blocks for a in sample_architectures(SPEC, [GQA, LIN_A, NO_A], [F256, F128, LIN_F, NO_F], 24)]
-    rng = np.random.default_rng(0)
-    sp = [true.runtime(parent) / true.runtime(a) * (1 + 0.003 * rng.standard_normal()) for a in archs]
+    truth, true, parent, archs = timed_world()
+    sp = noisy_speedups(true, parent, archs)
     sp[3] /= 1.25
     sp[17] /= 1.25
     robust = fit_corrections(base, parent, true.runtime(parent), archs, sp)
@@ -96,11 +102,7 @@ def test_surprising_samples_are_timed_again_and_the_fit_made_on_their_medians():
     """Two of 24 timings 25 % slow: their leave-one-out predictions miss by more than 8 %, so they (and any other
     sample they pulled that far) are timed twice more, right this time, and the final fit, on the median of each
     one's timings, finds the truth."""
-    truth = {subkey(GQA): 0.5, subkey(LIN_A): 0.8, subkey(F256): -0.6, subkey(F128): 0.4, subkey(LIN_F): 0.7}
-    true = CostModel({GQA: 4.0, LIN_A: 1.0}, [256, 128, 64], [6.0, 3.0, 1.5], 1.0, 5.0, corrections=truth,
-                     intercept_ms=2.0)
-    parent = [pk.BlockConfig(GQA, F256)] * 6
-    archs = [a.blocks for a in sample_architectures(SPEC, [GQA, LIN_A, NO_A], [F256, F128, LIN_F, NO_F], 24)]
+    truth, true, parent, archs = timed_world()
     right = [true.runtime(parent) / true.runtime(a) for a in archs]
     runs = [[s / 1.25 if i in (3, 17) else s] for i, s in enumerate(right)]
     calls = []
