@@ -100,3 +100,8 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    # the work is done and written; skip the interpreter's teardown, where gloo's threads can still abort the
+    # process ("terminate called without an active exception": rank 1 of the CPT test aborted so once in CI)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
