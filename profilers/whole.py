@@ -41,6 +41,9 @@ __all__ = ["sample_architectures", "axis_architectures", "time_against_parent", 
 WHOLE_METHOD = ("per-kind corrections (one per sub-block kind + intercept, ridge) fitted robustly (Huber) on "
                 "sampled whole architectures timed between parent runs, surprising ones timed again")
 
+#: The same with ``fit_corrections(robust=False)``: plain least squares.
+WHOLE_METHOD_PLAIN = WHOLE_METHOD.replace(" robustly (Huber)", "")
+
 #: A sample whose leave-one-out prediction misses its measured speed-up by more than this is timed again
 #: (twice, the median kept) before the final fit: one timing that a burst of load slowed by 20 % is common on
 #: a shared machine, and a sample alone in its corner of the space (an axis shape) steers the fit to it.
@@ -191,7 +194,7 @@ def fit_corrections(base: Any, parent_blocks: Sequence[BlockConfig], parent_ms: 
     # noisy timings of a tiny model can fit worse than no correction at all)
     adopted = bool(np.mean(loo) < np.mean(before))
     fitted = {"intercept_ms": float(w[0]), "subblocks": {subkey(s): float(c) for s, c in zip(kinds, w[1:])}}
-    return {"method": WHOLE_METHOD if robust else WHOLE_METHOD.replace(" robustly (Huber)", ""),
+    return {"method": WHOLE_METHOD if robust else WHOLE_METHOD_PLAIN,
             "samples": len(archs), "adopted": adopted,
             **(fitted if adopted else {"intercept_ms": 0.0, "subblocks": {}}), "fitted": fitted,
             "summed_error": {"mean": float(np.mean(before)), "max": float(np.max(before))},
